@@ -1,0 +1,129 @@
+"""manifest.json: what an artifact is and everything that made it.
+
+Schema (version 1), top-level keys:
+  schema, kind ("edgecls-artifact"), created, edgecls_version
+  model      {source, format, sha256, input{name,shape,dtype}, output{...}, notes}
+  target     the Target as data, plus `tvm_resolved` (the concrete TVM target dict used)
+  layout     {requested, chosen, reason}
+  preprocess {size, mean, std, channel_order, layout, resize}
+  labels     [class names] or null
+  options    the command-line options that shaped the build
+  passes     [{name, seconds, detail}]    graph passes in order
+  stats      {ops_before, convs, batch_norm_in_graph, batch_norm_left, kernels, ...}
+  stages     [{stage, top1, top5, params, macs, size_bytes, ...}]  (optimize issue fills more)
+  runner     {file, arch, glibc_required, threads_default}
+  verification {how, max_abs_diff, top1_match, top5_match}
+  versions   {edgecls, python, apache-tvm, apache-tvm-ffi, torch, onnx, onnxruntime, onnxsim, compiler}
+  timings    {load_s, passes_s, build_s, total_s}
+  files      {relative path: {sha256, size}}  every file except manifest.json itself
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from edgecls import __version__
+from edgecls.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions(extra: dict | None = None) -> dict:
+    out = {"edgecls": __version__, "python": platform.python_version()}
+    for pkg in ("apache-tvm", "apache-tvm-ffi", "torch", "onnx", "onnxruntime", "onnxsim", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    out.update(extra or {})
+    return out
+
+
+def file_table(root: Path) -> dict:
+    """sha256 and size of every file under root except the manifest, with posix relative paths."""
+    table = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel == MANIFEST:
+            continue
+        table[rel] = {"sha256": file_sha256(path), "size": path.stat().st_size}
+    return table
+
+
+def new_manifest(**sections) -> dict:
+    manifest = {
+        "schema": SCHEMA_VERSION,
+        "kind": "edgecls-artifact",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "edgecls_version": __version__,
+    }
+    manifest.update(sections)
+    return manifest
+
+
+def write_manifest(root: Path, manifest: dict) -> Path:
+    manifest = dict(manifest)
+    manifest["files"] = file_table(root)
+    path = root / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_manifest(root: str | Path) -> dict:
+    root = Path(root)
+    path = root / MANIFEST
+    if not root.exists():
+        raise ArtifactError(f"artifact {root} does not exist")
+    if not path.is_file():
+        raise ArtifactError(f"{root} is not an edgecls artifact (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+    if manifest.get("kind") != "edgecls-artifact":
+        raise ArtifactError(f"{path} is not an edgecls artifact manifest")
+    if manifest.get("schema", 0) > SCHEMA_VERSION:
+        raise ArtifactError(f"{path} has schema {manifest.get('schema')}; this edgecls reads up to "
+                            f"{SCHEMA_VERSION}: upgrade edgecls")
+    return manifest
+
+
+def manifest_id(root: str | Path) -> str:
+    """The artifact's identity: sha256 of its manifest file (which pins every file's hash)."""
+    return file_sha256(Path(root) / MANIFEST)
+
+
+def verify_files(root: str | Path, manifest: dict | None = None) -> list[str]:
+    """Problems found comparing files on disk with the manifest (empty list: intact)."""
+    root = Path(root)
+    manifest = manifest or read_manifest(root)
+    problems = []
+    for rel, info in manifest.get("files", {}).items():
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{rel}: missing")
+        elif path.stat().st_size != info["size"] or file_sha256(path) != info["sha256"]:
+            problems.append(f"{rel}: checksum mismatch")
+    return problems
+
+
+def require_intact(root: str | Path) -> dict:
+    manifest = read_manifest(root)
+    problems = verify_files(root, manifest)
+    if problems:
+        raise ArtifactError(f"artifact {root} fails its checksums: {'; '.join(problems[:3])}")
+    return manifest

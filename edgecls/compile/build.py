@@ -1,0 +1,89 @@
+"""Compile stage: Model + Target -> model.so, with the graph passes recorded.
+
+Policy lives here (which layout, which import route, what to record); the mechanism is in
+tvm_adapter, the only module that talks to TVM.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgecls.compile import tvm_adapter
+from edgecls.errors import UsageError
+from edgecls.load import Model
+from edgecls.targets import Target
+
+LAYOUT_CHOICES = ("auto", "NCHW", "NHWC")
+
+
+@dataclass
+class CompiledModel:
+    library: Path
+    tvm_target: dict
+    layout: dict  # requested, chosen, reason
+    import_route: str
+    passes: list[dict] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+def choose_layout(requested: str, target: Target) -> dict:
+    if requested not in LAYOUT_CHOICES:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUT_CHOICES)}, got '{requested}'")
+    if requested != "auto":
+        return {"requested": requested, "chosen": requested, "reason": "given on the command line"}
+    return {"requested": "auto", "chosen": target.layout,
+            "reason": f"preferred layout of target {target.name} ({Path(target.source).name})"}
+
+
+def _import(model: Model, log) -> tuple[object, str]:
+    if model.exported_program is not None:
+        log("import: torch.export program -> Relax")
+        return tvm_adapter.import_exported_program(model.exported_program), "torch.export"
+    log("import: ONNX (onnxsim-simplified) -> Relax")
+    mod = tvm_adapter.import_onnx(model.onnx, model.input.name, model.input.shape, model.input.dtype)
+    return mod, "onnx"
+
+
+def compile_model(model: Model, target: Target, out_library: Path, layout: str = "auto",
+                  log=lambda msg: None) -> CompiledModel:
+    compiler = target.require_compiler()  # fail before minutes of work, naming the Debian package
+    tvm_target = tvm_adapter.resolve_target(target.tvm)
+    chosen = choose_layout(layout, target)
+    log(f"target {target.name}: {tvm_target}; layout {chosen['chosen']} ({chosen['reason']})")
+
+    t0 = time.perf_counter()
+    mod, route = _import(model, log)
+    ops_before = tvm_adapter.count_ops(mod)
+    t_import = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    fused, records = tvm_adapter.run_graph_passes(
+        mod, tvm_target, layout=chosen["chosen"] if chosen["chosen"] == "NHWC" else None, log=log)
+    t_passes = time.perf_counter() - t0
+
+    kernels = tvm_adapter.kernel_stats(fused)
+    bn_record = next((r for r in records if r.name == "FoldBatchnormToConv2D"), None)
+    stats = {
+        "ops_before": dict(sorted(ops_before.items())),
+        "convs": ops_before.get("relax.nn.conv2d", 0),
+        "batch_norm_in_graph": ops_before.get("relax.nn.batch_norm", 0),
+        "batch_norm_left": bn_record.detail["batch_norm_left"] if bn_record else None,
+        **kernels,
+    }
+    log(f"stats: {stats['convs']} convs, {stats['fused_conv_kernels']}/{stats['conv_kernels']} conv "
+        f"kernels with fused epilogue, {stats['unfused_epilogues']} unfused epilogues, "
+        f"BN {stats['batch_norm_in_graph']} in graph / {stats['batch_norm_left']} left")
+
+    log(f"build: lowering and linking with {compiler}")
+    build_s = tvm_adapter.build(fused, tvm_target, out_library, target.compiler)
+    return CompiledModel(
+        library=out_library, tvm_target=tvm_target, layout=chosen, import_route=route,
+        passes=[{"name": r.name, "seconds": r.seconds, **({"detail": r.detail} if r.detail else {})}
+                for r in records],
+        stats=stats,
+        timings={"import_s": round(t_import, 3), "passes_s": round(t_passes, 3),
+                 "build_s": round(build_s, 3)},
+    )

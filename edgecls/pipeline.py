@@ -1,0 +1,167 @@
+"""load -> compile -> package -> verify: the `edgecls compile` job, each stage recorded.
+
+Stages hand each other small objects (Model -> CompiledModel -> artifact dir + manifest); the
+optimize stage (prune / fine-tune / quantize) slots in between load and compile.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecls.artifact import manifest as mf
+from edgecls.artifact.execute import run_runner
+from edgecls.artifact.native import build_runner, required_glibc
+from edgecls.artifact.package import check_destination, staging_dir
+from edgecls.artifact.reference import onnx_reference, reference_input
+from edgecls.artifact.runtime_libs import host_arch, runtime_libs
+from edgecls.compile import tvm_adapter
+from edgecls.compile.build import compile_model
+from edgecls.data import Preprocess
+from edgecls.errors import ArtifactError, UsageError
+from edgecls.load import load_model
+from edgecls.targets import get_target
+
+# fp32 TVM vs ONNX Runtime differs by ~1e-6 here; anything near this bound is a miscompile.
+VERIFY_ATOL = 1e-3
+
+
+@dataclass
+class CompileRequest:
+    model: Path
+    target: str
+    out_dir: Path
+    layout: str = "auto"
+    input_shape: tuple[int, ...] | None = None
+    labels: Path | None = None
+    preprocess: Preprocess | dict | None = None  # a dict overrides fields of the default
+    force: bool = False
+    targets_dir: str | None = None
+    verify: bool = True
+
+
+def read_labels(path: Path | None, num_classes: int | None) -> list[str] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise UsageError(f"labels file {path} does not exist")
+    labels = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if num_classes and num_classes > 0 and len(labels) != num_classes:
+        raise UsageError(f"{path} has {len(labels)} labels but the model outputs {num_classes} classes")
+    return labels
+
+
+def default_preprocess(shape: tuple[int, ...], mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                       channel_order="RGB") -> Preprocess:
+    """ImageNet statistics unless overridden; NCHW or NHWC read off the input shape."""
+    if len(shape) != 4:
+        raise UsageError(f"input shape {list(shape)} is not an image batch (N,C,H,W or N,H,W,C)")
+    nhwc = shape[-1] in (1, 3) and shape[1] not in (1, 3)
+    channels = shape[-1] if nhwc else shape[1]
+    mean, std = tuple(mean), tuple(std)
+    if channels == 1:
+        mean, std = mean[:1], std[:1]
+    if len(mean) != channels or len(std) != channels:
+        raise UsageError(f"--mean/--std need {channels} values for a {channels}-channel input")
+    size = (shape[1], shape[2]) if nhwc else (shape[-2], shape[-1])
+    return Preprocess(size=tuple(size), mean=mean, std=std, channel_order=channel_order,
+                      layout="NHWC" if nhwc else "NCHW", resize="bilinear")
+
+
+def verify_artifact(root: Path, emulator_ok: bool, log) -> dict:
+    """Run the artifact's own runner on the reference input and compare with ONNX Runtime."""
+    manifest = mf.read_manifest(root)
+    arch = manifest["target"]["arch"]
+    if arch != host_arch() and not emulator_ok:
+        return {"how": "skipped", "reason": f"{arch} artifact and no emulator installed"}
+    how = "native" if arch == host_arch() else "emulated (" + " ".join(manifest["target"]["emulator"]) + ")"
+    log(f"verify: running the artifact's runner ({how}) on the reference input")
+    out_path = root.parent / f".{root.name}.verify.npy"
+    try:
+        report = run_runner(root, root / "reference" / "input.npy", emulate=True, output_path=out_path)
+        got = np.load(out_path)
+    finally:
+        out_path.unlink(missing_ok=True)
+    want = np.load(root / "reference" / "output.npy")
+    if got.shape != want.shape:
+        raise ArtifactError(f"artifact output shape {got.shape} differs from ONNX Runtime's {want.shape}")
+    diff = float(np.abs(got.astype(np.float64) - want).max())
+    k = min(5, want.shape[-1])
+    top_got = np.argsort(-got.reshape(-1, want.shape[-1])[0])[:k].tolist()
+    top_want = np.argsort(-want.reshape(-1, want.shape[-1])[0])[:k].tolist()
+    result = {"how": how, "reference": "onnxruntime", "max_abs_diff": diff,
+              "top1_match": top_got[0] == top_want[0], "top5_match": top_got == top_want,
+              "runner_ms": report["timings_ms"]["median"]}
+    if diff > VERIFY_ATOL * max(1.0, float(np.abs(want).max())):
+        raise ArtifactError(f"compiled artifact disagrees with ONNX Runtime: max abs diff {diff:.3g} "
+                            f"on the reference input (miscompile); nothing was written")
+    return result
+
+
+def compile_artifact(req: CompileRequest, log=lambda msg: None) -> Path:
+    t_start = time.perf_counter()
+    target = get_target(req.target, req.targets_dir)
+    check_destination(req.out_dir, req.force)  # before minutes of work
+    target.require_compiler()
+    libs = runtime_libs(target.arch)
+    emulator_ok = target.arch == host_arch()
+    if target.arch != host_arch() and req.verify:
+        try:
+            target.require_emulator()
+            emulator_ok = True
+        except Exception as exc:  # verification is skipped, and the manifest says why
+            log(f"verify: skipped ({exc})")
+
+    t0 = time.perf_counter()
+    model = load_model(req.model, req.input_shape)
+    load_s = time.perf_counter() - t0
+    num_classes = model.output.shape[-1] if model.output.shape else None
+    labels = read_labels(req.labels, num_classes)
+    preprocess = req.preprocess if isinstance(req.preprocess, Preprocess) else default_preprocess(
+        model.input.shape, **(req.preprocess or {}))
+    log(f"loaded {model.path} ({model.format}): input {model.input.name} {list(model.input.shape)} "
+        f"{model.input.dtype}, output {list(model.output.shape)}")
+
+    with staging_dir(req.out_dir, req.force) as tmp:
+        compiled = compile_model(model, target, tmp / "model.so", req.layout, log)
+        import onnx
+        onnx.save(model.onnx, str(tmp / "model.onnx"))
+        log(f"runner: building edgecls-runner for {target.arch} with {target.compiler}")
+        runner = build_runner(target.arch, target.compiler, tmp, libs)
+        (tmp / "reference").mkdir()
+        x = reference_input(model.input.shape, model.input.dtype, seed=int(model.sha256[:8], 16))
+        np.save(tmp / "reference" / "input.npy", x)
+        np.save(tmp / "reference" / "output.npy", onnx_reference(tmp / "model.onnx", x))
+        if labels:
+            (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
+        manifest = mf.new_manifest(
+            model={"source": str(model.path), "format": model.format, "sha256": model.sha256,
+                   "input": model.input.to_dict(), "output": model.output.to_dict(),
+                   "notes": model.notes},
+            target={**target.to_dict(), "tvm_resolved": compiled.tvm_target},
+            layout=compiled.layout,
+            preprocess=preprocess.to_dict(),
+            labels=labels,
+            options={"layout": req.layout, "input_shape": list(req.input_shape) if req.input_shape else None,
+                     "import_route": compiled.import_route, "verify": req.verify},
+            passes=compiled.passes,
+            stats=compiled.stats,
+            stages=[{"stage": "original", "size_bytes": model.path.stat().st_size}],
+            runner={"file": runner.name, "arch": target.arch,
+                    "glibc_required": required_glibc([tmp / "model.so", runner, *libs.paths]),
+                    "tvm_runtime": libs.source},
+            versions=mf.library_versions({**tvm_adapter.versions(), "compiler": target.compiler}),
+            timings={"load_s": round(load_s, 3), **compiled.timings},
+        )
+        mf.write_manifest(tmp, manifest)
+        if req.verify:
+            manifest["verification"] = verify_artifact(tmp, emulator_ok, log)
+        else:
+            manifest["verification"] = {"how": "skipped", "reason": "--no-verify"}
+        manifest["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
+        mf.write_manifest(tmp, manifest)
+    log(f"artifact written to {req.out_dir}")
+    return req.out_dir
