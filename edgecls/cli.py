@@ -166,7 +166,7 @@ def runtimes_fetch(arch, quiet):
 def main(argv=None):
     """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="edgecls", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="edgecls", standalone_mode=False)
     except EdgeclsError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -192,6 +192,7 @@ def main(argv=None):
         click.echo(f"error: internal error {type(exc).__name__}: {msg} (set EDGECLS_DEBUG=1 for a traceback)",
                    err=True)
         sys.exit(70)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

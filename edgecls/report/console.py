@@ -14,11 +14,12 @@ console = Console()
 
 def targets_table(targets: dict[str, Target]) -> None:
     table = Table(title="edgecls targets")
-    for col in ("name", "arch", "cpu", "cores", "layout", "compiler", "description"):
-        table.add_column(col, overflow="fold")
+    for col in ("name", "arch", "cpu", "cores", "layout"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description", overflow="fold", ratio=1)
     for t in sorted(targets.values(), key=lambda t: t.name):
-        table.add_row(t.name, t.arch, str(t.tvm.get("mcpu", "")), str(t.tvm.get("num-cores", "")),
-                      t.layout, t.compiler, t.description)
+        table.add_row(t.name, t.arch, str(t.tvm.get("mcpu", "")), str(t.tvm.get("num-cores", "") or "all"),
+                      t.layout, t.description)
     console.print(table)
 
 

@@ -116,8 +116,9 @@ ffi::Tensor ReadNpy(const std::string& path) {
     throw Fail("unsupported npy version " + std::to_string(int(magic[6])) + " in '" + path + "'");
   }
   hlen = b[0] | (b[1] << 8) | (b[2] << 16) | (uint32_t(b[3]) << 24);
+  if (!f || hlen > (1u << 20)) throw Fail("bad npy header in '" + path + "'");
   std::string h(hlen, '\0');
-  if (!f || hlen > (1u << 20) || !f.read(&h[0], hlen)) throw Fail("truncated npy header in '" + path + "'");
+  if (!f.read(&h[0], hlen)) throw Fail("truncated npy header in '" + path + "'");
 
   std::string descr = HeaderField(h, "descr");
   if (descr.size() < 2 || descr.front() != '\'' || descr.back() != '\'')
@@ -339,6 +340,7 @@ int Run(const Options& o) {
   }
   if (out.device().device_type != kDLCPU) throw Fail("model output is not on the CPU");
 
+  // Report the pool size TVM actually uses: it caps TVM_NUM_THREADS at the available cores.
   int threads = o.threads;
   if (auto nt = ffi::Function::GetGlobal("runtime.NumThreads")) threads = (*nt)().cast<int>();
 

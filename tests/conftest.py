@@ -1,0 +1,109 @@
+"""Shared fixtures: real models (digits demo trained here, reference nets), real TVM artifacts.
+
+Artifacts are session-scoped: a TVM build costs seconds, and many tests read the same one.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgecls.demo import ensure_demo_model
+from edgecls.models import MobileNetV2, ResNet18
+from edgecls.pipeline import CompileRequest, compile_artifact
+
+REF_SIZE = 64  # reference nets at 64x64: same layer plan and fusion as 224, 12x cheaper under qemu
+
+
+def has_aarch64_toolchain() -> bool:
+    return bool(shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64"))
+
+
+needs_aarch64 = pytest.mark.skipif(not has_aarch64_toolchain(),
+                                   reason="aarch64 cross compiler or qemu-user not installed (scripts/setup installs them)")
+
+
+def _randomize_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    # Non-trivial BN statistics, so a wrong BN fold shows up as a numeric difference.
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.randn(n, generator=g) * 0.1
+            m.running_mean = torch.randn(n, generator=g) * 0.1
+            m.running_var = torch.rand(n, generator=g) + 0.5
+    return model.eval()
+
+
+def export_onnx(model: torch.nn.Module, shape, path: Path, keep_bn: bool = False) -> Path:
+    x = torch.zeros(shape)
+    if keep_bn:
+        # The TorchScript exporter without constant folding keeps BatchNormalization nodes, like
+        # ONNX files from other exporters: our TVM passes must fold them.
+        buf = io.BytesIO()
+        torch.onnx.export(model, (x,), buf, dynamo=False, do_constant_folding=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"])
+        path.write_bytes(buf.getvalue())
+    else:
+        torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False, verbose=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    return ensure_demo_model(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def ref_models(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("refnets")
+    shape = (1, 3, REF_SIZE, REF_SIZE)
+    mnv2 = _randomize_bn(MobileNetV2(num_classes=10), 1)
+    resnet = _randomize_bn(ResNet18(num_classes=10), 2)
+    return {
+        "mobilenet_v2": export_onnx(mnv2, shape, d / "mobilenet_v2.onnx"),
+        "resnet18": export_onnx(resnet, shape, d / "resnet18.onnx"),
+        "mobilenet_v2_bn": export_onnx(mnv2, shape, d / "mobilenet_v2_bn.onnx", keep_bn=True),
+    }
+
+
+class Artifacts:
+    """Compile on first use, keep for the session."""
+
+    def __init__(self, root: Path, demo, ref_models):
+        self.root, self.demo, self.ref = root, demo, ref_models
+        self.cache: dict[tuple, Path] = {}
+
+    def get(self, model: str, target: str, layout: str = "auto") -> Path:
+        key = (model, target, layout)
+        if key not in self.cache:
+            out = self.root / f"{model}-{target}-{layout}"
+            if model == "digits":
+                from edgecls.data import Preprocess
+                import json
+                req = CompileRequest(model=self.demo.onnx, target=target, out_dir=out, layout=layout,
+                                     labels=self.demo.labels,
+                                     preprocess=Preprocess.from_dict(json.loads(self.demo.preprocess.read_text())))
+            else:
+                req = CompileRequest(model=self.ref[model], target=target, out_dir=out, layout=layout)
+            self.cache[key] = compile_artifact(req)
+        return self.cache[key]
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory, demo, ref_models):
+    return Artifacts(tmp_path_factory.mktemp("artifacts"), demo, ref_models)
+
+
+def ort_run(onnx_path: Path, x: np.ndarray) -> np.ndarray:
+    from edgecls.artifact.reference import onnx_session
+    sess = onnx_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
