@@ -97,55 +97,73 @@ def _model_for(out: Path, marker: dict) -> DemoModel:
                      train_seconds=float(marker["train_seconds"]))
 
 
-def train_digits_model(out_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPOCHS, seed: int = 0) -> DemoModel:
-    """Train DigitsCNN on the fine-tune split of the digits, export ONNX + pt2 + val set into out_dir."""
+def _fit(tune, num_classes: int, epochs: int, seed: int):
+    """AdamW + one-cycle LR on the fine-tune split; returns the model in eval mode."""
     import torch
     from torch import nn
 
     from edgecls.models import DigitsCNN
 
-    if epochs < 1:
-        raise EdgeclsError(f"epochs must be >= 1, got {epochs}")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = DigitsCNN(num_classes=num_classes, in_channels=DEMO_PREPROCESS.channels)
+    x_all, y_all = torch.from_numpy(tune.x), torch.from_numpy(tune.y)
+    batch = 32  # small batches: more steps per second of CPU on 1.3k images than 64/128
+    steps = epochs * ((len(tune) + batch - 1) // batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.2)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(tune), generator=gen)
+        for i in range(0, len(tune), batch):
+            idx = perm[i:i + batch]
+            # Random shift of up to 2 px per batch: digits are not all centred alike, and this is
+            # the cheapest augmentation that helps (roll wraps the border, which is nearly all
+            # background, so no padding is needed).
+            dx, dy = torch.randint(-2, 3, (2,), generator=gen).tolist()
+            xb = torch.roll(x_all[idx], shifts=(dy, dx), dims=(2, 3))
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(xb), y_all[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def train_digits_model(out_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
+                       threads: int | None = None) -> DemoModel:
+    """Train DigitsCNN on the fine-tune split of the digits, export ONNX + pt2 + val set into out_dir.
+
+    `threads`: torch intra-op threads, default min(2, usable CPUs). 2 is fastest on an idle
+    2-core box (~2 s/epoch); on a box whose cores are busy with other work, 1 avoids OpenMP
+    threads waiting on each other (measured 10x slower with 2 threads there). The thread
+    count changes float summation order, so results are reproducible per thread count.
+    """
+    import torch
+
+    if threads is None:
+        threads = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if epochs < 1 or threads < 1:
+        raise EdgeclsError(f"epochs and threads must be >= 1, got epochs={epochs} threads={threads}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Retraining over an old copy: drop its marker first so a crash leaves "incomplete", not "done".
+    (out / MARKER_NAME).unlink(missing_ok=True)
     t0 = time.perf_counter()
 
     ds = digits_dataset(size=DEMO_PREPROCESS.size[0], channels=DEMO_PREPROCESS.channels)
     tune, _calib, val = split(ds, seed=seed)
 
-    # Fixed threads + seeds + deterministic kernels: the same accuracy on every machine/run.
-    # Global torch state is restored afterwards because callers (tests, CLI) share the process.
+    # Fixed threads + seeds + deterministic kernels: bit-identical weights run to run.
+    # Global torch state is restored afterwards because callers (tests, CLI) share the process;
+    # fork_rng keeps our seeding out of the caller's RNG stream.
     prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     try:
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        model = DigitsCNN(num_classes=len(ds.classes), in_channels=DEMO_PREPROCESS.channels)
-        x_all = torch.from_numpy(tune.x)
-        y_all = torch.from_numpy(tune.y)
-        batch = 32
-        steps = epochs * ((len(tune) + batch - 1) // batch)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.2)
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
-        model.train()
-        for _ in range(epochs):
-            perm = torch.randperm(len(tune), generator=gen)
-            for i in range(0, len(tune), batch):
-                idx = perm[i:i + batch]
-                xb = x_all[idx]
-                # Random shifts of up to 2 px (the background is -1 after normalisation):
-                # digits are not centred identically and this is the cheapest useful augmentation.
-                dx, dy = (torch.randint(-2, 3, (2,), generator=gen)).tolist()
-                xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(xb), y_all[idx])
-                loss.backward()
-                opt.step()
-                sched.step()
-        model.eval()
+        with torch.random.fork_rng(devices=[]):
+            model = _fit(tune, len(ds.classes), epochs, seed)
         with torch.no_grad():
             pred = model(torch.from_numpy(val.x)).argmax(1).numpy()
         val_acc = float((pred == val.y).mean())
@@ -154,9 +172,9 @@ def train_digits_model(out_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPOC
         example = (torch.from_numpy(val.x[:1]),)
         with _quiet_export():
             _atomic_write(out / ONNX_NAME, lambda p: torch.onnx.export(
-                model.eval(), example, p, dynamo=True, external_data=False,
+                model, example, p, dynamo=True, external_data=False,
                 input_names=["input"], output_names=["logits"], verbose=False))
-            exported = torch.export.export(model.eval(), example)
+            exported = torch.export.export(model, example)
             _atomic_write(out / PT2_NAME, lambda p: torch.export.save(exported, p))
     finally:
         torch.set_num_threads(prev_threads)
@@ -169,8 +187,8 @@ def train_digits_model(out_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPOC
     _atomic_write(out / VAL_Y_NAME, lambda p: _save_npy(p, val.y.astype(np.int64)))
 
     # The marker goes last: its presence (with matching hashes) means the directory is complete.
-    marker = {"version": DEMO_VERSION, "epochs": epochs, "seed": seed, "val_accuracy": val_acc,
-              "train_seconds": round(train_seconds, 3), "torch": torch.__version__,
+    marker = {"version": DEMO_VERSION, "epochs": epochs, "seed": seed, "threads": threads,
+              "val_accuracy": val_acc, "train_seconds": round(train_seconds, 3), "torch": torch.__version__,
               "files": {name: _sha256(out / name) for name in _FILES}}
     _atomic_write(out / MARKER_NAME, lambda p: Path(p).write_text(json.dumps(marker, indent=2) + "\n"))
     return _model_for(out, marker)
@@ -190,10 +208,14 @@ def _load_marker(out: Path, epochs: int, seed: int) -> dict | None:
     return marker
 
 
-def ensure_demo_model(cache_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPOCHS, seed: int = 0) -> DemoModel:
-    """Return the demo model in cache_dir, training it first unless a complete copy is there."""
+def ensure_demo_model(cache_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
+                      threads: int | None = None) -> DemoModel:
+    """Return the demo model in cache_dir, training it first unless a complete copy is there.
+
+    A copy made with another thread count is reused: it differs only in float rounding.
+    """
     out = Path(cache_dir)
     marker = _load_marker(out, epochs, seed)
     if marker is not None:
         return _model_for(out, marker)
-    return train_digits_model(out, epochs=epochs, seed=seed)
+    return train_digits_model(out, epochs=epochs, seed=seed, threads=threads)

@@ -88,7 +88,7 @@ def test_run_cli_on_a_png_prints_top5_json(artifacts, demo, tmp_path, capsys):
     art = artifacts.get("digits", "x86-host")
     ds = digits_dataset(size=32)
     # A real digit written as an image file: the CLI must preprocess it as the manifest says.
-    img = ((ds.images[5].transpose(1, 2, 0) * 0.5 + 0.5) * 255).round().clip(0, 255).astype(np.uint8)
+    img = ((ds.x[5].transpose(1, 2, 0) * 0.5 + 0.5) * 255).round().clip(0, 255).astype(np.uint8)
     Image.fromarray(img).save(tmp_path / "digit.png")
     out = tmp_path / "logits.npy"
     with pytest.raises(SystemExit) as exc:
@@ -96,7 +96,10 @@ def test_run_cli_on_a_png_prints_top5_json(artifacts, demo, tmp_path, capsys):
     assert exc.value.code in (0, None)
     report = json.loads(capsys.readouterr().out)
     assert len(report["topk"]) == 5
-    assert report["topk"][0]["label"] == str(ds.labels[5])
+    # Same answer and logits as ONNX Runtime on the in-memory tensor: PNG preprocessing matches.
+    want = ort_run(art / "model.onnx", ds.x[5:6])
+    assert report["topk"][0]["label"] == str(int(want.argmax()))
+    assert np.abs(np.load(out) - want).max() < 1e-4
     assert np.load(out).shape == (1, 10)
 
 
