@@ -131,18 +131,17 @@ def _fit(tune, num_classes: int, epochs: int, seed: int):
 
 
 def train_digits_model(out_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
-                       threads: int | None = None) -> DemoModel:
+                       threads: int = 1) -> DemoModel:
     """Train DigitsCNN on the fine-tune split of the digits, export ONNX + pt2 + val set into out_dir.
 
-    `threads`: torch intra-op threads, default min(2, usable CPUs). 2 is fastest on an idle
-    2-core box (~2 s/epoch); on a box whose cores are busy with other work, 1 avoids OpenMP
-    threads waiting on each other (measured 10x slower with 2 threads there). The thread
-    count changes float summation order, so results are reproducible per thread count.
+    `threads`: torch intra-op threads. Default 1, measured on a 2-core box: 6 epochs take
+    ~21 s with 1 thread whether or not other work is running; 2 threads take ~12 s when the
+    box is idle but 30-220 s when another process keeps the cores busy (OpenMP threads wait
+    on each other). A steady < 60 s matters more than the best case. The thread count changes
+    float summation order, so results are bit-reproducible per thread count.
     """
     import torch
 
-    if threads is None:
-        threads = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if epochs < 1 or threads < 1:
         raise EdgeclsError(f"epochs and threads must be >= 1, got epochs={epochs} threads={threads}")
     out = Path(out_dir)
@@ -209,7 +208,7 @@ def _load_marker(out: Path, epochs: int, seed: int) -> dict | None:
 
 
 def ensure_demo_model(cache_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
-                      threads: int | None = None) -> DemoModel:
+                      threads: int = 1) -> DemoModel:
     """Return the demo model in cache_dir, training it first unless a complete copy is there.
 
     A copy made with another thread count is reused: it differs only in float rounding.
@@ -219,3 +218,21 @@ def ensure_demo_model(cache_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPO
     if marker is not None:
         return _model_for(out, marker)
     return train_digits_model(out, epochs=epochs, seed=seed, threads=threads)
+
+
+def write_sample_images(demo: DemoModel, out_dir: str | os.PathLike, count: int = 3) -> list[tuple[Path, str]]:
+    """A few validation digits as PNG files (what a user would feed `edgecls run --input`)."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pre = DEMO_PREPROCESS
+    x, y = np.load(demo.val_x), np.load(demo.val_y)
+    samples = []
+    for i in range(min(count, len(y))):
+        # Undo the demo normalisation: pixel = (value * std + mean) * 255.
+        img = (x[i].transpose(1, 2, 0) * np.array(pre.std) + np.array(pre.mean)) * 255.0
+        path = out / f"digit{i}_label{int(y[i])}.png"
+        Image.fromarray(img.round().clip(0, 255).astype(np.uint8)).save(path)
+        samples.append((path, str(int(y[i]))))
+    return samples

@@ -196,9 +196,14 @@ def test_split_deterministic_and_stratified(digits):
 # -- the demo model --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def demo_model(tmp_path_factory):
-    # About 15 s on 2 idle cores (6 epochs); no wall-clock assert, a busy CI box would flake it.
-    return demo.train_digits_model(tmp_path_factory.mktemp("demo"))
+def demo_model(request):
+    # conftest's session `demo` fixture is ensure_demo_model(<fresh tmp dir>), i.e.
+    # train_digits_model with the defaults; reusing it saves the suite a second ~21 s training
+    # run. No wall-clock assert: a busy CI box would make it flaky.
+    m = request.getfixturevalue("demo")
+    marker = json.loads((m.dir / "demo.json").read_text())
+    assert (marker["epochs"], marker["seed"]) == (demo.DEFAULT_EPOCHS, 0)
+    return m
 
 
 def test_demo_model_trains_and_exports(demo_model):

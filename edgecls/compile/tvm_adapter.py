@@ -292,15 +292,23 @@ def build(mod, tvm_target: dict, out_path: Path, compiler: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_host_library(lib_path: Path, inputs: np.ndarray) -> np.ndarray:
-    """Run a host-arch model.so in this process (used for accuracy checks on many inputs)."""
+def load_host_library(lib_path: Path):
+    """A callable running a host-arch model.so in this process: x (batch 1) -> first output."""
     tvm = _import_tvm()
     from tvm import relax
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), tvm.cpu())
-    outs = []
-    for x in inputs:
-        out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x[None])))
+    main = vm["main"]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = main(tvm.runtime.tensor(np.ascontiguousarray(x)))
         if not hasattr(out, "numpy"):
             out = out[0]
-        outs.append(out.numpy()[0])
-    return np.stack(outs)
+        return out.numpy()
+
+    return run
+
+
+def run_host_library(lib_path: Path, inputs: np.ndarray) -> np.ndarray:
+    """Run a host-arch model.so over many inputs one by one (accuracy checks)."""
+    run = load_host_library(lib_path)
+    return np.stack([run(x[None])[0] for x in inputs])

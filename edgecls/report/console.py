@@ -101,7 +101,7 @@ def inspect_view(m: dict, intact_problems: list[str]) -> None:
 def topk_view(report: dict) -> None:
     t = report["timings_ms"]
     table = Table(title=f"top-{len(report['topk'])}: {report['artifact']} ({report['target']}, "
-                        f"{report['where']}), {t['median']:.2f} ms")
+                        f"{report['where']}; one run {t['median']:.2f} ms, not a benchmark)")
     table.add_column("rank", justify="right")
     table.add_column("class")
     table.add_column("index", justify="right")
