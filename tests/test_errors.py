@@ -118,3 +118,22 @@ def test_not_an_artifact(tmp_path):
     assert_one_line_error(p, "not an edgecls artifact")
     p = edgecls("run", tmp_path / "nothing")
     assert_one_line_error(p, "does not exist")
+
+
+@pytest.fixture()
+def tiny_fs(tmp_path):
+    """A 3 MiB tmpfs: too small for an artifact. Needs root and mount rights; skipped otherwise."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_full_disk_leaves_nothing_half_written(demo, tiny_fs):
+    p = edgecls("compile", demo.onnx, "--target", "x86-host", "-o", tiny_fs / "out")
+    assert_one_line_error(p, "no space left on device")
+    assert list(tiny_fs.iterdir()) == []
