@@ -7,7 +7,6 @@ with a held-out validation set, without downloading weights.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecls.hashing import sha256_file
 from edgecls.data import DEMO_PREPROCESS, digits_dataset, split
 from edgecls.errors import EdgeclsError
 
@@ -87,7 +87,7 @@ def _save_npy(path: str, arr: np.ndarray) -> None:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def _model_for(out: Path, marker: dict) -> DemoModel:

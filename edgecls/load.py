@@ -7,13 +7,13 @@ import it directly (that route keeps clip as a real op).
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edgecls.hashing import sha256_file
 from edgecls.errors import ModelError, UsageError
 
 ONNX_SUFFIXES = {".onnx"}
@@ -42,13 +42,6 @@ class Model:
     exported_program: object | None = None  # torch.export.ExportedProgram for .pt2
     notes: list[str] = field(default_factory=list)
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:

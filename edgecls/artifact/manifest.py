@@ -20,26 +20,19 @@ Schema (version 1), top-level keys:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from edgecls.hashing import sha256_file as file_sha256
 from edgecls import __version__
 from edgecls.errors import ArtifactError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def library_versions(extra: dict | None = None) -> dict:

@@ -11,7 +11,6 @@ once with `edgecls runtimes fetch --arch aarch64` into a cache:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -25,6 +24,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecls.hashing import sha256_file
 from edgecls.errors import ToolchainError
 
 LIB_RUNTIME = "libtvm_runtime.so"
@@ -78,13 +78,6 @@ def package_dir(name: str) -> Path:
         raise ToolchainError(f"Python package '{name}' is not installed")
     return Path(list(spec.submodule_search_locations)[0])
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _runtime_dir(arch: str, tvm_version: str) -> Path:

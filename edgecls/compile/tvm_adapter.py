@@ -223,7 +223,7 @@ def run_graph_passes(mod, tvm_target: dict, layout: str | None, fold_bn: bool = 
     layout: None keeps the imported layout (NCHW from ONNX/torch), "NHWC" converts convs to
     NHWC/OHWI. Passes run under the target so legalization picks target-aware strategies.
     """
-    tvm = _import_tvm()
+    _import_tvm()
     from tvm import relax
     target = _target(tvm_target)
     records: list[PassRecord] = []
