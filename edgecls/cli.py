@@ -85,12 +85,16 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), default=None)
 @click.option("--preprocess", "preprocess_file", type=click.Path(path_type=Path), default=None,
               help="Preprocessing as JSON (size, mean, std, channel_order, layout).")
+@click.option("--val-data", type=click.Path(path_type=Path), default=None,
+              help="Labelled images the artifact carries for on-device top-1: an ImageFolder, "
+                   "or a folder with val_x.npy + val_y.npy.")
+@click.option("--val-count", default=64, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--no-verify", is_flag=True, help="Skip running the artifact on the reference input.")
 @click.option("--verbose", "-v", is_flag=True, help="Show every stage and graph pass.")
 @targets_dir_option
 def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order,
-            preprocess_file, force, no_verify, verbose, targets_dir):
+            preprocess_file, val_data, val_count, force, no_verify, verbose, targets_dir):
     """Compile MODEL (.onnx, .pt2, TorchScript) for a target into a runnable, verified artifact."""
     from edgecls.load import parse_shape
     from edgecls.pipeline import CompileRequest, compile_artifact
@@ -98,6 +102,7 @@ def compile(model, target, out_dir, layout, input_shape, labels, mean, std, chan
     req = CompileRequest(
         model=model, target=target, out_dir=out_dir, layout=layout, input_shape=parse_shape(input_shape),
         labels=labels, force=force, targets_dir=targets_dir, verify=not no_verify,
+        val_data=val_data, val_count=val_count,
         preprocess=_preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order, preprocess_file))
     with console.status(f"compiling {model} for {target}", spinner="dots") if not verbose else _null():
         out = compile_artifact(req, log=_log(verbose))
@@ -145,6 +150,133 @@ def run(artifact, input_path, emulate, topk, threads, save_output, as_json):
         click.echo(json.dumps(report, indent=2))
     else:
         topk_view(report)
+
+
+boards_option = click.option("--boards", "inventory", envvar="EDGECLS_BOARDS", default=None,
+                             type=click.Path(path_type=Path),
+                             help="Board inventory TOML (default ~/.config/edgecls/boards.toml; EDGECLS_BOARDS).")
+ssh_config_option = click.option("--ssh-config", envvar="EDGECLS_SSH_CONFIG", default=None,
+                                 type=click.Path(path_type=Path),
+                                 help="ssh config file passed as -F to every ssh/rsync (EDGECLS_SSH_CONFIG).")
+accept_new_option = click.option("--accept-new-host-key", is_flag=True,
+                                 help="Trust a board's host key on first contact (never a changed one).")
+
+
+@cli.group()
+def boards():
+    """Board inventory: boards reached over SSH with your own ~/.ssh/config."""
+
+
+@boards.command("add")
+@click.argument("name")
+@click.option("--host", required=True, help="ssh alias from ~/.ssh/config, or user@host:port.")
+@click.option("--target", "-t", required=True, help="Target name of the board (see `edgecls targets`).")
+@click.option("--workdir", default="edgecls", show_default=True, help="Remote work dir (relative to home, or absolute).")
+@click.option("--emulator", default="", help="Prefix that runs the artifact's binaries, e.g. 'qemu-aarch64 -L /usr/aarch64-linux-gnu'.")
+@click.option("--python", "python", default="python3", show_default=True, help="Python on the board for the ORT/LiteRT harness.")
+@click.option("--replace", is_flag=True, help="Replace a board of the same name.")
+@boards_option
+@targets_dir_option
+def boards_add(name, host, target, workdir, emulator, python, replace, inventory, targets_dir):
+    """Add a board to the inventory."""
+    import shlex
+    from edgecls.remote.boards import Board, add_board, inventory_path
+    board = Board(name=name, host=host, target=target, workdir=workdir,
+                  emulator=tuple(shlex.split(emulator)), python=python)
+    add_board(inventory, board, replace=replace, targets_dir=targets_dir)
+    click.echo(f"board {name} ({target}, {host}) added to {inventory_path(inventory)}")
+
+
+@boards.command("list")
+@click.option("--no-ping", is_flag=True, help="Do not try to reach the boards.")
+@boards_option
+@ssh_config_option
+def boards_list(no_ping, inventory, ssh_config):
+    """Boards in the inventory: name, target, host, reachable?, last seen."""
+    from edgecls.remote.boards import load_boards, ping_boards
+    from edgecls.report.console import boards_table, console
+    found = load_boards(inventory)
+    console.print(boards_table(found, {} if no_ping else ping_boards(list(found.values()), ssh_config)))
+
+
+@boards.command("check")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@boards_option
+@ssh_config_option
+@accept_new_option
+@targets_dir_option
+def boards_check(name, as_json, inventory, ssh_config, accept_new_host_key, targets_dir):
+    """Connect and report: arch, glibc, cores, governor, free disk, temperatures, runtimes."""
+    from edgecls.remote.boards import check_board, connect, get_board
+    from edgecls.report.console import board_check_view
+    board = get_board(name, inventory)
+    with connect(board, ssh_config=ssh_config, accept_new_host_key=accept_new_host_key) as ssh:
+        info = check_board(board, ssh, inventory=inventory, targets_dir=targets_dir)
+    click.echo(json.dumps(info, indent=2)) if as_json else board_check_view(board, info)
+
+
+@boards.command("remove")
+@click.argument("name")
+@boards_option
+def boards_remove(name, inventory):
+    """Remove a board from the inventory."""
+    from edgecls.remote.boards import remove_board
+    remove_board(inventory, name)
+    click.echo(f"board {name} removed")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--board", "-b", "board_name", required=True)
+@boards_option
+@ssh_config_option
+@accept_new_option
+def deploy(artifact, board_name, inventory, ssh_config, accept_new_host_key):
+    """Upload an artifact to a board: atomic, checksum-verified on the board, resumable."""
+    from edgecls.remote.boards import connect, get_board
+    from edgecls.remote.deploy import deploy as deploy_artifact
+    board = get_board(board_name, inventory)
+    with connect(board, ssh_config=ssh_config, accept_new_host_key=accept_new_host_key) as ssh:
+        result = deploy_artifact(artifact, board, ssh, log=lambda m: click.echo(m, err=True))
+    what = "already there, verified" if result.reused else f"{result.files} files, {result.uploaded_bytes} bytes sent, verified"
+    click.echo(f"deployed {artifact} to {board.name}:{result.remote_path} ({what})")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--board", "-b", "board_spec", default=None, help="Board name(s): b1,b2 or all.")
+@click.option("--local", is_flag=True, help="Measure on this machine.")
+@click.option("--emulate", is_flag=True, help="With --local: run a foreign-arch artifact under qemu.")
+@click.option("--runtime", default="tvm", show_default=True, help="Comma list: tvm,onnxruntime,tflite.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None)
+@click.option("--cores", default=None, help="big | little | all | CPU list like 4,5 or 0-3.")
+@click.option("--runs", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--warmup", default=5, show_default=True, type=click.IntRange(0))
+@click.option("--warmup-ms", default=0.0, show_default=True, type=click.FloatRange(0))
+@click.option("--min-ms", default=0.0, show_default=True, type=click.FloatRange(0), help="Time runs for at least this long.")
+@click.option("--cooldown-ms", default=0.0, show_default=True, type=click.FloatRange(0))
+@click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64), help="Boards measured at once.")
+@click.option("--output", "-o", "out_dir", default="reports", show_default=True, type=click.Path(path_type=Path))
+@boards_option
+@ssh_config_option
+@accept_new_option
+def bench(artifact, board_spec, local, emulate, runtime, threads, cores, runs, warmup, warmup_ms, min_ms,
+          cooldown_ms, parallel, out_dir, inventory, ssh_config, accept_new_host_key):
+    """Benchmark an artifact on boards (in parallel) or locally; one JSON report per board and runtime."""
+    from rich.live import Live
+    from edgecls.bench.harness import BenchOptions, parse_runtimes
+    from edgecls.bench.run import make_places, run_bench
+    from edgecls.report.console import bench_summary, console, fleet_table
+    opts = BenchOptions(runtimes=parse_runtimes(runtime), threads=threads, cores=cores, runs=runs,
+                        warmup=warmup, warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms)
+    places = make_places(board_spec, local, emulate, inventory, ssh_config, accept_new_host_key)
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        results = run_bench(artifact, places, opts, out_dir, parallel,
+                            on_change=lambda rs: live.update(fleet_table(rs)))
+    failed = bench_summary(results)
+    if failed:
+        raise EdgeclsError(f"{failed} of {len(results)} place(s) failed; reports of the others are in {out_dir}")
 
 
 @cli.command("demo-model")

@@ -6,6 +6,7 @@ optimize stage (prune / fine-tune / quantize) slots in between load and compile.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from edgecls.targets import get_target
 
 # fp32 TVM vs ONNX Runtime differs by ~1e-6 here; anything near this bound is a miscompile.
 VERIFY_ATOL = 1e-3
+PY_HARNESS_SRC = Path(__file__).parent / "artifact" / "harness" / "bench_py.py"
 
 
 @dataclass
@@ -41,6 +43,8 @@ class CompileRequest:
     force: bool = False
     targets_dir: str | None = None
     verify: bool = True
+    val_data: Path | None = None  # ImageFolder, or a dir with val_x.npy + val_y.npy
+    val_count: int = 64
 
 
 def read_labels(path: Path | None, num_classes: int | None) -> list[str] | None:
@@ -69,6 +73,21 @@ def default_preprocess(shape: tuple[int, ...], mean=(0.485, 0.456, 0.406), std=(
     size = (shape[1], shape[2]) if nhwc else (shape[-2], shape[-1])
     return Preprocess(size=tuple(size), mean=mean, std=std, channel_order=channel_order,
                       layout="NHWC" if nhwc else "NCHW", resize="bilinear")
+
+
+def validation_batch(path: Path, preprocess: Preprocess, shape: tuple[int, ...], count: int):
+    """A small labelled batch the artifact carries, so boards can report on-device top-1."""
+    from edgecls.data import load_image_folder
+    path = Path(path)
+    if (path / "val_x.npy").is_file() and (path / "val_y.npy").is_file():
+        x, y = np.load(path / "val_x.npy"), np.load(path / "val_y.npy")
+    else:
+        ds = load_image_folder(path, preprocess, limit=count)
+        x, y = ds.x, ds.y
+    x, y = x[:count].astype(np.float32), y[:count].astype(np.int64)
+    if tuple(x.shape[1:]) != tuple(shape[1:]):
+        raise UsageError(f"validation images have shape {list(x.shape[1:])}, the model expects {list(shape[1:])}")
+    return x, y
 
 
 def verify_artifact(root: Path, emulator_ok: bool, log) -> dict:
@@ -135,6 +154,12 @@ def compile_artifact(req: CompileRequest, log=lambda msg: None) -> Path:
         x = reference_input(model.input.shape, model.input.dtype, seed=int(model.sha256[:8], 16))
         np.save(tmp / "reference" / "input.npy", x)
         np.save(tmp / "reference" / "output.npy", onnx_reference(tmp / "model.onnx", x))
+        if req.val_data is not None:
+            vx, vy = validation_batch(req.val_data, preprocess, model.input.shape, req.val_count)
+            np.save(tmp / "reference" / "val_x.npy", vx)
+            np.save(tmp / "reference" / "val_y.npy", vy)
+        (tmp / "harness").mkdir()
+        shutil.copy2(PY_HARNESS_SRC, tmp / "harness" / "bench_py.py")
         if labels:
             (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
         manifest = mf.new_manifest(

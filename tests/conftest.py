@@ -89,7 +89,7 @@ class Artifacts:
                 from edgecls.data import Preprocess
                 import json
                 req = CompileRequest(model=self.demo.onnx, target=target, out_dir=out, layout=layout,
-                                     labels=self.demo.labels,
+                                     labels=self.demo.labels, val_data=self.demo.dir,
                                      preprocess=Preprocess.from_dict(json.loads(self.demo.preprocess.read_text())))
             else:
                 req = CompileRequest(model=self.ref[model], target=target, out_dir=out, layout=layout)

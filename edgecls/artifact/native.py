@@ -1,4 +1,4 @@
-"""Build the native runner (runner/runner.cc) for an architecture, and inspect ELF files.
+"""Build the native runner (runner/*.cc) for an architecture, and inspect ELF files.
 
 The runner links only against libtvm_runtime.so + libtvm_ffi.so, which are copied next to it;
 an `$ORIGIN` rpath makes the artifact directory self-contained (no LD_LIBRARY_PATH on the board).
@@ -35,7 +35,9 @@ from edgecls.artifact.runtime_libs import (
 from edgecls.errors import ArtifactError, ToolchainError
 
 RUNNER_NAME = "edgecls-runner"
-RUNNER_SOURCE = Path(__file__).with_name("runner") / "runner.cc"
+RUNNER_DIR = Path(__file__).with_name("runner")
+RUNNER_SOURCES = [RUNNER_DIR / "runner.cc", RUNNER_DIR / "sysinfo.cc"]  # compiled
+RUNNER_HEADERS = [RUNNER_DIR / "sysinfo.h"]  # only hashed into the cache key
 CXXFLAGS = ["-O2", "-std=c++17"]
 LDFLAGS = ["-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN"]  # no shell: '$ORIGIN' stays literal
 
@@ -99,7 +101,8 @@ def build_runner(arch: str, compiler: str, out_dir: Path, libs: RuntimeLibs) -> 
 
     includes = _include_dirs()
     key = hashlib.sha256()
-    for part in (RUNNER_SOURCE.read_bytes(), _compiler_version(compiler).encode(), arch.encode(),
+    sources = [p.read_bytes() for p in RUNNER_SOURCES + RUNNER_HEADERS]
+    for part in (*sources, _compiler_version(compiler).encode(), arch.encode(),
                  " ".join(CXXFLAGS + LDFLAGS).encode(), sha256_file(libs.tvm_runtime).encode(),
                  sha256_file(libs.tvm_ffi).encode(), (includes[0] / "tvm" / "ffi" / "c_api.h").read_bytes()):
         key.update(hashlib.sha256(part).digest())
@@ -113,7 +116,7 @@ def build_runner(arch: str, compiler: str, out_dir: Path, libs: RuntimeLibs) -> 
             libdir.mkdir()
             shutil.copy2(libs.tvm_runtime, libdir / LIB_RUNTIME)
             shutil.copy2(libs.tvm_ffi, libdir / LIB_FFI)
-            cmd = [compiler, *CXXFLAGS, *(f"-I{d}" for d in includes), str(RUNNER_SOURCE),
+            cmd = [compiler, *CXXFLAGS, *(f"-I{d}" for d in includes), *map(str, RUNNER_SOURCES),
                    "-o", str(tmp / RUNNER_NAME), f"-L{libdir}", *LDFLAGS]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

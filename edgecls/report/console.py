@@ -113,3 +113,88 @@ def topk_view(report: dict) -> None:
         console.print(f"reference input: max |diff| vs ONNX Runtime output {report['reference_max_abs_diff']:.3g}")
     if report.get("saved_output"):
         console.print(f"output tensor saved to {report['saved_output']}")
+
+
+def _fmt(v, spec=".2f"):
+    return "-" if v is None else format(v, spec)
+
+
+def bench_table(reports: list[dict], paths: list | None = None) -> Table:
+    table = Table(title="edgecls bench")
+    for col in ("board", "runtime", "median ms", "p90", "p99", "fps", "top-1", "ref |diff|", "warnings"):
+        table.add_column(col, justify="right" if col not in ("board", "runtime", "warnings") else "left")
+    for r in reports:
+        t = r.get("timings_ms") or {}
+        acc = (r.get("accuracy") or {}).get("top1")
+        ref = (r.get("reference") or {}).get("max_abs_diff")
+        system = r.get("system") or {}
+        warn = []
+        if system.get("throttled"):
+            warn.append("throttled")
+        governors = {c.get("governor") for c in ((system.get("before") or {}).get("cpus") or {}).values()}
+        if governors - {None, "performance"}:
+            warn.append("governor " + ",".join(sorted(g for g in governors if g)))
+        if r["board"].get("kind") == "emulated" or r["board"].get("emulator"):
+            warn.append("emulated: time is not board time")
+        table.add_row(r["board"]["name"], r["runtime"], _fmt(t.get("median")), _fmt(t.get("p90")),
+                      _fmt(t.get("p99")), _fmt((r.get("bench") or {}).get("fps"), ".1f"),
+                      _fmt(acc, ".3f"), _fmt(ref, ".2e"), "; ".join(warn))
+    return table
+
+
+def fleet_table(results) -> Table:
+    table = Table(title="boards")
+    for col in ("board", "status", "median ms", "detail"):
+        table.add_column(col)
+    style = {"done": "green", "failed": "red", "queued": "dim"}
+    for r in results:
+        med = ", ".join(f"{k} {v:.2f}" for k, v in r.medians.items()) if r.medians else ""
+        table.add_row(r.name, f"[{style.get(r.status, 'yellow')}]{r.status}", med, r.detail[:90])
+    return table
+
+
+def boards_table(boards: dict, reachable: dict) -> Table:
+    table = Table(title="boards")
+    for col in ("name", "target", "host", "workdir", "reachable", "last seen"):
+        table.add_column(col)
+    for b in sorted(boards.values(), key=lambda b: b.name):
+        r = reachable.get(b.name)
+        state = "-" if r is None else ("[green]yes" if r is True else f"[red]no[/red] {r}")
+        table.add_row(b.name, b.target, b.host, b.workdir, state, b.last_seen or "never")
+    return table
+
+
+def board_check_view(board, info: dict) -> None:
+    table = Table(show_header=False, title=f"board {board.name} ({board.host})")
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    cpus = info.get("cpus") or []
+    governors = sorted({c.get("governor") or "?" for c in cpus})
+    rows = [("arch / kernel", f"{info.get('arch')} / {info.get('kernel')}"), ("glibc", info.get("glibc")),
+            ("cores", f"{info.get('nproc')} (governor {', '.join(governors) or '?'})"),
+            ("max freq kHz", ", ".join(f"cpu{c.get('cpu')}:{c.get('max_khz')}" for c in cpus) or "-"),
+            ("workdir", f"{info.get('workdir')} ({info.get('disk_free_kb')} kB free)"),
+            ("temperatures", ", ".join(f"{t.get('type')} {t.get('temp_c')} C" for t in info.get("thermal") or []) or "-"),
+            ("tools", ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in (info.get("tools") or {}).items())),
+            ("python packages", ", ".join(f"{k} {v or 'no'}" for k, v in (info.get("python_packages") or {}).items())),
+            ("warnings", info.get("warning") or "none")]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+def bench_summary(results) -> int:
+    """Print every report written and the per-runtime table; returns how many places failed."""
+    import json as _json
+    reports = []
+    for r in results:
+        for p in r.reports:
+            reports.append(_json.loads(p.read_text()))
+    if reports:
+        console.print(bench_table(reports))
+    for r in results:
+        for p in r.reports:
+            console.print(f"report: {p}")
+        if r.status == "failed":
+            console.print(f"[red]failed[/red] {r.name}: {r.detail}")
+    return sum(r.status == "failed" for r in results)

@@ -1,13 +1,17 @@
-// edgecls-runner: runs a TVM-compiled (Relax VM) image classifier on a board with no Python.
+// edgecls-runner: runs and benchmarks a TVM-compiled (Relax VM) image classifier on a board with
+// no Python.
 //
 // Links only against libtvm_runtime.so + libtvm_ffi.so, which ship next to this binary and are
 // found through an $ORIGIN rpath. Only tvm::ffi headers are used: tvm/runtime/tensor.h in the
-// wheel includes a header the wheel does not ship.
+// wheel includes a header the wheel does not ship. System facts (cpufreq, thermal, affinity,
+// device) come from sysinfo.cc.
 //
 //   edgecls-runner --model model.so --input in.npy [--output out.npy] [--topk 5]
-//                  [--warmup 1] [--runs 1] [--threads N]
+//                  [--warmup 1] [--warmup-ms 0] [--runs 1] [--min-ms 0] [--cooldown-ms 0]
+//                  [--cores CPULIST] [--threads N] [--val-x X.npy --val-y Y.npy]
+//                  [--ref-input in.npy --ref-output out.npy] [--json-out report.json]
 //
-// Prints exactly one JSON object on stdout. Any failure prints one line
+// Prints exactly one JSON object (schema 2) on stdout. Any failure prints one line
 // "edgecls-runner: error: <message>" on stderr and exits with status 2.
 
 #include <dlpack/dlpack.h>
@@ -31,10 +35,14 @@
 #include <cstring>
 #include <fstream>
 #include <numeric>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "sysinfo.h"
 
 namespace ffi = tvm::ffi;
 
@@ -100,51 +108,65 @@ std::string HeaderField(const std::string& h, const std::string& key) {
   return h.substr(p, e - p);
 }
 
-ffi::Tensor ReadNpy(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Fail("cannot open input '" + path + "'");
-  char magic[8];
-  if (!f.read(magic, 8) || std::memcmp(magic, "\x93NUMPY", 6) != 0)
-    throw Fail("'" + path + "' is not a .npy file");
-  uint32_t hlen = 0;
-  unsigned char b[4] = {0, 0, 0, 0};
-  if (magic[6] == 1) {
-    f.read(reinterpret_cast<char*>(b), 2);
-  } else if (magic[6] == 2 || magic[6] == 3) {
-    f.read(reinterpret_cast<char*>(b), 4);
-  } else {
-    throw Fail("unsupported npy version " + std::to_string(int(magic[6])) + " in '" + path + "'");
-  }
-  hlen = b[0] | (b[1] << 8) | (b[2] << 16) | (uint32_t(b[3]) << 24);
-  if (!f || hlen > (1u << 20)) throw Fail("bad npy header in '" + path + "'");
-  std::string h(hlen, '\0');
-  if (!f.read(&h[0], hlen)) throw Fail("truncated npy header in '" + path + "'");
-
-  std::string descr = HeaderField(h, "descr");
-  if (descr.size() < 2 || descr.front() != '\'' || descr.back() != '\'')
-    throw Fail("unsupported npy dtype " + descr);
-  const DType& dt = DTypeFromDescr(descr.substr(1, descr.size() - 2));
-  if (HeaderField(h, "fortran_order").rfind("False", 0) != 0)
-    throw Fail("'" + path + "' is in Fortran order; save it C-contiguous (np.ascontiguousarray)");
-  std::string s = HeaderField(h, "shape");
+// An open .npy file, positioned at its data: ReadNpy reads it whole, --val-x one image at a time.
+struct NpyFile {
+  std::string path;
+  std::ifstream f;
+  const DType* dt = nullptr;
   std::vector<int64_t> shape;
-  for (size_t i = 1; i < s.size();) {
-    if (std::isdigit(static_cast<unsigned char>(s[i]))) {
-      size_t used = 0;
-      shape.push_back(std::stoll(s.substr(i), &used));
-      i += used;
+
+  explicit NpyFile(const std::string& p) : path(p), f(p, std::ios::binary) {
+    if (!f) throw Fail("cannot open input '" + path + "'");
+    char magic[8];
+    if (!f.read(magic, 8) || std::memcmp(magic, "\x93NUMPY", 6) != 0)
+      throw Fail("'" + path + "' is not a .npy file");
+    unsigned char b[4] = {0, 0, 0, 0};
+    if (magic[6] == 1) {
+      f.read(reinterpret_cast<char*>(b), 2);
+    } else if (magic[6] == 2 || magic[6] == 3) {
+      f.read(reinterpret_cast<char*>(b), 4);
     } else {
-      ++i;
+      throw Fail("unsupported npy version " + std::to_string(int(magic[6])) + " in '" + path + "'");
+    }
+    uint32_t hlen = b[0] | (b[1] << 8) | (b[2] << 16) | (uint32_t(b[3]) << 24);
+    if (!f || hlen > (1u << 20)) throw Fail("bad npy header in '" + path + "'");
+    std::string h(hlen, '\0');
+    if (!f.read(&h[0], hlen)) throw Fail("truncated npy header in '" + path + "'");
+
+    std::string descr = HeaderField(h, "descr");
+    if (descr.size() < 2 || descr.front() != '\'' || descr.back() != '\'')
+      throw Fail("unsupported npy dtype " + descr);
+    dt = &DTypeFromDescr(descr.substr(1, descr.size() - 2));
+    if (HeaderField(h, "fortran_order").rfind("False", 0) != 0)
+      throw Fail("'" + path + "' is in Fortran order; save it C-contiguous (np.ascontiguousarray)");
+    std::string s = HeaderField(h, "shape");
+    for (size_t i = 1; i < s.size();) {
+      if (std::isdigit(static_cast<unsigned char>(s[i]))) {
+        size_t used = 0;
+        shape.push_back(std::stoll(s.substr(i), &used));
+        i += used;
+      } else {
+        ++i;
+      }
     }
   }
 
-  ffi::Tensor t = ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::ShapeView(shape.data(), shape.size()),
-                                           dt.dl, DLDevice{kDLCPU, 0});
-  size_t n = ffi::GetDataSize(t);
-  if (n && !f.read(static_cast<char*>(t.data_ptr()), n))
-    throw Fail("'" + path + "' is truncated: expected " + std::to_string(n) + " data bytes");
-  return t;
-}
+  // A new tensor of `shape` (default: the file's) filled with the next bytes of the file.
+  ffi::Tensor Read(std::vector<int64_t> shp = {}) {
+    if (shp.empty()) shp = shape;
+    ffi::Tensor t = ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::ShapeView(shp.data(), shp.size()),
+                                             dt->dl, DLDevice{kDLCPU, 0});
+    ReadInto(t);
+    return t;
+  }
+  void ReadInto(const ffi::Tensor& t) {
+    size_t n = ffi::GetDataSize(t);
+    if (n && !f.read(static_cast<char*>(t.data_ptr()), n))
+      throw Fail("'" + path + "' is truncated: expected " + std::to_string(n) + " more data bytes");
+  }
+};
+
+ffi::Tensor ReadNpy(const std::string& path) { return NpyFile(path).Read(); }
 
 std::string ShapeStr(ffi::ShapeView s, const char* open, const char* close, bool py_tuple) {
   std::string r = open;
@@ -189,43 +211,33 @@ double ElementAsDouble(const ffi::Tensor& t, int64_t i) {
   throw Fail("cannot read scores of this output dtype");
 }
 
-// ---- JSON helpers -----------------------------------------------------------------------------
+// ---- options ----------------------------------------------------------------------------------
 
-std::string Num(double v) {
-  if (!std::isfinite(v)) return "null";  // JSON has no NaN/Inf
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.9g", v);
-  return buf;
-}
-
-std::string Str(const std::string& s) {
-  std::string r = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      r += '\\';
-      r += char(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      r += buf;
-    } else {
-      r += char(c);
-    }
-  }
-  return r + "\"";
-}
-
-std::string List(const std::vector<double>& v) {
-  std::string r = "[";
-  for (size_t i = 0; i < v.size(); ++i) r += (i ? ", " : "") + Num(v[i]);
-  return r + "]";
-}
-
-// ---- main flow --------------------------------------------------------------------------------
+const char* kUsage =
+    "usage: edgecls-runner --model model.so --input in.npy [options]\n"
+    "  --output out.npy      write the model output of the last timed run\n"
+    "  --topk K              top-k classes to report (default 5)\n"
+    "  --warmup N            warm-up runs (default 1) ...\n"
+    "  --warmup-ms T         ... and keep warming up until they took T ms in all (default 0)\n"
+    "  --runs N              timed runs (default 1) ...\n"
+    "  --min-ms T            ... and keep running until they took T ms in all (default 0;\n"
+    "                        time-driven runs stop at 100000)\n"
+    "  --cooldown-ms T       sleep T ms between timed runs (default 0)\n"
+    "  --cores CPULIST       run on these CPUs only, e.g. 4,5 or 0-3 (default: the CPUs this\n"
+    "                        process may use; TVM's own pinning is kept only if that is all)\n"
+    "  --threads N           TVM thread pool size (default: number of cores, else TVM's)\n"
+    "  --val-x X.npy --val-y Y.npy\n"
+    "                        accuracy over N images (X: N x input shape, Y: N integer labels)\n"
+    "  --ref-input in.npy --ref-output out.npy\n"
+    "                        compare the model output on in.npy with out.npy\n"
+    "                        (--input defaults to --ref-input)\n"
+    "  --json-out FILE       also write the JSON report to FILE\n"
+    "Validation and reference runs come before the warm-up and are not timed.\n";
 
 struct Options {
-  std::string model, input, output;
+  std::string model, input, output, cores, val_x, val_y, ref_input, ref_output, json_out;
   int topk = 5, warmup = 1, runs = 1, threads = 0;
+  double warmup_ms = 0, min_ms = 0, cooldown_ms = 0;
 };
 
 int ParseInt(const std::string& flag, const std::string& v, int min) {
@@ -241,9 +253,13 @@ int ParseInt(const std::string& flag, const std::string& v, int min) {
   return static_cast<int>(x);
 }
 
-const char* kUsage =
-    "usage: edgecls-runner --model model.so --input in.npy [--output out.npy] [--topk 5]\n"
-    "                      [--warmup 1] [--runs 1] [--threads N]\n";
+double ParseMs(const std::string& flag, const std::string& v) {
+  char* end = nullptr;
+  double x = std::strtod(v.c_str(), &end);
+  if (v.empty() || *end != '\0' || !(x >= 0) || x > 1e9)
+    throw Fail(flag + " expects a number of milliseconds >= 0, got '" + v + "'");
+  return x;
+}
 
 Options ParseArgs(int argc, char** argv) {
   Options o;
@@ -260,13 +276,27 @@ Options ParseArgs(int argc, char** argv) {
     else if (a == "--output") o.output = v;
     else if (a == "--topk") o.topk = ParseInt(a, v, 0);
     else if (a == "--warmup") o.warmup = ParseInt(a, v, 0);
+    else if (a == "--warmup-ms") o.warmup_ms = ParseMs(a, v);
     else if (a == "--runs") o.runs = ParseInt(a, v, 1);
+    else if (a == "--min-ms") o.min_ms = ParseMs(a, v);
+    else if (a == "--cooldown-ms") o.cooldown_ms = ParseMs(a, v);
     else if (a == "--threads") o.threads = ParseInt(a, v, 1);
+    else if (a == "--cores") o.cores = v;
+    else if (a == "--val-x") o.val_x = v;
+    else if (a == "--val-y") o.val_y = v;
+    else if (a == "--ref-input") o.ref_input = v;
+    else if (a == "--ref-output") o.ref_output = v;
+    else if (a == "--json-out") o.json_out = v;
     else throw Fail("unknown option '" + a + "'");
   }
+  if (o.input.empty()) o.input = o.ref_input;
   if (o.model.empty() || o.input.empty()) throw Fail("--model and --input are required");
+  if (o.val_x.empty() != o.val_y.empty()) throw Fail("--val-x and --val-y go together");
+  if (o.ref_input.empty() != o.ref_output.empty()) throw Fail("--ref-input and --ref-output go together");
   return o;
 }
+
+// ---- running the model ------------------------------------------------------------------------
 
 using Clock = std::chrono::steady_clock;
 double Ms(Clock::time_point a, Clock::time_point b) {
@@ -281,6 +311,28 @@ ffi::Tensor FirstOutput(const ffi::Any& r) {
     return FirstOutput((*arr)[0]);
   }
   throw Fail("model returned " + r.GetTypeKey() + ", expected a tensor or a tuple of tensors");
+}
+
+ffi::Tensor Infer(const ffi::Function& main_fn, const ffi::Tensor& x) {
+  ffi::Tensor out = FirstOutput(main_fn(x));
+  if (out.device().device_type != kDLCPU) throw Fail("model output is not on the CPU");
+  if (!out.IsContiguous()) throw Fail("model output is not contiguous");
+  return out;
+}
+
+int64_t Classes(const ffi::Tensor& out) { return out.ndim() ? out.shape()[out.ndim() - 1] : 1; }
+
+// The k best (score, class) over the last axis of the first row (index [0, ..., 0, :]); ties go
+// to the lower class index.
+std::vector<std::pair<double, int64_t>> TopK(const ffi::Tensor& out, size_t k) {
+  std::vector<std::pair<double, int64_t>> scores;
+  for (int64_t c = 0; c < Classes(out) && out.numel() > 0; ++c) scores.emplace_back(ElementAsDouble(out, c), c);
+  k = std::min(k, scores.size());
+  std::partial_sort(scores.begin(), scores.begin() + k, scores.end(), [](auto& x, auto& y) {
+    return x.first > y.first || (x.first == y.first && x.second < y.second);
+  });
+  scores.resize(k);
+  return scores;
 }
 
 // dlopen() gives poor messages for the common mistakes (a relative name is searched on the
@@ -306,10 +358,135 @@ std::string CheckModel(const std::string& path) {
   return buf;
 }
 
+// Pins the process to its cores and sizes TVM's thread pool; returns the cores in use.
+//
+// TVM's pool (src/runtime/thread_pool.cc, threading_backend.cc) is created on first use with
+// MaxConcurrency() = TVM_NUM_THREADS workers, then Configure(kBig) re-pins them: workers to
+// single cores taken from ALL online CPUs sorted by cpuinfo_max_freq, the main thread to every
+// "big" core, ignoring the process affinity mask (so `taskset` alone does not hold); it also caps
+// the pool at the number of big cores (2 on an RK3399 even when asked for 4 little ones). So for
+// --cores, or an inherited mask narrower than the online CPUs (taskset, cpuset): TVM_BIND_THREADS=0
+// turns the re-pinning off (threads keep the mask they inherit from the main thread), and
+// runtime.config_threadpool(kSpecifyThreadShareAllCore, N, <N cpu ids>) creates the pool with
+// exactly N workers. Otherwise TVM's defaults stand (TVM_NUM_THREADS from --threads).
+std::vector<int> SetUpThreads(const Options& o, int* threads) {
+  *threads = o.threads;
+  std::vector<int> cores = edgecls::Affinity(0);
+  if (!o.cores.empty()) {
+    try {
+      cores = edgecls::ParseCpuList(o.cores);
+    } catch (const std::exception& e) {
+      throw Fail(std::string("--cores: ") + e.what());
+    }
+    edgecls::SetProcessAffinity(cores);  // before any TVM worker thread exists
+  } else if (cores.empty() || cores == edgecls::OnlineCpus()) {
+    if (o.threads > 0) setenv("TVM_NUM_THREADS", std::to_string(o.threads).c_str(), 1);
+    // Create the pool now (it is per thread and lazy), so that no timed run pays for it.
+    if (auto nt = ffi::Function::GetGlobal("runtime.NumThreads")) (*nt)();
+    return cores;
+  }
+  if (*threads == 0) *threads = static_cast<int>(cores.size());
+  setenv("TVM_NUM_THREADS", std::to_string(*threads).c_str(), 1);
+  setenv("TVM_BIND_THREADS", "0", 1);
+  if (auto config = ffi::Function::GetGlobal("runtime.config_threadpool")) {
+    ffi::Array<ffi::String> ids;  // its length sets the pool size; the ids are unused unbound
+    for (int i = 0; i < *threads; ++i) ids.push_back(std::to_string(cores[i % cores.size()]));
+    (*config)(-3 /* kSpecifyThreadShareAllCore */, *threads, ids);
+  }
+  return cores;
+}
+
+// ---- statistics -------------------------------------------------------------------------------
+
+double Percentile(const std::vector<double>& sorted, double p) {  // numpy's default (linear)
+  double pos = p / 100 * (sorted.size() - 1);
+  size_t lo = static_cast<size_t>(pos);
+  if (lo + 1 >= sorted.size()) return sorted.back();
+  return sorted[lo] + (sorted[lo + 1] - sorted[lo]) * (pos - lo);
+}
+
+double Sum(const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0); }
+
+std::string Stats(const std::vector<double>& runs, double* mean_out) {
+  std::vector<double> s = runs;
+  std::sort(s.begin(), s.end());
+  size_t n = s.size();
+  double mean = Sum(s) / n, var = 0;
+  for (double x : s) var += (x - mean) * (x - mean);
+  *mean_out = mean;
+  using edgecls::JsonNum;
+  return "\"mean\": " + JsonNum(mean) + ", \"median\": " + JsonNum(Percentile(s, 50)) +
+         ", \"p90\": " + JsonNum(Percentile(s, 90)) + ", \"p95\": " + JsonNum(Percentile(s, 95)) +
+         ", \"p99\": " + JsonNum(Percentile(s, 99)) + ", \"min\": " + JsonNum(s.front()) +
+         ", \"max\": " + JsonNum(s.back()) + ", \"std\": " + JsonNum(std::sqrt(var / n));
+}
+
+// ---- untimed checks ---------------------------------------------------------------------------
+
+std::string Reference(const ffi::Function& main_fn, const Options& o) {
+  ffi::Tensor x = ReadNpy(o.ref_input), want = ReadNpy(o.ref_output);
+  auto a = Clock::now();
+  ffi::Tensor got = Infer(main_fn, x);
+  double ms = Ms(a, Clock::now());
+  if (got.numel() != want.numel())
+    throw Fail("--ref-output holds " + ShapeStr(want.shape(), "(", ")", true) + " but the model returned " +
+               ShapeStr(got.shape(), "(", ")", true));
+  double diff = 0;
+  for (int64_t i = 0; i < got.numel(); ++i)
+    diff = std::max(diff, std::fabs(ElementAsDouble(got, i) - ElementAsDouble(want, i)));
+  bool match = got.numel() == 0 || TopK(got, 1)[0].second == TopK(want, 1)[0].second;
+  return "{\"max_abs_diff\": " + edgecls::JsonNum(diff) + ", \"top1_match\": " + (match ? "true" : "false") +
+         ", \"time_ms\": " + edgecls::JsonNum(ms) + "}";
+}
+
+// Runs image i of X (shape N x ...) as a batch of one, reading X from disk one image at a time.
+std::string Accuracy(const ffi::Function& main_fn, const Options& o) {
+  NpyFile xs(o.val_x);
+  ffi::Tensor ys = ReadNpy(o.val_y);
+  if (xs.shape.empty()) throw Fail("--val-x '" + o.val_x + "' has no batch axis");
+  int64_t n = xs.shape[0];
+  if (n == 0) throw Fail("--val-x '" + o.val_x + "' holds no images");
+  if (ys.dtype().code != kDLInt && ys.dtype().code != kDLUInt)
+    throw Fail("--val-y '" + o.val_y + "' must hold integer labels, not " + DTypeFromDL(ys.dtype()).name);
+  if (ys.numel() != n)
+    throw Fail("--val-y holds " + std::to_string(ys.numel()) + " labels for " + std::to_string(n) + " images");
+  std::vector<int64_t> one = xs.shape;
+  one[0] = 1;
+  ffi::Tensor x = xs.Read(one);
+  int64_t top1 = 0, top5 = 0, classes = 0;
+  auto a = Clock::now();
+  for (int64_t i = 0; i < n; ++i) {
+    if (i) xs.ReadInto(x);
+    ffi::Tensor out = Infer(main_fn, x);
+    classes = Classes(out);
+    auto best = TopK(out, 5);
+    int64_t label = static_cast<int64_t>(ElementAsDouble(ys, i));
+    for (size_t j = 0; j < best.size(); ++j)
+      if (best[j].second == label) {
+        top1 += j == 0;
+        ++top5;
+      }
+  }
+  double ms = Ms(a, Clock::now());
+  using edgecls::JsonNum;
+  return "{\"n\": " + std::to_string(n) + ", \"top1\": " + JsonNum(double(top1) / n) +
+         ", \"top5\": " + (classes > 5 ? JsonNum(double(top5) / n) : "null") +
+         ", \"time_ms\": " + JsonNum(ms) + "}";
+}
+
+// ---- main flow --------------------------------------------------------------------------------
+
 int Run(const Options& o) {
-  // TVM's CPU thread pool sizes itself from TVM_NUM_THREADS when it is first created (on the
-  // first parallel kernel launch), so the variable must be set before the model runs.
-  if (o.threads > 0) setenv("TVM_NUM_THREADS", std::to_string(o.threads).c_str(), 1);
+  using edgecls::JsonNum;
+  using edgecls::JsonStr;
+  // Fail before a long benchmark, not after it, if the report cannot be written.
+  std::ofstream json_out;
+  if (!o.json_out.empty()) {
+    json_out.open(o.json_out);
+    if (!json_out) throw Fail("cannot write --json-out '" + o.json_out + "'");
+  }
+  int threads = 0;
+  std::vector<int> cores = SetUpThreads(o, &threads);
 
   ffi::Tensor input = ReadNpy(o.input);
   std::string model = CheckModel(o.model);
@@ -325,58 +502,78 @@ int Run(const Options& o) {
   auto init = vm->GetFunction("vm_initialization", false);
   if (!init) throw Fail("VM has no vm_initialization");
   (*init)(static_cast<int>(kDLCPU), 0, 2);
-  auto main_fn = vm->GetFunction("main", false);
-  if (!main_fn) throw Fail("model has no 'main' function");
+  auto main_opt = vm->GetFunction("main", false);
+  if (!main_opt) throw Fail("model has no 'main' function");
+  const ffi::Function main_fn = *main_opt;
   auto t2 = Clock::now();
 
+  std::string reference = o.ref_input.empty() ? "null" : Reference(main_fn, o);
+  std::string accuracy = o.val_x.empty() ? "null" : Accuracy(main_fn, o);
+
+  // Warm-up and timed runs: by count, extended by time; time-driven runs stop at kMaxRuns.
+  const size_t kMaxRuns = 100000;
   std::vector<double> warm, runs;
-  ffi::Tensor out;
-  for (int i = 0; i < o.warmup + o.runs; ++i) {
+  while (warm.size() < size_t(o.warmup) || (Sum(warm) < o.warmup_ms && warm.size() < kMaxRuns)) {
     auto a = Clock::now();
-    ffi::Any r = (*main_fn)(input);
-    auto b = Clock::now();
-    (i < o.warmup ? warm : runs).push_back(Ms(a, b));
-    if (i == o.warmup + o.runs - 1) out = FirstOutput(r);
+    main_fn(input);
+    warm.push_back(Ms(a, Clock::now()));
   }
+  edgecls::SystemSample before = edgecls::TakeSample(cores);
+  ffi::Tensor out;
+  auto tb = Clock::now();
+  double timed = 0;
+  while (runs.size() < size_t(o.runs) || (timed < o.min_ms && runs.size() < kMaxRuns)) {
+    if (!runs.empty() && o.cooldown_ms > 0)
+      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(o.cooldown_ms));
+    auto a = Clock::now();
+    ffi::Any r = main_fn(input);
+    runs.push_back(Ms(a, Clock::now()));
+    timed += runs.back();
+    out = FirstOutput(r);
+  }
+  double wall = Ms(tb, Clock::now());
+  edgecls::SystemSample after = edgecls::TakeSample(cores);
+  std::string tasks = edgecls::TasksJson();
   if (out.device().device_type != kDLCPU) throw Fail("model output is not on the CPU");
-
-  // Report the pool size TVM actually uses: it caps TVM_NUM_THREADS at the available cores.
-  int threads = o.threads;
-  if (auto nt = ffi::Function::GetGlobal("runtime.NumThreads")) threads = (*nt)().cast<int>();
-
-  if (!o.output.empty()) WriteNpy(o.output, out);
-
-  // Top-k over the last axis of the first row (index [0, ..., 0, :]).
-  std::vector<std::pair<double, int64_t>> scores;
-  int64_t classes = out.ndim() ? out.shape()[out.ndim() - 1] : 1;
   if (!out.IsContiguous()) throw Fail("model output is not contiguous");
-  for (int64_t c = 0; c < classes && out.numel() > 0; ++c) scores.emplace_back(ElementAsDouble(out, c), c);
-  size_t k = std::min<size_t>(o.topk, scores.size());
-  std::partial_sort(scores.begin(), scores.begin() + k, scores.end(), [](auto& x, auto& y) {
-    return x.first > y.first || (x.first == y.first && x.second < y.second);
-  });
 
-  std::vector<double> sorted = runs;
-  std::sort(sorted.begin(), sorted.end());
-  size_t n = sorted.size();
-  double mean = std::accumulate(sorted.begin(), sorted.end(), 0.0) / n;
-  double median = n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
-  double var = 0;
-  for (double x : sorted) var += (x - mean) * (x - mean);
+  // Report the pool size TVM actually uses (without --cores it caps TVM_NUM_THREADS at the
+  // number of big cores).
+  if (auto nt = ffi::Function::GetGlobal("runtime.NumThreads")) threads = (*nt)().cast<int>();
+  if (!o.output.empty()) WriteNpy(o.output, out);
+  auto top = TopK(out, o.topk);
+  double mean = 0;
+  std::string stats = Stats(runs, &mean);
+  std::optional<bool> throttled = edgecls::Throttled(before, after);
+  const char* bind = std::getenv("TVM_BIND_THREADS");
 
   std::ostringstream js;
-  js << "{\"schema\": 1, \"runner\": \"edgecls-runner\", \"model\": " << Str(o.model)
+  js << "{\"schema\": 2, \"runner\": \"edgecls-runner\", \"model\": " << JsonStr(o.model)
      << ", \"input\": {\"shape\": " << ShapeStr(input.shape(), "[", "]", false)
      << ", \"dtype\": \"" << DTypeFromDL(input.dtype()).name << "\"}"
      << ", \"output\": {\"shape\": " << ShapeStr(out.shape(), "[", "]", false)
      << ", \"dtype\": \"" << DTypeFromDL(out.dtype()).name << "\"}, \"topk\": [";
-  for (size_t i = 0; i < k; ++i)
-    js << (i ? ", " : "") << "{\"index\": " << scores[i].second << ", \"score\": " << Num(scores[i].first) << "}";
-  js << "], \"timings_ms\": {\"load\": " << Num(Ms(t0, t1)) << ", \"init\": " << Num(Ms(t1, t2))
-     << ", \"warmup\": " << List(warm) << ", \"runs\": " << List(runs) << ", \"mean\": " << Num(mean)
-     << ", \"median\": " << Num(median) << ", \"min\": " << Num(sorted.front())
-     << ", \"max\": " << Num(sorted.back()) << ", \"std\": " << Num(std::sqrt(var / n))
-     << "}, \"threads\": " << threads << "}\n";
+  for (size_t i = 0; i < top.size(); ++i)
+    js << (i ? ", " : "") << "{\"index\": " << top[i].second << ", \"score\": " << JsonNum(top[i].first) << "}";
+  js << "], \"timings_ms\": {\"load\": " << JsonNum(Ms(t0, t1)) << ", \"init\": " << JsonNum(Ms(t1, t2))
+     << ", \"warmup\": " << edgecls::JsonList(warm) << ", \"runs\": " << edgecls::JsonList(runs) << ", "
+     << stats << "}, \"bench\": {\"fps\": " << JsonNum(1000 / mean) << ", \"warmup_runs\": " << warm.size()
+     << ", \"warmup_total_ms\": " << JsonNum(Sum(warm)) << ", \"runs\": " << runs.size()
+     << ", \"timed_total_ms\": " << JsonNum(timed) << ", \"wall_ms\": " << JsonNum(wall)
+     << ", \"requested\": {\"warmup\": " << o.warmup << ", \"warmup_ms\": " << JsonNum(o.warmup_ms)
+     << ", \"runs\": " << o.runs << ", \"min_ms\": " << JsonNum(o.min_ms) << ", \"cooldown_ms\": "
+     << JsonNum(o.cooldown_ms) << "}}, \"threads\": " << threads << ", \"cores\": " << edgecls::JsonList(cores)
+     << ", \"affinity\": {\"tvm_bind_threads\": " << edgecls::JsonOptStr(bind ? std::optional<std::string>(bind) : std::nullopt)
+     << ", \"tasks\": " << tasks << "}, \"accuracy\": " << accuracy << ", \"reference\": " << reference
+     << ", \"system\": {\"before\": " << edgecls::ToJson(before) << ", \"after\": " << edgecls::ToJson(after)
+     << ", \"peak_rss_kb\": " << edgecls::PeakRssKb()
+     << ", \"throttled\": " << (throttled ? (*throttled ? "true" : "false") : "null")
+     << "}, \"device\": " << edgecls::DeviceJson() << "}\n";
+  if (json_out.is_open()) {
+    json_out << js.str();
+    json_out.close();
+    if (!json_out) throw Fail("error writing --json-out '" + o.json_out + "'");
+  }
   std::fputs(js.str().c_str(), stdout);
   return 0;
 }
