@@ -193,7 +193,8 @@ def boards_add(name, host, target, workdir, emulator, python, replace, inventory
 @ssh_config_option
 def boards_list(no_ping, inventory, ssh_config):
     """Boards in the inventory: name, target, host, reachable?, last seen."""
-    from edgecls.remote.boards import load_boards, ping_boards
+    from edgecls.remote.boards import load_boards
+    from edgecls.remote.ping import ping_boards
     from edgecls.report.console import boards_table, console
     found = load_boards(inventory)
     console.print(boards_table(found, {} if no_ping else ping_boards(list(found.values()), ssh_config)))

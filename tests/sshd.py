@@ -95,6 +95,7 @@ class SshdServer:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.name, self.host, self.netns = name, listen, netns
+        self._auto_port = not port and not netns
         self.port = port or (22 if netns else free_port(listen))
         self.user = getpass.getuser()
         self.host_key = keygen(self.root / "ssh_host_ed25519_key", "edgecls-test-host")
@@ -160,6 +161,13 @@ class SshdServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self._auto_port and "Address already in use" in self.log.read_text():
+                    # free_port() raced with another process: take another port, same keys.
+                    self.port = free_port(self.host)
+                    self.log.write_text("")
+                    self.write_known_hosts()
+                    self._write_configs()
+                    return self.start(timeout)
                 raise RuntimeError(f"sshd exited ({self.proc.returncode}): {self.log.read_text()[-2000:]}")
             if self._listening():
                 return self

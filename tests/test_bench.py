@@ -64,8 +64,16 @@ def test_emulated_board_over_ssh_deploy_and_bench(artifacts, ssh_board, tmp_path
     p = edgecls("boards", "add", "emu1", "--host", ssh_board.name, "--target", "rk3399",
                 "--workdir", ssh_board.workdir, "--emulator", QEMU, env=env)
     assert p.returncode == 0, p.stderr
+    p = edgecls("boards", "list", env=env)
+    assert p.returncode == 0 and "emu1" in p.stdout and "yes" in p.stdout, p.stdout + p.stderr
+    p = edgecls("boards", "check", "emu1", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    facts = json.loads(p.stdout)
+    assert facts["arch"] == "x86_64" and facts["glibc"] and facts["disk_free_kb"] > 0
     p = edgecls("deploy", art, "--board", "emu1", env=env)
     assert p.returncode == 0, p.stderr
+    p = edgecls("deploy", art, "--board", "emu1", env=env)  # again: nothing to send
+    assert p.returncode == 0 and "already there" in p.stdout, p.stdout + p.stderr
     assert (ssh_board.workdir / art.name / "manifest.json").is_file()
     p = edgecls("bench", art, "--board", "emu1", "--runs", "5", "--warmup", "1", "-o", tmp_path / "r", env=env)
     assert p.returncode == 0, p.stderr

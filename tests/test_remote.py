@@ -4,6 +4,7 @@ corruption on the board, a host that accepts TCP and never answers, many boards 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -30,7 +31,7 @@ from edgecls.remote.boards import (
     resolve_boards,
 )
 from edgecls.remote.deploy import deploy, verify_remote
-from edgecls.remote.ssh import RemoteError, SshHost
+from edgecls.remote.ssh import RemoteError, SshHost, parse_spec
 
 # The sshd fixtures (tests/sshd.py), made visible to pytest in this module.
 ssh_board = sshd.ssh_board
@@ -86,6 +87,9 @@ def test_run_returns_awkward_arguments_verbatim(board, tmp_path):
     proc = host.run(["printf", "%s\\0", *args], check=True)
     assert proc.stdout.split(b"\0")[:-1] == [a.encode() for a in args]
     assert not os.path.exists("/tmp/edgecls-pwned")
+    # A first word that looks like an ssh option is a (missing) remote command, not an option.
+    assert host.run(["-oProxyCommand=touch /tmp/edgecls-pwned"]).returncode == 127
+    assert not os.path.exists("/tmp/edgecls-pwned")
     # cwd with spaces and quotes; stdin passed through byte for byte
     odd = tmp_path / "dir with 'quote' $(x)"
     odd.mkdir()
@@ -102,6 +106,18 @@ def test_run_returns_awkward_arguments_verbatim(board, tmp_path):
     assert ei.value.exit_code == 7
     with pytest.raises(RemoteError, match="timed out"):
         host.run(["sleep", "5"], timeout=1)
+
+
+def test_parse_spec():
+    assert parse_spec("rk3399-lab") == (None, "rk3399-lab", None)
+    assert parse_spec("pi@10.0.0.7") == ("pi", "10.0.0.7", None)
+    assert parse_spec("10.0.0.7:2222") == (None, "10.0.0.7", 2222)
+    assert parse_spec("pi@board.lan:22") == ("pi", "board.lan", 22)
+    assert parse_spec("root@[fe80::1]:2200") == ("root", "fe80::1", 2200)
+    assert parse_spec("fe80::1") == (None, "fe80::1", None)
+    for bad in ("-oProxyCommand=sh", "a b", "host:port", "h:70000", "@h", ""):
+        with pytest.raises(RemoteError):
+            parse_spec(bad)
 
 
 def test_boards_add_list_check_roundtrip(ssh_board, tmp_path):
@@ -288,7 +304,9 @@ def test_hung_server_times_out(ssh_board):
 
 
 def test_board_freezing_mid_command_times_out(ssh_board):
-    host = SshHost("board1", ssh_config=ssh_board.ssh_config)
+    # Either path ends in "timed out": the command's session via the control master (keep-alives
+    # unanswered), or, if the master was not up yet, a new connection (no banner: ConnectTimeout).
+    host = SshHost("board1", ssh_config=ssh_board.ssh_config, connect_timeout=3)
     host.server_alive_interval, host.server_alive_count_max = 1, 2  # 5 s x 3 by default
     host.run(["true"], check=True)  # the control master exists; the next command reuses it
     threading.Timer(0.5, ssh_board.freeze).start()
@@ -332,7 +350,20 @@ def test_sshd_killed_mid_upload_then_resume(board, ssh_board, tmp_path):
     big["model.so"] = os.urandom(20 << 20)
     v2 = make_artifact(tmp_path / "v2" / "art", big)
 
-    killer = threading.Timer(1.0, ssh_board.kill)
+    def kill_when_half_way_there():
+        # Kill sshd once rsync's temp file for model.so holds a few MB (about 1 s in at 5 MB/s).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            sizes = []
+            for t in Path(b.workdir).glob(".incoming-*/.model.so.*"):
+                with contextlib.suppress(FileNotFoundError):
+                    sizes.append(t.stat().st_size)
+            if max(sizes, default=0) >= (3 << 20):
+                break
+            time.sleep(0.05)
+        ssh_board.kill()
+
+    killer = threading.Thread(target=kill_when_half_way_there)
     killer.start()
     start = time.monotonic()
     with pytest.raises(RemoteError) as ei:
