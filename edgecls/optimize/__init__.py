@@ -1,0 +1,1 @@
+"""Model optimization: structured pruning, fine-tuning with distillation, int8 quantization."""
