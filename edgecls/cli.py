@@ -85,6 +85,18 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), default=None)
 @click.option("--preprocess", "preprocess_file", type=click.Path(path_type=Path), default=None,
               help="Preprocessing as JSON (size, mean, std, channel_order, layout).")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="ImageFolder for fine-tuning, calibration and validation (split deterministically).")
+@click.option("--prune", default=0.0, type=float, show_default=True,
+              help="Structured pruning: fraction of channels removed per layer (torch-pruning, DepGraph).")
+@click.option("--importance", type=click.Choice(["magnitude", "taylor", "bn-scale"]), default="magnitude", show_default=True)
+@click.option("--quantize", type=click.Choice(["none", "ptq", "qat"]), default="none", show_default=True,
+              help="int8: ptq (ONNX Runtime static QDQ) or qat (torchao PT2E fine-tune).")
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000), help="Fine-tune epochs after pruning.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="Fail (artifact kept, marked rejected) when artifact top-1 falls more than X points below the original.")
 @click.option("--val-data", type=click.Path(path_type=Path), default=None,
               help="Labelled images the artifact carries for on-device top-1: an ImageFolder, "
                    "or a folder with val_x.npy + val_y.npy.")
@@ -93,8 +105,9 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--no-verify", is_flag=True, help="Skip running the artifact on the reference input.")
 @click.option("--verbose", "-v", is_flag=True, help="Show every stage and graph pass.")
 @targets_dir_option
-def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order,
-            preprocess_file, val_data, val_count, force, no_verify, verbose, targets_dir):
+def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order, preprocess_file,
+            data, prune, importance, quantize, epochs, calib_method, seed, max_accuracy_drop,
+            val_data, val_count, force, no_verify, verbose, targets_dir):
     """Compile MODEL (.onnx, .pt2, TorchScript) for a target into a runnable, verified artifact."""
     from edgecls.load import parse_shape
     from edgecls.pipeline import CompileRequest, compile_artifact
@@ -102,11 +115,38 @@ def compile(model, target, out_dir, layout, input_shape, labels, mean, std, chan
     req = CompileRequest(
         model=model, target=target, out_dir=out_dir, layout=layout, input_shape=parse_shape(input_shape),
         labels=labels, force=force, targets_dir=targets_dir, verify=not no_verify,
-        val_data=val_data, val_count=val_count,
+        val_data=val_data, val_count=val_count, max_accuracy_drop=max_accuracy_drop,
+        optimize=_optimize_request(model, data, prune, importance, quantize, epochs, calib_method, seed,
+                                   _preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order,
+                                               preprocess_file), input_shape),
         preprocess=_preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order, preprocess_file))
     with console.status(f"compiling {model} for {target}", spinner="dots") if not verbose else _null():
         out = compile_artifact(req, log=_log(verbose))
+    from edgecls.artifact.manifest import read_manifest
+    from edgecls.report.console import stages_table
+    stages = read_manifest(out).get("stages", [])
+    if any(st.get("top1") is not None for st in stages):
+        console.print(stages_table(stages))
     console.print(f"[green]artifact[/green] {out}  (inspect it: edgecls inspect {out})")
+
+
+def _optimize_request(model, data, prune, importance, quantize, epochs, calib_method, seed, preprocess,
+                      input_shape, required=False):
+    """None when no optimization was asked for; else an OptimizeRequest (needs --data)."""
+    if not required and not prune and quantize == "none":
+        return None
+    if data is None:
+        raise UsageError("--prune/--quantize need --data DIR (an ImageFolder of labelled images)")
+    from edgecls.optimize.run import OptimizeRequest
+    from edgecls.pipeline import default_preprocess
+    if not isinstance(preprocess, type(None)) and not isinstance(preprocess, dict):
+        pre = preprocess
+    else:
+        from edgecls.load import parse_shape
+        shape = parse_shape(input_shape) or (1, 3, 224, 224)
+        pre = default_preprocess(shape, **(preprocess or {}))
+    return OptimizeRequest(model=model, data=data, preprocess=pre, prune=prune, importance=importance,
+                           quantize=quantize, epochs=epochs, calib_method=calib_method, seed=seed)
 
 
 class _null:
@@ -115,6 +155,43 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--output", "-o", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="ImageFolder for fine-tuning, calibration and validation (split deterministically).")
+@click.option("--prune", default=0.0, type=float, show_default=True,
+              help="Structured pruning: fraction of channels removed per layer (torch-pruning, DepGraph).")
+@click.option("--importance", type=click.Choice(["magnitude", "taylor", "bn-scale"]), default="magnitude", show_default=True)
+@click.option("--quantize", type=click.Choice(["none", "ptq", "qat"]), default="none", show_default=True,
+              help="int8: ptq (ONNX Runtime static QDQ) or qat (torchao PT2E fine-tune).")
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000), help="Fine-tune epochs after pruning.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--input-shape", default=None, metavar="N,C,H,W")
+@click.option("--mean", default=None, metavar="R,G,B")
+@click.option("--std", default=None, metavar="R,G,B")
+@click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), default=None)
+@click.option("--preprocess", "preprocess_file", type=click.Path(path_type=Path), default=None)
+@click.option("--force", is_flag=True)
+@click.option("--verbose", "-v", is_flag=True)
+def optimize(model, out_dir, data, prune, importance, quantize, epochs, calib_method, seed, input_shape,
+             mean, std, channel_order, preprocess_file, force, verbose):
+    """Prune, fine-tune and quantize a torch model (torch.save'd nn.Module); stop before TVM."""
+    from edgecls.optimize.run import optimize_model, temp_work_dir, write_optimized
+    from edgecls.report.console import console, stages_table
+    from edgecls.artifact.package import check_destination
+    check_destination(out_dir, force)
+    req = _optimize_request(model, data, prune, importance, quantize, epochs, calib_method, seed,
+                            _preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order,
+                                        preprocess_file), input_shape, required=True)
+    with temp_work_dir() as work:
+        result = optimize_model(req, Path(work), log=_log(True) if verbose else (lambda m: console.print(m)))
+        write_optimized(result, out_dir, force)
+    console.print(stages_table(result.stages))
+    console.print(f"optimized model ({result.variant}): {out_dir / 'model.onnx'}")
 
 
 @cli.command()

@@ -6,33 +6,32 @@ with a held-out validation set, without downloading weights.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgecls.hashing import sha256_file
+from edgecls.quiet import quiet_torch_export
 from edgecls.data import DEMO_PREPROCESS, digits_dataset, split
 from edgecls.errors import EdgeclsError
 
 ONNX_NAME = "digits_cnn.onnx"
 PT2_NAME = "digits_cnn.pt2"
+MODULE_NAME = "digits_cnn.pth"
 LABELS_NAME = "labels.txt"
 PREPROCESS_NAME = "preprocess.json"
 VAL_X_NAME = "val_x.npy"
 VAL_Y_NAME = "val_y.npy"
 MARKER_NAME = "demo.json"
-_FILES = (ONNX_NAME, PT2_NAME, LABELS_NAME, PREPROCESS_NAME, VAL_X_NAME, VAL_Y_NAME)
+_FILES = (ONNX_NAME, PT2_NAME, MODULE_NAME, LABELS_NAME, PREPROCESS_NAME, VAL_X_NAME, VAL_Y_NAME)
 
 # Bump when training or export changes so stale caches are rebuilt instead of reused.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 DEFAULT_EPOCHS = 6
 
 
@@ -41,6 +40,7 @@ class DemoModel:
     dir: Path
     onnx: Path
     pt2: Path
+    module: Path  # torch.save(model): the trained nn.Module, for pruning and QAT
     labels: Path
     preprocess: Path
     val_x: Path
@@ -64,22 +64,6 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-@contextlib.contextmanager
-def _quiet_export():
-    # The dynamo exporter logs "torchvision is not installed" per op and torch internals emit
-    # FutureWarnings; none are actionable for a user running the demo, so hide them here only.
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        log.setLevel(level)
-
-
 def _save_npy(path: str, arr: np.ndarray) -> None:
     # Through a file object: np.save(str) would append ".npy" to the temp name.
     with open(path, "wb") as f:
@@ -91,7 +75,7 @@ def _sha256(path: Path) -> str:
 
 
 def _model_for(out: Path, marker: dict) -> DemoModel:
-    return DemoModel(dir=out, onnx=out / ONNX_NAME, pt2=out / PT2_NAME, labels=out / LABELS_NAME,
+    return DemoModel(dir=out, onnx=out / ONNX_NAME, pt2=out / PT2_NAME, module=out / MODULE_NAME, labels=out / LABELS_NAME,
                      preprocess=out / PREPROCESS_NAME, val_x=out / VAL_X_NAME, val_y=out / VAL_Y_NAME,
                      val_accuracy=float(marker["val_accuracy"]),
                      train_seconds=float(marker["train_seconds"]))
@@ -169,12 +153,14 @@ def train_digits_model(out_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPOC
         train_seconds = time.perf_counter() - t0
 
         example = (torch.from_numpy(val.x[:1]),)
-        with _quiet_export():
+        with quiet_torch_export():
             _atomic_write(out / ONNX_NAME, lambda p: torch.onnx.export(
                 model, example, p, dynamo=True, external_data=False,
                 input_names=["input"], output_names=["logits"], verbose=False))
             exported = torch.export.export(model, example)
             _atomic_write(out / PT2_NAME, lambda p: torch.export.save(exported, p))
+            # The nn.Module itself: pruning and QAT need real modules, not an exported graph.
+            _atomic_write(out / MODULE_NAME, lambda p: torch.save(model, p))
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)

@@ -126,6 +126,23 @@ def simplify_onnx(model, input_name: str, shape: tuple[int, ...]):
     return simplified
 
 
+def load_torch_module(path: Path):
+    """A pickled nn.Module (`torch.save(model, path)`); pruning and QAT need the real module.
+
+    Unpickling runs code from the file: only load models you trust, as with any torch.load.
+    """
+    import torch
+    try:
+        module = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelError(f"{path}: not a loadable torch model ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(module, torch.nn.Module):
+        raise ModelError(f"{path} holds a {type(module).__name__}, not a torch.nn.Module; save the "
+                         f"model with torch.save(model, path) (a state_dict alone has no architecture)")
+    return module.eval()
+
+
 def _torchscript_to_onnx(path: Path, shape: tuple[int, ...] | None):
     import io
 
@@ -133,8 +150,8 @@ def _torchscript_to_onnx(path: Path, shape: tuple[int, ...] | None):
     import torch
     try:
         module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:
-        raise ModelError(f"{path}: not a loadable TorchScript file ({type(exc).__name__})") from None
+    except Exception:
+        module = load_torch_module(path)  # not TorchScript: a pickled nn.Module, then
     if shape is None:
         raise UsageError(f"{path}: TorchScript files carry no input shape; pass --input-shape, "
                          f"e.g. 1,3,224,224")
@@ -167,8 +184,8 @@ def _exported_to_onnx(path: Path, shape: tuple[int, ...] | None):
         else:
             raise UsageError(f"{path}: no example input saved; pass --input-shape")
     import tempfile
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    from edgecls.quiet import quiet_torch_export
+    with tempfile.TemporaryDirectory() as tmp, quiet_torch_export():
         try:
             torch.onnx.export(ep, (torch.zeros(shape),), f"{tmp}/m.onnx", dynamo=True,
                               external_data=False, verbose=False)

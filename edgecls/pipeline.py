@@ -45,6 +45,8 @@ class CompileRequest:
     verify: bool = True
     val_data: Path | None = None  # ImageFolder, or a dir with val_x.npy + val_y.npy
     val_count: int = 64
+    optimize: object | None = None  # an edgecls.optimize.run.OptimizeRequest: prune / quantize first
+    max_accuracy_drop: float | None = None  # points of top-1, artifact vs original
 
 
 def read_labels(path: Path | None, num_classes: int | None) -> list[str] | None:
@@ -90,6 +92,22 @@ def validation_batch(path: Path, preprocess: Preprocess, shape: tuple[int, ...],
     return x, y
 
 
+def acceptance(stages: list[dict], max_drop: float | None) -> dict:
+    """--max-accuracy-drop: artifact top-1 may fall at most X points below the original."""
+    if max_drop is None:
+        return {"accepted": True, "max_accuracy_drop": None}
+    first = stages[0].get("top1") if stages else None
+    last = stages[-1].get("top1") if len(stages) > 1 else None
+    if first is None or last is None:
+        return {"accepted": False, "max_accuracy_drop": max_drop,
+                "reason": "--max-accuracy-drop needs validation data (--data or --val-data) and a runnable artifact"}
+    drop = (first - last) * 100
+    ok = drop <= max_drop
+    return {"accepted": ok, "max_accuracy_drop": max_drop, "drop_points": round(drop, 3),
+            **({} if ok else {"reason": f"top-1 fell {drop:.2f} points ({first:.4f} -> {last:.4f}), "
+                                        f"more than --max-accuracy-drop {max_drop}"})}
+
+
 def verify_artifact(root: Path, emulator_ok: bool, log) -> dict:
     """Run the artifact's own runner on the reference input and compare with ONNX Runtime."""
     manifest = mf.read_manifest(root)
@@ -120,7 +138,52 @@ def verify_artifact(root: Path, emulator_ok: bool, log) -> dict:
     return result
 
 
+def artifact_accuracy(root: Path, emulator_ok: bool, log) -> dict | None:
+    """Top-1 of the compiled artifact itself, by its own runner over the batch it carries."""
+    manifest = mf.read_manifest(root)
+    if "reference/val_x.npy" not in manifest["files"]:
+        return None
+    if manifest["target"]["arch"] != host_arch() and not emulator_ok:
+        return {"stage": "compiled", "top1": None, "how": "skipped: no emulator"}
+    log("accuracy: running the artifact's runner over its validation batch")
+    report = run_runner(root, root / "reference" / "input.npy", emulate=True,
+                        extra=["--val-x", "reference/val_x.npy", "--val-y", "reference/val_y.npy"])
+    acc = report.get("accuracy") or {}
+    how = "native" if manifest["target"]["arch"] == host_arch() else "emulated"
+    return {"stage": "compiled", "top1": acc.get("top1"), "top5": acc.get("top5"), "n": acc.get("n"),
+            "how": f"edgecls-runner ({how})",
+            "size_bytes": sum(f["size"] for f in manifest["files"].values())}
+
+
+def _original_top1_onnx(onnx_path: Path, root: Path) -> float | None:
+    if not (root / "reference" / "val_x.npy").is_file():
+        return None
+    from edgecls.artifact.reference import onnx_session
+    x, y = np.load(root / "reference" / "val_x.npy"), np.load(root / "reference" / "val_y.npy")
+    sess = onnx_session(onnx_path, optimize=False)
+    name = sess.get_inputs()[0].name
+    return float(np.mean([sess.run(None, {name: x[i:i + 1]})[0].argmax() == y[i] for i in range(len(y))]))
+
+
 def compile_artifact(req: CompileRequest, log=lambda msg: None) -> Path:
+    if req.optimize is None:
+        return _compile(req, log)
+    from dataclasses import replace
+
+    from edgecls.optimize.run import optimize_model, temp_work_dir
+    check_destination(req.out_dir, req.force)
+    get_target(req.target, req.targets_dir).require_compiler()
+    with temp_work_dir() as work:
+        result = optimize_model(req.optimize, Path(work), log)
+        np.save(Path(work) / "val_x.npy", result.val.x[:req.val_count])
+        np.save(Path(work) / "val_y.npy", result.val.y[:req.val_count])
+        inner = replace(req, model=result.onnx, optimize=None, val_data=Path(work),
+                        preprocess=req.optimize.preprocess)
+        return _compile(inner, log, stages=result.stages, variant=result.variant, source=req.optimize.model)
+
+
+def _compile(req: CompileRequest, log, stages: list | None = None, variant: str = "fp32",
+             source: Path | None = None) -> Path:
     t_start = time.perf_counter()
     target = get_target(req.target, req.targets_dir)
     check_destination(req.out_dir, req.force)  # before minutes of work
@@ -174,7 +237,9 @@ def compile_artifact(req: CompileRequest, log=lambda msg: None) -> Path:
                      "import_route": compiled.import_route, "verify": req.verify},
             passes=compiled.passes,
             stats=compiled.stats,
-            stages=[{"stage": "original", "size_bytes": model.path.stat().st_size}],
+            stages=stages or [{"stage": "original", "size_bytes": model.path.stat().st_size}],
+            variant=variant,
+            optimized_from=str(source) if source else None,
             runner={"file": runner.name, "arch": target.arch,
                     "glibc_required": required_glibc([tmp / "model.so", runner, *libs.paths]),
                     "tvm_runtime": libs.source},
@@ -186,7 +251,15 @@ def compile_artifact(req: CompileRequest, log=lambda msg: None) -> Path:
             manifest["verification"] = verify_artifact(tmp, emulator_ok, log)
         else:
             manifest["verification"] = {"how": "skipped", "reason": "--no-verify"}
+        if not stages and (tmp / "reference" / "val_x.npy").is_file():
+            manifest["stages"][0]["top1"] = _original_top1_onnx(tmp / "model.onnx", tmp)
+        compiled = artifact_accuracy(tmp, emulator_ok, log)
+        if compiled:
+            manifest["stages"].append(compiled)
+        manifest["acceptance"] = acceptance(manifest["stages"], req.max_accuracy_drop)
         manifest["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
         mf.write_manifest(tmp, manifest)
+    if not manifest["acceptance"]["accepted"]:
+        raise ArtifactError(f"artifact written to {req.out_dir} but REJECTED: {manifest['acceptance']['reason']}")
     log(f"artifact written to {req.out_dir}")
     return req.out_dir

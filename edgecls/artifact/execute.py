@@ -40,8 +40,11 @@ def runner_prefix(artifact: Path, manifest: dict, emulate: bool) -> list[str]:
 
 def run_runner(artifact: str | Path, input_path: Path, *, emulate: bool = False, topk: int = 5,
                output_path: Path | None = None, warmup: int = 0, runs: int = 1,
-               threads: int | None = None, timeout: float = 600) -> dict:
-    """Run the artifact's runner on one .npy input; returns the runner's JSON report."""
+               threads: int | None = None, timeout: float = 600, extra: list[str] = ()) -> dict:
+    """Run the artifact's runner on one .npy input; returns the runner's JSON report.
+
+    extra: more runner flags with paths relative to the artifact (e.g. --val-x reference/val_x.npy).
+    """
     artifact = Path(artifact)
     manifest = require_intact(artifact)  # a tampered artifact never runs
     cmd = runner_prefix(artifact, manifest, emulate) + [
@@ -52,6 +55,7 @@ def run_runner(artifact: str | Path, input_path: Path, *, emulate: bool = False,
         cmd += ["--output", str(Path(output_path).resolve())]
     if threads:
         cmd += ["--threads", str(threads)]
+    cmd += [str((artifact / a).resolve()) if a.startswith("reference/") else a for a in extra]
     env = dict(os.environ)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

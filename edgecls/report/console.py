@@ -198,3 +198,16 @@ def bench_summary(results) -> int:
         if r.status == "failed":
             console.print(f"[red]failed[/red] {r.name}: {r.detail}")
     return sum(r.status == "failed" for r in results)
+
+
+def stages_table(stages: list[dict]) -> Table:
+    """Accuracy, size and MACs after every optimization stage."""
+    table = Table(title="accuracy at every stage")
+    for col in ("stage", "top-1", "top-5", "params", "MACs", "size", "note"):
+        table.add_column(col, justify="left" if col in ("stage", "note") else "right")
+    for st in stages:
+        note = st.get("method") or st.get("how") or (f"ratio {st['ratio']}" if "ratio" in st else "")
+        table.add_row(st["stage"], _fmt(st.get("top1"), ".4f"), _fmt(st.get("top5"), ".4f"),
+                      f"{st['params']:,}" if st.get("params") else "-", f"{st['macs']:,}" if st.get("macs") else "-",
+                      _size(st["size_bytes"]) if st.get("size_bytes") else "-", note)
+    return table

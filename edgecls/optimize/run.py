@@ -1,0 +1,165 @@
+"""The optimize job: prune -> fine-tune (distillation) -> quantize, accuracy checked after each.
+
+Order matters (users report prune-then-quantize collapsing accuracy without the fine-tune in
+between), so the stages always run in this order and each one is measured on the same held-out
+validation split. The result is one ONNX file (QDQ int8 when quantized) that compile takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecls.data import Dataset, Preprocess, load_image_folder, split
+from edgecls.errors import UsageError
+from edgecls.load import load_torch_module
+from edgecls.quiet import quiet_torch_export
+
+QUANTIZE_MODES = ("none", "ptq", "qat")
+
+
+@dataclass
+class OptimizeRequest:
+    model: Path  # a pickled nn.Module (torch.save(model, path))
+    data: Path  # ImageFolder, split into fine-tune / calibration / validation
+    preprocess: Preprocess
+    prune: float = 0.0
+    importance: str = "magnitude"
+    round_to: int = 8
+    quantize: str = "none"
+    epochs: int = 4
+    calib_method: str = "minmax"
+    seed: int = 0
+    threads: int = 1
+
+
+@dataclass
+class OptimizedModel:
+    onnx: Path
+    variant: str
+    stages: list[dict] = field(default_factory=list)
+    val: Dataset | None = None
+
+
+def _onnx_size_and_accuracy(path: Path, val: Dataset) -> tuple[int, float]:
+    from edgecls.artifact.reference import onnx_session
+    sess = onnx_session(path, optimize=False)
+    name = sess.get_inputs()[0].name
+    pred = np.array([sess.run(None, {name: val.x[i:i + 1]})[0].argmax() for i in range(len(val))])
+    return path.stat().st_size, float((pred == val.y).mean())
+
+
+def _export(model, example, path: Path) -> Path:
+    import torch
+    with quiet_torch_export():
+        torch.onnx.export(model.eval(), (example,), str(path), dynamo=True, external_data=False,
+                          verbose=False, input_names=["input"], output_names=["logits"])
+    return path
+
+
+def _stage(name: str, model, example, val: Dataset, onnx_path: Path | None = None, **extra) -> dict:
+    from edgecls.optimize.finetune import evaluate
+    from edgecls.optimize.prune import count_macs_params
+    row = {"stage": name}
+    if model is not None:
+        macs, params = count_macs_params(model, example)
+        row.update(evaluate(model, val), macs=int(macs), params=int(params))
+    if onnx_path is not None:
+        size, top1 = _onnx_size_and_accuracy(onnx_path, val)
+        row.update(size_bytes=size, onnx_top1=top1)
+        row.setdefault("top1", top1)
+    row.update(extra)
+    return row
+
+
+def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> OptimizedModel:
+    import torch
+
+    from edgecls.optimize.finetune import finetune
+    from edgecls.optimize.prune import prune_model
+    from edgecls.optimize.quantize import ptq_onnx, qat_pt2e
+
+    if req.quantize not in QUANTIZE_MODES:
+        raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)} (fp16: not yet), got '{req.quantize}'")
+    if Path(req.model).suffix.lower() in (".onnx", ".pt2"):
+        raise UsageError(f"--prune/--quantize need the trained torch module, not {Path(req.model).suffix}: "
+                         f"save it with torch.save(model, 'model.pth')")
+    if not 0 <= req.prune < 1:
+        raise UsageError(f"--prune {req.prune} must be a number in [0, 1) (fraction of channels removed per layer)")
+    model = load_torch_module(req.model)
+    data = load_image_folder(req.data, req.preprocess)
+    if data.skipped:
+        log(f"data: skipped {data.skipped} unreadable image(s)")
+    tune, calib, val = split(data, seed=req.seed)
+    if len(val) == 0 or len(tune) == 0:
+        raise UsageError(f"{req.data}: {len(data)} images are too few to split into fine-tune / calibration / validation")
+    example = torch.from_numpy(val.x[:1])
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except Exception as exc:
+        raise UsageError(f"the model does not accept the images of {req.data} (shape {list(example.shape)}): "
+                         f"{str(exc).splitlines()[0]}") from None
+    if out.shape[-1] != len(data.classes):
+        raise UsageError(f"the model outputs {out.shape[-1]} classes but {req.data} has {len(data.classes)} class folders")
+    log(f"data: {len(tune)} fine-tune / {len(calib)} calibration / {len(val)} validation images, "
+        f"{len(data.classes)} classes")
+
+    work_dir = Path(work_dir)
+    stages = [_stage("original", model, example, val, _export(model, example, work_dir / "original.onnx"))]
+    log(f"original: top-1 {stages[0]['top1']:.4f}, {stages[0]['macs']:,} MACs")
+    variant, current = [], model
+    if req.prune > 0:
+        pr = prune_model(model, example, req.prune, importance=req.importance, round_to=req.round_to,
+                         calib_batches=[(torch.from_numpy(tune.x[:64]), torch.from_numpy(tune.y[:64]))])
+        stages.append(_stage("pruned", pr.model, example, val, ratio=req.prune, importance=req.importance))
+        log(f"pruned {req.prune}: MACs x{pr.macs_ratio:.3f}, params x{pr.params_ratio:.3f}, "
+            f"top-1 {stages[-1]['top1']:.4f} before fine-tuning")
+        ft = finetune(pr.model, model, tune, val, epochs=req.epochs, seed=req.seed, threads=req.threads,
+                      progress=lambda e: log(f"fine-tune epoch {e['epoch']}/{e['epochs']}: loss "
+                                             f"{e['loss']:.4f}, val top-1 {e['val_top1']:.4f}"))
+        current = ft.model
+        onnx_ft = _export(current, example, work_dir / "pruned.onnx")
+        stages.append(_stage("fine-tuned", current, example, val, onnx_ft, epochs=req.epochs,
+                             history=ft.history))
+        variant.append(f"pruned{int(round(req.prune * 100))}")
+    fp32_onnx = work_dir / ("pruned.onnx" if req.prune > 0 else "original.onnx")
+    if req.quantize == "ptq":
+        q = ptq_onnx(fp32_onnx, work_dir / "int8.onnx", calib.x, method=req.calib_method)
+        stages.append(_stage("quantized", None, example, val, q.path, method=f"ptq-{req.calib_method}",
+                             macs=stages[-1]["macs"], params=stages[-1]["params"]))
+        final = q.path
+    elif req.quantize == "qat":
+        q = qat_pt2e(current, tune, val, epochs=max(1, req.epochs // 2), onnx_out=work_dir / "int8.onnx",
+                     seed=req.seed, threads=req.threads, log=log)
+        stages.append(_stage("quantized", None, example, val, q.path, method="qat",
+                             macs=stages[-1]["macs"], params=stages[-1]["params"]))
+        final = q.path
+    else:
+        final = fp32_onnx
+    if req.quantize != "none":
+        variant.append("int8")
+        log(f"quantized ({req.quantize}): {stages[-1]['size_bytes']:,} bytes, top-1 {stages[-1]['top1']:.4f}")
+    return OptimizedModel(onnx=final, variant="-".join(variant) or "fp32", stages=stages, val=val)
+
+
+def write_optimized(result: OptimizedModel, out_dir: Path, force: bool = False) -> Path:
+    """`edgecls optimize -o DIR`: model.onnx + optimize.json (stages), atomically."""
+    from edgecls.artifact.package import staging_dir
+    import shutil
+    with staging_dir(Path(out_dir), force) as tmp:
+        shutil.copy2(result.onnx, tmp / "model.onnx")
+        np.save(tmp / "val_x.npy", result.val.x[:64])
+        np.save(tmp / "val_y.npy", result.val.y[:64])
+        (tmp / "optimize.json").write_text(json.dumps(
+            {"variant": result.variant, "stages": result.stages}, indent=2, default=str) + "\n")
+    return Path(out_dir)
+
+
+def temp_work_dir():
+    return tempfile.TemporaryDirectory(prefix="edgecls-optimize-", dir=os.environ.get("TMPDIR"))

@@ -1,0 +1,95 @@
+"""prune -> fine-tune -> quantize -> compile from the command line, accuracy checked per stage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from edgecls.data import write_digits_image_folder
+from edgecls.optimize.quantize import weight_dtypes
+
+EDGECLS = str(Path(sys.executable).parent / "edgecls")
+
+
+def edgecls(*args):
+    return subprocess.run([EDGECLS, *map(str, args)], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory):
+    return write_digits_image_folder(tmp_path_factory.mktemp("imgs") / "digits")
+
+
+def test_compile_with_prune_and_ptq_records_every_stage(demo, digits_folder, tmp_path):
+    out = tmp_path / "art"
+    p = edgecls("compile", demo.module, "--target", "x86-host", "--data", digits_folder, "--prune", "0.5",
+                "--quantize", "ptq", "--epochs", "4", "--preprocess", demo.preprocess,
+                "--max-accuracy-drop", "2.0", "-o", out)
+    assert p.returncode == 0, p.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    stages = {s["stage"]: s for s in m["stages"]}
+    assert list(stages) == ["original", "pruned", "fine-tuned", "quantized", "compiled"]
+    assert stages["fine-tuned"]["macs"] <= 0.55 * stages["original"]["macs"]
+    assert stages["fine-tuned"]["params"] <= 0.55 * stages["original"]["params"]
+    assert stages["quantized"]["size_bytes"] <= 0.35 * stages["original"]["size_bytes"]
+    assert stages["compiled"]["how"] == "edgecls-runner (native)" and stages["compiled"]["n"] == 64
+    assert (stages["original"]["top1"] - stages["compiled"]["top1"]) * 100 <= 2.0
+    assert m["variant"] == "pruned50-int8" and m["acceptance"]["accepted"]
+    assert set(weight_dtypes(out / "model.onnx").values()) == {"INT8"}
+    assert "accuracy at every stage" in p.stdout
+
+
+def test_optimize_qat_stops_before_tvm(demo, digits_folder, tmp_path):
+    out = tmp_path / "opt"
+    p = edgecls("optimize", demo.module, "--data", digits_folder, "--quantize", "qat", "--epochs", "2",
+                "--preprocess", demo.preprocess, "-o", out)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads((out / "optimize.json").read_text())
+    first, last = doc["stages"][0], doc["stages"][-1]
+    assert last["stage"] == "quantized" and last["method"] == "qat"
+    assert (first["top1"] - last["top1"]) * 100 <= 1.0
+    onnx.checker.check_model(str(out / "model.onnx"))
+    assert set(weight_dtypes(out / "model.onnx").values()) == {"INT8"}
+
+
+def test_accuracy_gate_keeps_artifact_but_marks_it_rejected(demo, digits_folder, tmp_path):
+    out = tmp_path / "art"
+    p = edgecls("compile", demo.onnx, "--target", "x86-host", "--val-data", demo.dir,
+                "--preprocess", demo.preprocess, "--max-accuracy-drop", "-1", "-o", out)
+    assert p.returncode != 0 and "REJECTED" in p.stderr and "Traceback" not in p.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["acceptance"]["accepted"] is False and m["stages"][-1]["stage"] == "compiled"
+
+
+def _one_line_error(p, needle):
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and needle in p.stderr, p.stderr
+
+
+def test_bad_optimize_inputs(demo, digits_folder, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["optimize", demo.module, "--preprocess", demo.preprocess, "-o", tmp_path / "o"]
+    _one_line_error(edgecls(*base, "--data", empty, "--quantize", "ptq"), "")
+    (empty / "cat").mkdir()
+    _one_line_error(edgecls(*base, "--data", empty, "--quantize", "ptq"), "cat")
+    _one_line_error(edgecls(*base, "--data", digits_folder, "--prune", "1.2"), "--prune 1.2")
+    _one_line_error(edgecls("optimize", demo.onnx, "--data", digits_folder, "--prune", "0.5",
+                            "-o", tmp_path / "o"), "torch.save")
+    gray = tmp_path / "gray.json"
+    gray.write_text(json.dumps({**json.loads(demo.preprocess.read_text()), "mean": [0.5], "std": [0.5]}))
+    _one_line_error(edgecls("optimize", demo.module, "--data", digits_folder, "--quantize", "ptq",
+                            "--preprocess", gray, "-o", tmp_path / "o"), "does not accept")
+    small = tmp_path / "small"  # 20 images: the calibration split is far below what PTQ needs
+    for d in sorted(digits_folder.iterdir()):
+        (small / d.name).mkdir(parents=True)
+        for f in sorted(d.iterdir())[:2]:
+            shutil.copy(f, small / d.name / f.name)
+    _one_line_error(edgecls(*base, "--data", small, "--quantize", "ptq"), "calibration")
+    assert not (tmp_path / "o").exists()
