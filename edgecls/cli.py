@@ -87,6 +87,9 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
               help="Preprocessing as JSON (size, mean, std, channel_order, layout).")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="ImageFolder for fine-tuning, calibration and validation (split deterministically).")
+@click.option("--train", type=click.Path(path_type=Path), default=None, help="Separate fine-tune ImageFolder.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None, help="Separate calibration ImageFolder.")
+@click.option("--val", type=click.Path(path_type=Path), default=None, help="Separate validation ImageFolder.")
 @click.option("--prune", default=0.0, type=float, show_default=True,
               help="Structured pruning: fraction of channels removed per layer (torch-pruning, DepGraph).")
 @click.option("--importance", type=click.Choice(["magnitude", "taylor", "bn-scale"]), default="magnitude", show_default=True)
@@ -106,7 +109,7 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--verbose", "-v", is_flag=True, help="Show every stage and graph pass.")
 @targets_dir_option
 def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order, preprocess_file,
-            data, prune, importance, quantize, epochs, calib_method, seed, max_accuracy_drop,
+            data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, max_accuracy_drop,
             val_data, val_count, force, no_verify, verbose, targets_dir):
     """Compile MODEL (.onnx, .pt2, TorchScript) for a target into a runnable, verified artifact."""
     from edgecls.load import parse_shape
@@ -116,7 +119,7 @@ def compile(model, target, out_dir, layout, input_shape, labels, mean, std, chan
         model=model, target=target, out_dir=out_dir, layout=layout, input_shape=parse_shape(input_shape),
         labels=labels, force=force, targets_dir=targets_dir, verify=not no_verify,
         val_data=val_data, val_count=val_count, max_accuracy_drop=max_accuracy_drop,
-        optimize=_optimize_request(model, data, prune, importance, quantize, epochs, calib_method, seed,
+        optimize=_optimize_request(model, (data, train, calib, val), prune, importance, quantize, epochs, calib_method, seed,
                                    _preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order,
                                                preprocess_file), input_shape),
         preprocess=_preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order, preprocess_file))
@@ -135,8 +138,10 @@ def _optimize_request(model, data, prune, importance, quantize, epochs, calib_me
     """None when no optimization was asked for; else an OptimizeRequest (needs --data)."""
     if not required and not prune and quantize == "none":
         return None
-    if data is None:
-        raise UsageError("--prune/--quantize need --data DIR (an ImageFolder of labelled images)")
+    data, train, calib, val = data
+    if data is None and not (train and calib and val):
+        raise UsageError("--prune/--quantize need --data DIR (an ImageFolder of labelled images), "
+                         "or all three of --train, --calib and --val")
     from edgecls.optimize.run import OptimizeRequest
     from edgecls.pipeline import default_preprocess
     if not isinstance(preprocess, type(None)) and not isinstance(preprocess, dict):
@@ -145,7 +150,7 @@ def _optimize_request(model, data, prune, importance, quantize, epochs, calib_me
         from edgecls.load import parse_shape
         shape = parse_shape(input_shape) or (1, 3, 224, 224)
         pre = default_preprocess(shape, **(preprocess or {}))
-    return OptimizeRequest(model=model, data=data, preprocess=pre, prune=prune, importance=importance,
+    return OptimizeRequest(model=model, data=data, train=train, calib=calib, val=val, preprocess=pre, prune=prune, importance=importance,
                            quantize=quantize, epochs=epochs, calib_method=calib_method, seed=seed)
 
 
@@ -162,6 +167,9 @@ class _null:
 @click.option("--output", "-o", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="ImageFolder for fine-tuning, calibration and validation (split deterministically).")
+@click.option("--train", type=click.Path(path_type=Path), default=None, help="Separate fine-tune ImageFolder.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None, help="Separate calibration ImageFolder.")
+@click.option("--val", type=click.Path(path_type=Path), default=None, help="Separate validation ImageFolder.")
 @click.option("--prune", default=0.0, type=float, show_default=True,
               help="Structured pruning: fraction of channels removed per layer (torch-pruning, DepGraph).")
 @click.option("--importance", type=click.Choice(["magnitude", "taylor", "bn-scale"]), default="magnitude", show_default=True)
@@ -177,14 +185,14 @@ class _null:
 @click.option("--preprocess", "preprocess_file", type=click.Path(path_type=Path), default=None)
 @click.option("--force", is_flag=True)
 @click.option("--verbose", "-v", is_flag=True)
-def optimize(model, out_dir, data, prune, importance, quantize, epochs, calib_method, seed, input_shape,
+def optimize(model, out_dir, data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, input_shape,
              mean, std, channel_order, preprocess_file, force, verbose):
     """Prune, fine-tune and quantize a torch model (torch.save'd nn.Module); stop before TVM."""
     from edgecls.optimize.run import optimize_model, temp_work_dir, write_optimized
     from edgecls.report.console import console, stages_table
     from edgecls.artifact.package import check_destination
     check_destination(out_dir, force)
-    req = _optimize_request(model, data, prune, importance, quantize, epochs, calib_method, seed,
+    req = _optimize_request(model, (data, train, calib, val), prune, importance, quantize, epochs, calib_method, seed,
                             _preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order,
                                         preprocess_file), input_shape, required=True)
     with temp_work_dir() as work:

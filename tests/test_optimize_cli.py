@@ -93,3 +93,21 @@ def test_bad_optimize_inputs(demo, digits_folder, tmp_path):
             shutil.copy(f, small / d.name / f.name)
     _one_line_error(edgecls(*base, "--data", small, "--quantize", "ptq"), "calibration")
     assert not (tmp_path / "o").exists()
+
+
+def test_separate_train_calib_val_folders(demo, digits_folder, tmp_path):
+    parts = [tmp_path / n for n in ("train", "calib", "val")]
+    for d in sorted(digits_folder.iterdir()):
+        for i, f in enumerate(sorted(d.iterdir())[:60]):  # 20 per class per folder
+            dest = parts[i % 3] / d.name
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, dest / f.name)
+    out = tmp_path / "opt"
+    p = edgecls("optimize", demo.module, "--train", parts[0], "--calib", parts[1], "--val", parts[2],
+                "--quantize", "ptq", "--preprocess", demo.preprocess, "-o", out)
+    assert p.returncode == 0, p.stderr
+    stages = json.loads((out / "optimize.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == ["original", "quantized"]
+    assert (stages[0]["top1"] - stages[1]["top1"]) * 100 <= 1.0
+    p = edgecls("optimize", demo.module, "--train", parts[0], "--quantize", "ptq", "-o", tmp_path / "x")
+    _one_line_error(p, "--calib")

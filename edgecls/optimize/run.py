@@ -26,8 +26,11 @@ QUANTIZE_MODES = ("none", "ptq", "qat")
 @dataclass
 class OptimizeRequest:
     model: Path  # a pickled nn.Module (torch.save(model, path))
-    data: Path  # ImageFolder, split into fine-tune / calibration / validation
+    data: Path | None  # ImageFolder, split into fine-tune / calibration / validation
     preprocess: Preprocess
+    train: Path | None = None  # or three separate ImageFolders
+    calib: Path | None = None
+    val: Path | None = None
     prune: float = 0.0
     importance: str = "magnitude"
     round_to: int = 8
@@ -92,21 +95,28 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
     if not 0 <= req.prune < 1:
         raise UsageError(f"--prune {req.prune} must be a number in [0, 1) (fraction of channels removed per layer)")
     model = load_torch_module(req.model)
-    data = load_image_folder(req.data, req.preprocess)
-    if data.skipped:
-        log(f"data: skipped {data.skipped} unreadable image(s)")
-    tune, calib, val = split(data, seed=req.seed)
+    if req.train and req.calib and req.val:
+        tune, calib, val = (load_image_folder(p, req.preprocess) for p in (req.train, req.calib, req.val))
+        data = val
+    elif req.data is not None:
+        data = load_image_folder(req.data, req.preprocess)
+        tune, calib, val = split(data, seed=req.seed)
+    else:
+        raise UsageError("give --data DIR, or all three of --train, --calib and --val")
+    skipped = sum(d.skipped for d in {id(d): d for d in (data, tune, calib, val)}.values())
+    if skipped:
+        log(f"data: skipped {skipped} unreadable image(s)")
     if len(val) == 0 or len(tune) == 0:
-        raise UsageError(f"{req.data}: {len(data)} images are too few to split into fine-tune / calibration / validation")
+        raise UsageError(f"{req.data or req.val}: {len(data)} images are too few to split into fine-tune / calibration / validation")
     example = torch.from_numpy(val.x[:1])
     try:
         with torch.no_grad():
             out = model(example)
     except Exception as exc:
-        raise UsageError(f"the model does not accept the images of {req.data} (shape {list(example.shape)}): "
+        raise UsageError(f"the model does not accept the images of {req.data or req.val} (shape {list(example.shape)}): "
                          f"{str(exc).splitlines()[0]}") from None
     if out.shape[-1] != len(data.classes):
-        raise UsageError(f"the model outputs {out.shape[-1]} classes but {req.data} has {len(data.classes)} class folders")
+        raise UsageError(f"the model outputs {out.shape[-1]} classes but {req.data or req.val} has {len(data.classes)} class folders")
     log(f"data: {len(tune)} fine-tune / {len(calib)} calibration / {len(val)} validation images, "
         f"{len(data.classes)} classes")
 
