@@ -172,9 +172,11 @@ def compile_artifact(req: CompileRequest, log=lambda msg: None) -> Path:
 
     from edgecls.optimize.run import optimize_model, temp_work_dir
     check_destination(req.out_dir, req.force)
-    get_target(req.target, req.targets_dir).require_compiler()
+    target = get_target(req.target, req.targets_dir)
+    target.require_compiler()
     with temp_work_dir() as work:
-        result = optimize_model(req.optimize, Path(work), log)
+        # Pruned channel counts rounded to the target's `round_to` (8 by default: NEON/AVX friendly).
+        result = optimize_model(replace(req.optimize, round_to=target.round_to), Path(work), log)
         np.save(Path(work) / "val_x.npy", result.val.x[:req.val_count])
         np.save(Path(work) / "val_y.npy", result.val.y[:req.val_count])
         inner = replace(req, model=result.onnx, optimize=None, val_data=Path(work),

@@ -35,6 +35,7 @@ class Target:
     emulator: tuple[str, ...] = ()  # runs a foreign-arch binary on the workstation
     emulator_package: str = ""
     cpus: dict[str, tuple[int, ...]] = field(default_factory=dict)  # cluster name -> cpu ids
+    round_to: int = 8  # pruning keeps channel counts multiples of this (SIMD lanes)
     source: str = ""  # the TOML file it came from
     sha256: str = ""
 
@@ -44,7 +45,7 @@ class Target:
             "triple": self.triple, "tvm": self.tvm, "layout": self.layout,
             "compiler": self.compiler, "compiler_package": self.compiler_package,
             "runtimes": list(self.runtimes), "emulator": list(self.emulator),
-            "cpus": {k: list(v) for k, v in self.cpus.items()},
+            "cpus": {k: list(v) for k, v in self.cpus.items()}, "round_to": self.round_to,
             "emulator_package": self.emulator_package,
             "source": self.source, "sha256": self.sha256,
         }
@@ -58,7 +59,7 @@ class Target:
             compiler=d.get("compiler", ""), compiler_package=d.get("compiler_package", ""),
             runtimes=tuple(d.get("runtimes", ())), emulator=tuple(d.get("emulator", ())),
             emulator_package=d.get("emulator_package", ""),
-            cpus={k: tuple(v) for k, v in d.get("cpus", {}).items()},
+            cpus={k: tuple(v) for k, v in d.get("cpus", {}).items()}, round_to=d.get("round_to", 8),
             source=d.get("source", ""), sha256=d.get("sha256", ""))
 
     def require_compiler(self) -> str:
@@ -137,6 +138,7 @@ def parse_target(path: Path) -> Target:
         emulator=tuple(emulator),
         emulator_package=str(data.get("toolchain", {}).get("emulator_package", "")),
         cpus={k: tuple(v) for k, v in cpus.items()},
+        round_to=int(data.get("round_to", 8)),
         source=str(path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )

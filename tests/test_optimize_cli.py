@@ -111,3 +111,17 @@ def test_separate_train_calib_val_folders(demo, digits_folder, tmp_path):
     assert (stages[0]["top1"] - stages[1]["top1"]) * 100 <= 1.0
     p = edgecls("optimize", demo.module, "--train", parts[0], "--quantize", "ptq", "-o", tmp_path / "x")
     _one_line_error(p, "--calib")
+
+
+def test_prune_and_qat_together_for_rk3399_measured_under_qemu(demo, digits_folder, tmp_path):
+    out = tmp_path / "art"
+    p = edgecls("compile", demo.module, "--target", "rk3399", "--data", digits_folder, "--prune", "0.5",
+                "--quantize", "qat", "--epochs", "4", "--preprocess", demo.preprocess,
+                "--max-accuracy-drop", "2.0", "-o", out)
+    assert p.returncode == 0, p.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    stages = {s["stage"]: s for s in m["stages"]}
+    assert stages["quantized"]["method"] == "qat"
+    assert stages["compiled"]["how"] == "edgecls-runner (emulated)"
+    assert (stages["original"]["top1"] - stages["compiled"]["top1"]) * 100 <= 2.0
+    assert m["target"]["round_to"] == 8 and m["variant"] == "pruned50-int8"
