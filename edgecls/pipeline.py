@@ -28,6 +28,14 @@ from edgecls.targets import get_target
 
 # fp32 TVM vs ONNX Runtime differs by ~1e-6 here; anything near this bound is a miscompile.
 VERIFY_ATOL = 1e-3
+# QDQ int8 graphs: one intermediate activation landing on the other side of a rounding step moves
+# float logits by ~1e-2 (measured 0.006-0.012 for QAT digits); a miscompile is far larger.
+VERIFY_ATOL_QUANTIZED = 5e-2
+
+
+def _is_quantized(onnx_path: Path) -> bool:
+    import onnx
+    return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
 PY_HARNESS_SRC = Path(__file__).parent / "artifact" / "harness" / "bench_py.py"
 
 
@@ -132,7 +140,9 @@ def verify_artifact(root: Path, emulator_ok: bool, log) -> dict:
     result = {"how": how, "reference": "onnxruntime", "max_abs_diff": diff,
               "top1_match": top_got[0] == top_want[0], "top5_match": top_got == top_want,
               "runner_ms": report["timings_ms"]["median"]}
-    if diff > VERIFY_ATOL * max(1.0, float(np.abs(want).max())):
+    atol = VERIFY_ATOL_QUANTIZED if _is_quantized(root / "model.onnx") else VERIFY_ATOL
+    result["tolerance"] = atol
+    if diff > atol * max(1.0, float(np.abs(want).max())):
         raise ArtifactError(f"compiled artifact disagrees with ONNX Runtime: max abs diff {diff:.3g} "
                             f"on the reference input (miscompile); nothing was written")
     return result

