@@ -17,6 +17,29 @@ targets_dir_option = click.option(
     help="Extra folder(s) of target TOML files (also EDGECLS_TARGETS; ':'-separated).")
 
 
+def optimization_options(f):
+    """The prune / fine-tune / quantize options shared by `compile` and `optimize`."""
+    for option in reversed([
+        click.option("--data", type=click.Path(path_type=Path), default=None,
+                     help="ImageFolder for fine-tuning, calibration and validation (split deterministically)."),
+        click.option("--train", type=click.Path(path_type=Path), default=None, help="Separate fine-tune ImageFolder."),
+        click.option("--calib", type=click.Path(path_type=Path), default=None, help="Separate calibration ImageFolder."),
+        click.option("--val", type=click.Path(path_type=Path), default=None, help="Separate validation ImageFolder."),
+        click.option("--prune", default=0.0, type=float, show_default=True,
+                     help="Structured pruning: fraction of channels removed per layer (torch-pruning, DepGraph); "
+                          "the model really shrinks, unlike TF-MOT unstructured sparsity, which gives "
+                          "no speed on Cortex-A CPUs."),
+        click.option("--importance", type=click.Choice(["magnitude", "taylor", "bn-scale"]), default="magnitude", show_default=True),
+        click.option("--quantize", type=click.Choice(["none", "ptq", "qat"]), default="none", show_default=True,
+                     help="int8: ptq (ONNX Runtime static QDQ) or qat (torchao PT2E fine-tune)."),
+        click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000), help="Fine-tune epochs after pruning."),
+        click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True),
+        click.option("--seed", default=0, show_default=True),
+    ]):
+        f = option(f)
+    return f
+
+
 def _log(verbose: bool):
     from edgecls.report.console import console
     return (lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False)) if verbose else (lambda msg: None)
@@ -85,19 +108,7 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), default=None)
 @click.option("--preprocess", "preprocess_file", type=click.Path(path_type=Path), default=None,
               help="Preprocessing as JSON (size, mean, std, channel_order, layout).")
-@click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="ImageFolder for fine-tuning, calibration and validation (split deterministically).")
-@click.option("--train", type=click.Path(path_type=Path), default=None, help="Separate fine-tune ImageFolder.")
-@click.option("--calib", type=click.Path(path_type=Path), default=None, help="Separate calibration ImageFolder.")
-@click.option("--val", type=click.Path(path_type=Path), default=None, help="Separate validation ImageFolder.")
-@click.option("--prune", default=0.0, type=float, show_default=True,
-              help="Structured pruning: fraction of channels removed per layer (torch-pruning, DepGraph).")
-@click.option("--importance", type=click.Choice(["magnitude", "taylor", "bn-scale"]), default="magnitude", show_default=True)
-@click.option("--quantize", type=click.Choice(["none", "ptq", "qat"]), default="none", show_default=True,
-              help="int8: ptq (ONNX Runtime static QDQ) or qat (torchao PT2E fine-tune).")
-@click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000), help="Fine-tune epochs after pruning.")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@optimization_options
 @click.option("--max-accuracy-drop", type=float, default=None,
               help="Fail (artifact kept, marked rejected) when artifact top-1 falls more than X points below the original.")
 @click.option("--val-data", type=click.Path(path_type=Path), default=None,
@@ -165,19 +176,7 @@ class _null:
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--output", "-o", "out_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="ImageFolder for fine-tuning, calibration and validation (split deterministically).")
-@click.option("--train", type=click.Path(path_type=Path), default=None, help="Separate fine-tune ImageFolder.")
-@click.option("--calib", type=click.Path(path_type=Path), default=None, help="Separate calibration ImageFolder.")
-@click.option("--val", type=click.Path(path_type=Path), default=None, help="Separate validation ImageFolder.")
-@click.option("--prune", default=0.0, type=float, show_default=True,
-              help="Structured pruning: fraction of channels removed per layer (torch-pruning, DepGraph).")
-@click.option("--importance", type=click.Choice(["magnitude", "taylor", "bn-scale"]), default="magnitude", show_default=True)
-@click.option("--quantize", type=click.Choice(["none", "ptq", "qat"]), default="none", show_default=True,
-              help="int8: ptq (ONNX Runtime static QDQ) or qat (torchao PT2E fine-tune).")
-@click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000), help="Fine-tune epochs after pruning.")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@optimization_options
 @click.option("--input-shape", default=None, metavar="N,C,H,W")
 @click.option("--mean", default=None, metavar="R,G,B")
 @click.option("--std", default=None, metavar="R,G,B")
