@@ -17,6 +17,7 @@ import numpy as np
 
 from edgecls.hashing import sha256_file
 from edgecls.quiet import quiet_torch_export
+from edgecls.torch_state import deterministic_torch
 from edgecls.data import DEMO_PREPROCESS, digits_dataset, split
 from edgecls.errors import EdgeclsError
 
@@ -140,11 +141,7 @@ def train_digits_model(out_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPOC
     # Fixed threads + seeds + deterministic kernels: bit-identical weights run to run.
     # Global torch state is restored afterwards because callers (tests, CLI) share the process;
     # fork_rng keeps our seeding out of the caller's RNG stream.
-    prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_torch(threads):
         with torch.random.fork_rng(devices=[]):
             model = _fit(tune, len(ds.classes), epochs, seed)
         with torch.no_grad():
@@ -161,9 +158,6 @@ def train_digits_model(out_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPOC
             _atomic_write(out / PT2_NAME, lambda p: torch.export.save(exported, p))
             # The nn.Module itself: pruning and QAT need real modules, not an exported graph.
             _atomic_write(out / MODULE_NAME, lambda p: torch.save(model, p))
-    finally:
-        torch.set_num_threads(prev_threads)
-        torch.use_deterministic_algorithms(prev_det)
 
     _atomic_write(out / LABELS_NAME, lambda p: Path(p).write_text("\n".join(ds.classes) + "\n"))
     _atomic_write(out / PREPROCESS_NAME,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edgecls.data import Dataset
+from edgecls.torch_state import deterministic_torch
 from edgecls.errors import UsageError
 
 # Class weights only when the largest class has this many times the images of the smallest.
@@ -117,18 +118,10 @@ def finetune(student: nn.Module, teacher: nn.Module | None, train: Dataset, val:
     num_classes = _num_classes(train)
     t0 = time.perf_counter()
 
-    prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            result = _train(student, teacher, train, val, epochs, lr, batch_size, temperature, alpha,
-                            label_smoothing, seed, weight_decay, num_classes, progress)
-    finally:
-        torch.set_num_threads(prev_threads)
-        torch.use_deterministic_algorithms(prev_det)
+    with deterministic_torch(threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        result = _train(student, teacher, train, val, epochs, lr, batch_size, temperature, alpha,
+                        label_smoothing, seed, weight_decay, num_classes, progress)
     result.seconds = time.perf_counter() - t0
     return result
 
