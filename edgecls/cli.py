@@ -30,11 +30,15 @@ def optimization_options(f):
                           "the model really shrinks, unlike TF-MOT unstructured sparsity, which gives "
                           "no speed on Cortex-A CPUs."),
         click.option("--importance", type=click.Choice(["magnitude", "taylor", "bn-scale"]), default="magnitude", show_default=True),
-        click.option("--quantize", type=click.Choice(["none", "ptq", "qat"]), default="none", show_default=True,
-                     help="int8: ptq (ONNX Runtime static QDQ) or qat (torchao PT2E fine-tune)."),
+        click.option("--quantize", type=click.Choice(["none", "ptq", "qat", "fp16"]), default="none", show_default=True,
+                     help="int8: ptq (ONNX Runtime static QDQ) or qat (torchao PT2E fine-tune); fp16: weights "
+                          "stored as float16 (half the file), computed in float32 on CPUs."),
         click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000), help="Fine-tune epochs after pruning."),
         click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True),
         click.option("--seed", default=0, show_default=True),
+        click.option("--tflite/--no-tflite", "tflite", default=None,
+                     help="Also ship model.tflite (LiteRT; int8 when quantized). Default: when the "
+                          "edgecls[tflite] extra is installed and the model is a torch model."),
     ]):
         f = option(f)
     return f
@@ -120,7 +124,7 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--verbose", "-v", is_flag=True, help="Show every stage and graph pass.")
 @targets_dir_option
 def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order, preprocess_file,
-            data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, max_accuracy_drop,
+            data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite, max_accuracy_drop,
             val_data, val_count, force, no_verify, verbose, targets_dir):
     """Compile MODEL (.onnx, .pt2, TorchScript) for a target into a runnable, verified artifact."""
     from edgecls.load import parse_shape
@@ -129,7 +133,7 @@ def compile(model, target, out_dir, layout, input_shape, labels, mean, std, chan
     req = CompileRequest(
         model=model, target=target, out_dir=out_dir, layout=layout, input_shape=parse_shape(input_shape),
         labels=labels, force=force, targets_dir=targets_dir, verify=not no_verify,
-        val_data=val_data, val_count=val_count, max_accuracy_drop=max_accuracy_drop,
+        val_data=val_data, val_count=val_count, max_accuracy_drop=max_accuracy_drop, tflite=_tflite_mode(tflite),
         optimize=_optimize_request(model, (data, train, calib, val), prune, importance, quantize, epochs, calib_method, seed,
                                    _preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order,
                                                preprocess_file), input_shape),
@@ -165,6 +169,10 @@ def _optimize_request(model, data, prune, importance, quantize, epochs, calib_me
                            quantize=quantize, epochs=epochs, calib_method=calib_method, seed=seed)
 
 
+def _tflite_mode(flag: bool | None) -> str:
+    return "auto" if flag is None else ("yes" if flag else "no")
+
+
 class _null:
     def __enter__(self):
         return self
@@ -184,8 +192,8 @@ class _null:
 @click.option("--preprocess", "preprocess_file", type=click.Path(path_type=Path), default=None)
 @click.option("--force", is_flag=True)
 @click.option("--verbose", "-v", is_flag=True)
-def optimize(model, out_dir, data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, input_shape,
-             mean, std, channel_order, preprocess_file, force, verbose):
+def optimize(model, out_dir, data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite,
+             input_shape, mean, std, channel_order, preprocess_file, force, verbose):
     """Prune, fine-tune and quantize a torch model (torch.save'd nn.Module); stop before TVM."""
     from edgecls.optimize.run import optimize_model, temp_work_dir, write_optimized
     from edgecls.report.console import console, stages_table
@@ -194,6 +202,7 @@ def optimize(model, out_dir, data, train, calib, val, prune, importance, quantiz
     req = _optimize_request(model, (data, train, calib, val), prune, importance, quantize, epochs, calib_method, seed,
                             _preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order,
                                         preprocess_file), input_shape, required=True)
+    req.tflite = _tflite_mode(tflite)
     with temp_work_dir() as work:
         result = optimize_model(req, Path(work), log=_log(True) if verbose else (lambda m: console.print(m)))
         write_optimized(result, out_dir, force)

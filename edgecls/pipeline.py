@@ -55,6 +55,7 @@ class CompileRequest:
     val_count: int = 64
     optimize: object | None = None  # an edgecls.optimize.run.OptimizeRequest: prune / quantize first
     max_accuracy_drop: float | None = None  # points of top-1, artifact vs original
+    tflite: str = "auto"  # ship model.tflite for LiteRT: auto (when edgecls[tflite] is installed) | yes | no
 
 
 def read_labels(path: Path | None, num_classes: int | None) -> list[str] | None:
@@ -104,15 +105,16 @@ def acceptance(stages: list[dict], max_drop: float | None) -> dict:
     """--max-accuracy-drop: artifact top-1 may fall at most X points below the original."""
     if max_drop is None:
         return {"accepted": True, "max_accuracy_drop": None}
-    first = stages[0].get("top1") if stages else None
-    last = stages[-1].get("top1") if len(stages) > 1 else None
+    # The artifact is measured on the batch it carries; compare with the original on the same images.
+    first = stages[0].get("top1_carried", stages[0].get("top1")) if stages else None
+    last = next((st.get("top1") for st in stages[1:] if st.get("stage") == "compiled"), None)
     if first is None or last is None:
         return {"accepted": False, "max_accuracy_drop": max_drop,
                 "reason": "--max-accuracy-drop needs validation data (--data or --val-data) and a runnable artifact"}
     drop = (first - last) * 100
     ok = drop <= max_drop
     return {"accepted": ok, "max_accuracy_drop": max_drop, "drop_points": round(drop, 3),
-            **({} if ok else {"reason": f"top-1 fell {drop:.2f} points ({first:.4f} -> {last:.4f}), "
+            **({} if ok else {"reason": f"top-1 on the validation batch fell {drop:.2f} points ({first:.4f} -> {last:.4f}), "
                                         f"more than --max-accuracy-drop {max_drop}"})}
 
 
@@ -165,11 +167,8 @@ def artifact_accuracy(root: Path, emulator_ok: bool, log) -> dict | None:
             "size_bytes": sum(f["size"] for f in manifest["files"].values())}
 
 
-def _original_top1_onnx(onnx_path: Path, root: Path) -> float | None:
-    if not (root / "reference" / "val_x.npy").is_file():
-        return None
+def _top1_onnx(onnx_path: Path, x: np.ndarray, y: np.ndarray) -> float:
     from edgecls.artifact.reference import onnx_session
-    x, y = np.load(root / "reference" / "val_x.npy"), np.load(root / "reference" / "val_y.npy")
     sess = onnx_session(onnx_path, optimize=False)
     name = sess.get_inputs()[0].name
     return float(np.mean([sess.run(None, {name: x[i:i + 1]})[0].argmax() == y[i] for i in range(len(y))]))
@@ -186,16 +185,43 @@ def compile_artifact(req: CompileRequest, log=lambda msg: None) -> Path:
     target.require_compiler()
     with temp_work_dir() as work:
         # Pruned channel counts rounded to the target's `round_to` (8 by default: NEON/AVX friendly).
-        result = optimize_model(replace(req.optimize, round_to=target.round_to), Path(work), log)
-        np.save(Path(work) / "val_x.npy", result.val.x[:req.val_count])
-        np.save(Path(work) / "val_y.npy", result.val.y[:req.val_count])
+        result = optimize_model(replace(req.optimize, round_to=target.round_to, tflite=req.tflite), Path(work), log)
+        x, y = result.val.x[:req.val_count], result.val.y[:req.val_count]
+        np.save(Path(work) / "val_x.npy", x)
+        np.save(Path(work) / "val_y.npy", y)
+        result.stages[0]["top1_carried"] = _top1_onnx(result.original_onnx, x, y)
         inner = replace(req, model=result.onnx, optimize=None, val_data=Path(work),
                         preprocess=req.optimize.preprocess)
-        return _compile(inner, log, stages=result.stages, variant=result.variant, source=req.optimize.model)
+        return _compile(inner, log, stages=result.stages, variant=result.variant, source=req.optimize.model,
+                        tflite=result.tflite)
+
+
+def _plain_tflite(req: CompileRequest, model, work: Path, log) -> Path | None:
+    """fp32 model.tflite for a compile without optimization, when the input is a torch model.
+
+    ONNX input has no converter short of TensorFlow (onnx2tf), so it ships without one; in auto
+    mode a conversion failure only skips the file (the manifest says why), with --tflite it fails.
+    """
+    from edgecls.optimize.run import tflite_available
+    if req.tflite == "no" or model.format == "onnx" or (req.tflite == "auto" and not tflite_available()):
+        return None
+    import torch
+
+    from edgecls.export.tflite import export_tflite
+    from edgecls.load import load_torch_module
+    try:
+        module = (model.exported_program.module() if model.exported_program is not None
+                  else load_torch_module(model.path))
+        return export_tflite(module, torch.zeros(model.input.shape), work / "model.tflite").path
+    except Exception as exc:
+        if req.tflite == "yes":
+            raise
+        log(f"tflite: skipped ({str(exc).splitlines()[0]})")
+        return None
 
 
 def _compile(req: CompileRequest, log, stages: list | None = None, variant: str = "fp32",
-             source: Path | None = None) -> Path:
+             source: Path | None = None, tflite: Path | None = None) -> Path:
     t_start = time.perf_counter()
     target = get_target(req.target, req.targets_dir)
     check_destination(req.out_dir, req.force)  # before minutes of work
@@ -223,6 +249,10 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
         compiled = compile_model(model, target, tmp / "model.so", req.layout, log)
         import onnx
         onnx.save(model.onnx, str(tmp / "model.onnx"))
+        if variant.endswith("fp16"):
+            # onnxsim folded the fp16 -> fp32 Casts; ship the half-size file boards download.
+            from edgecls.optimize.fp16 import fp16_weights_onnx
+            fp16_weights_onnx(tmp / "model.onnx", tmp / "model.onnx")
         log(f"runner: building edgecls-runner for {target.arch} with {target.compiler}")
         runner = build_runner(target.arch, target.compiler, tmp, libs)
         (tmp / "reference").mkdir()
@@ -237,6 +267,12 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
         shutil.copy2(PY_HARNESS_SRC, tmp / "harness" / "bench_py.py")
         if labels:
             (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
+        if tflite is None and req.tflite != "no":
+            (tmp / ".tflite").mkdir()
+            tflite = _plain_tflite(req, model, tmp / ".tflite", log)
+        if tflite is not None:
+            shutil.copy2(tflite, tmp / "model.tflite")
+        shutil.rmtree(tmp / ".tflite", ignore_errors=True)
         manifest = mf.new_manifest(
             model={"source": str(model.path), "format": model.format, "sha256": model.sha256,
                    "input": model.input.to_dict(), "output": model.output.to_dict(),
@@ -256,6 +292,7 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
                     "glibc_required": required_glibc([tmp / "model.so", runner, *libs.paths]),
                     "tvm_runtime": libs.source},
             versions=mf.library_versions({**tvm_adapter.versions(), "compiler": target.compiler}),
+            runtimes_shipped=["tvm", "onnxruntime"] + (["tflite"] if tflite is not None else []),
             timings={"load_s": round(load_s, 3), **compiled.timings},
         )
         mf.write_manifest(tmp, manifest)
@@ -264,7 +301,8 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
         else:
             manifest["verification"] = {"how": "skipped", "reason": "--no-verify"}
         if not stages and (tmp / "reference" / "val_x.npy").is_file():
-            manifest["stages"][0]["top1"] = _original_top1_onnx(tmp / "model.onnx", tmp)
+            manifest["stages"][0]["top1"] = _top1_onnx(tmp / "model.onnx", np.load(tmp / "reference" / "val_x.npy"),
+                                                       np.load(tmp / "reference" / "val_y.npy"))
         compiled = artifact_accuracy(tmp, emulator_ok, log)
         if compiled:
             manifest["stages"].append(compiled)

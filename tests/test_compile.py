@@ -124,6 +124,12 @@ def test_pt2_and_torchscript_inputs_compile(demo, tmp_path):
     m = read_manifest(out)
     assert m["model"]["format"] == "pt2" and m["options"]["import_route"] == "torch.export"
     assert m["verification"]["top5_match"] and m["stats"]["unfused_epilogues"] == 0
+    from edgecls.optimize.run import tflite_available
+    if tflite_available():  # a torch input also ships an fp32 model.tflite for LiteRT
+        from edgecls.export.tflite import run_tflite
+        assert "tflite" in m["runtimes_shipped"]
+        got = run_tflite(out / "model.tflite", np.load(out / "reference" / "input.npy"))
+        assert np.abs(got - np.load(out / "reference" / "output.npy")).max() < 1e-3
     ts = tmp_path / "model.ts"
     torch.jit.trace(DigitsCNN().eval(), torch.zeros(1, 3, 32, 32)).save(str(ts))
     out = compile_artifact(CompileRequest(model=ts, target="x86-host", out_dir=tmp_path / "ts",

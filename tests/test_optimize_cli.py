@@ -13,6 +13,9 @@ import pytest
 
 from edgecls.data import write_digits_image_folder
 from edgecls.optimize.quantize import weight_dtypes
+from edgecls.optimize.run import tflite_available
+
+HAS_TFLITE = tflite_available()
 
 EDGECLS = str(Path(sys.executable).parent / "edgecls")
 
@@ -34,7 +37,7 @@ def test_compile_with_prune_and_ptq_records_every_stage(demo, digits_folder, tmp
     assert p.returncode == 0, p.stderr
     m = json.loads((out / "manifest.json").read_text())
     stages = {s["stage"]: s for s in m["stages"]}
-    assert list(stages) == ["original", "pruned", "fine-tuned", "quantized", "compiled"]
+    assert list(stages) == ["original", "pruned", "fine-tuned", "quantized"] + ["tflite"] * HAS_TFLITE + ["compiled"]
     assert stages["fine-tuned"]["macs"] <= 0.55 * stages["original"]["macs"]
     assert stages["fine-tuned"]["params"] <= 0.55 * stages["original"]["params"]
     assert stages["quantized"]["size_bytes"] <= 0.35 * stages["original"]["size_bytes"]
@@ -43,6 +46,38 @@ def test_compile_with_prune_and_ptq_records_every_stage(demo, digits_folder, tmp
     assert m["variant"] == "pruned50-int8" and m["acceptance"]["accepted"]
     assert set(weight_dtypes(out / "model.onnx").values()) == {"INT8"}
     assert "accuracy at every stage" in p.stdout
+    if not HAS_TFLITE:
+        return
+    # The artifact ships the same variant for LiteRT: full-int8 .tflite, within 1 point of ORT int8,
+    # and the board harness runs all three runtimes on the carried validation batch.
+    assert stages["tflite"]["dtype"] == "int8" and "model.tflite" in m["files"]
+    assert abs(stages["tflite"]["top1"] - stages["quantized"]["top1"]) * 100 <= 1.0
+    assert m["runtimes_shipped"] == ["tvm", "onnxruntime", "tflite"]
+    p = edgecls("bench", out, "--local", "--runtime", "tvm,onnxruntime,tflite", "--runs", "5", "--warmup", "1",
+                "-o", tmp_path / "reports")
+    assert p.returncode == 0, p.stderr
+    top1 = {r["runtime"]: r["accuracy"]["top1"] for r in
+            (json.loads(f.read_text()) for f in (tmp_path / "reports").glob("*.json"))}
+    assert set(top1) == {"tvm", "onnxruntime", "tflite"}
+    assert abs(top1["tflite"] - top1["onnxruntime"]) <= 1 / 64 + 1e-9, top1  # at most one image of 64
+
+
+def test_fp16_halves_the_file_and_compiles(demo, digits_folder, tmp_path):
+    out = tmp_path / "art"
+    p = edgecls("compile", demo.module, "--target", "x86-host", "--data", digits_folder, "--quantize", "fp16",
+                "--no-tflite", "--preprocess", demo.preprocess, "--max-accuracy-drop", "1.0", "-o", out)
+    assert p.returncode == 0, p.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    stages = {s["stage"]: s for s in m["stages"]}
+    assert m["variant"] == "fp16" and "model.tflite" not in m["files"]
+    assert stages["quantized"]["method"] == "fp16-weights"
+    assert stages["quantized"]["size_bytes"] <= 0.55 * stages["original"]["size_bytes"]
+    assert abs(stages["original"]["top1"] - stages["quantized"]["top1"]) * 100 <= 0.5
+    model = onnx.load(str(out / "model.onnx"))
+    big = [i for i in model.graph.initializer if len(i.dims) > 1]
+    assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float I/O kept
+    assert m["verification"]["max_abs_diff"] < 1e-3  # same fp16-rounded weights, fp32 arithmetic
 
 
 def test_optimize_qat_stops_before_tvm(demo, digits_folder, tmp_path):

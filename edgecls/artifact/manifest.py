@@ -37,7 +37,8 @@ MANIFEST = "manifest.json"
 
 def library_versions(extra: dict | None = None) -> dict:
     out = {"edgecls": __version__, "python": platform.python_version()}
-    for pkg in ("apache-tvm", "apache-tvm-ffi", "torch", "onnx", "onnxruntime", "onnxsim", "numpy"):
+    for pkg in ("apache-tvm", "apache-tvm-ffi", "torch", "onnx", "onnxruntime", "onnxsim", "numpy",
+                "torchao", "torch-pruning", "litert-torch", "ai-edge-litert"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

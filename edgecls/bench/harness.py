@@ -91,7 +91,9 @@ def runtime_argv(runtime: str, manifest: dict, place: Place, opts: BenchOptions,
         raise ArtifactError("artifact has no Python harness (compiled by an older edgecls)")
     model = "model.onnx" if runtime == "onnxruntime" else "model.tflite"
     if model not in files:
-        raise ArtifactError(f"artifact has no {model} for runtime {runtime}")
+        hint = (" (ship one: compile a torch model with the edgecls[tflite] extra installed, or --tflite)"
+                if runtime == "tflite" else "")
+        raise ArtifactError(f"artifact has no {model} for runtime {runtime}{hint}")
     python = getattr(getattr(place, "board", None), "python", None) or sys.executable
     return [python, PY_HARNESS, "--runtime", runtime, "--model", model] + flags
 

@@ -112,7 +112,10 @@ def export_tflite(model: torch.nn.Module, example: torch.Tensor, out_path: str |
         raise UsageError(f"TFLite export needs a (1, C, H, W) example, got {tuple(example.shape)}")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
+    try:
+        model = model.eval()
+    except (NotImplementedError, RuntimeError):
+        pass  # ExportedProgram.module() refuses eval(); it was exported in inference mode already
     example = example.detach().to(torch.float32)
     quantized = int8_calib is not None
     if quantized:

@@ -20,7 +20,8 @@ from edgecls.errors import UsageError
 from edgecls.load import load_torch_module
 from edgecls.quiet import quiet_torch_export
 
-QUANTIZE_MODES = ("none", "ptq", "qat")
+QUANTIZE_MODES = ("none", "ptq", "qat", "fp16")
+TFLITE_MODES = ("auto", "yes", "no")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class OptimizeRequest:
     calib_method: str = "minmax"
     seed: int = 0
     threads: int = 1
+    tflite: str = "auto"  # also export model.tflite: auto = when edgecls[tflite] is installed
 
 
 @dataclass
@@ -47,6 +49,8 @@ class OptimizedModel:
     variant: str
     stages: list[dict] = field(default_factory=list)
     val: Dataset | None = None
+    tflite: Path | None = None  # the same variant for LiteRT (int8 when quantized), when exported
+    original_onnx: Path | None = None  # the unoptimized model, for comparisons on other image sets
 
 
 def _onnx_size_and_accuracy(path: Path, val: Dataset) -> tuple[int, float]:
@@ -85,10 +89,13 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
 
     from edgecls.optimize.finetune import finetune
     from edgecls.optimize.prune import prune_model
+    from edgecls.optimize.fp16 import fp16_weights_onnx
     from edgecls.optimize.quantize import ptq_onnx, qat_pt2e
 
     if req.quantize not in QUANTIZE_MODES:
-        raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)} (fp16: not yet), got '{req.quantize}'")
+        raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{req.quantize}'")
+    if req.tflite not in TFLITE_MODES:
+        raise UsageError(f"tflite must be one of {', '.join(TFLITE_MODES)}, got '{req.tflite}'")
     if Path(req.model).suffix.lower() in (".onnx", ".pt2"):
         raise UsageError(f"--prune/--quantize need the trained torch module, not {Path(req.model).suffix}: "
                          f"save it with torch.save(model, 'model.pth')")
@@ -150,12 +157,48 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
         stages.append(_stage("quantized", None, example, val, q.path, method="qat",
                              macs=stages[-1]["macs"], params=stages[-1]["params"]))
         final = q.path
+    elif req.quantize == "fp16":
+        q = fp16_weights_onnx(fp32_onnx, work_dir / "fp16.onnx")
+        stages.append(_stage("quantized", None, example, val, q.path,
+                             **{k: v for k, v in q.to_dict().items() if k != "path"},
+                             macs=stages[-1]["macs"], params=stages[-1]["params"]))
+        final = q.path
     else:
         final = fp32_onnx
     if req.quantize != "none":
-        variant.append("int8")
+        variant.append("fp16" if req.quantize == "fp16" else "int8")
         log(f"quantized ({req.quantize}): {stages[-1]['size_bytes']:,} bytes, top-1 {stages[-1]['top1']:.4f}")
-    return OptimizedModel(onnx=final, variant="-".join(variant) or "fp32", stages=stages, val=val)
+    tflite = _export_tflite(req, current, example, calib, val, work_dir, stages, log)
+    return OptimizedModel(onnx=final, variant="-".join(variant) or "fp32", stages=stages, val=val, tflite=tflite,
+                          original_onnx=work_dir / "original.onnx")
+
+
+def tflite_available() -> bool:
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ("litert_torch", "ai_edge_litert"))
+
+
+def _export_tflite(req: OptimizeRequest, model, example, calib: Dataset, val: Dataset, work_dir: Path,
+                   stages: list[dict], log) -> Path | None:
+    """The same variant as a .tflite for LiteRT, so boards can compare runtimes on one artifact.
+
+    int8 variants are full-int8 TFLite from the (pruned, fine-tuned) float model and the same
+    calibration images; fp16 and fp32 variants give an fp32 .tflite (LiteRT's CPU kernels compute
+    fp16 weights in fp32 anyway). Its top-1 is measured and listed as its own row.
+    """
+    if req.tflite == "no" or (req.tflite == "auto" and not tflite_available()):
+        return None
+    from edgecls.export.tflite import export_tflite, run_tflite
+    int8 = req.quantize in ("ptq", "qat")
+    log(f"tflite: exporting {'full-int8' if int8 else 'fp32'} model.tflite with litert-torch")
+    res = export_tflite(model, example, work_dir / "model.tflite", int8_calib=calib.x[:128] if int8 else None)
+    top1 = float((run_tflite(res.path, val.x).argmax(-1) == val.y).mean())
+    stages.append({"stage": "tflite", "runtime": "litert", "how": f"ai-edge-litert ({'int8' if int8 else 'fp32'})",
+                   "top1": top1, "size_bytes": res.size_bytes,
+                   "dtype": "int8" if int8 else "float32", "macs": stages[-1].get("macs"),
+                   "params": stages[-1].get("params")})
+    log(f"tflite: {res.size_bytes:,} bytes, top-1 {top1:.4f} in ai-edge-litert")
+    return res.path
 
 
 def write_optimized(result: OptimizedModel, out_dir: Path, force: bool = False) -> Path:
@@ -164,6 +207,8 @@ def write_optimized(result: OptimizedModel, out_dir: Path, force: bool = False) 
     import shutil
     with staging_dir(Path(out_dir), force) as tmp:
         shutil.copy2(result.onnx, tmp / "model.onnx")
+        if result.tflite is not None:
+            shutil.copy2(result.tflite, tmp / "model.tflite")
         np.save(tmp / "val_x.npy", result.val.x[:64])
         np.save(tmp / "val_y.npy", result.val.y[:64])
         (tmp / "optimize.json").write_text(json.dumps(

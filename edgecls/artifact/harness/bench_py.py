@@ -90,6 +90,7 @@ def load_runtime(kind, model_path, threads):
         sess = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         return lambda x: sess.run(None, {name: x})[0], f"onnxruntime {ort.__version__}"
+    import numpy as np
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -97,11 +98,20 @@ def load_runtime(kind, model_path, threads):
     interp = Interpreter(model_path=model_path, num_threads=threads or None)
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    # A full-int8 model takes and returns int8 tensors: quantize the float input with the tensor's
+    # own scale/zero-point and dequantize the logits (timed, as TVM and ORT do it inside the graph).
+    (in_scale, in_zp), (out_scale, out_zp) = inp["quantization"], out["quantization"]
+    int_in = np.issubdtype(inp["dtype"], np.integer) and in_scale
+    int_out = np.issubdtype(out["dtype"], np.integer) and out_scale
+    lo, hi = (np.iinfo(inp["dtype"]).min, np.iinfo(inp["dtype"]).max) if int_in else (0, 0)
 
     def run(x):
+        if int_in:
+            x = np.clip(np.round(x / in_scale + in_zp), lo, hi)
         interp.set_tensor(inp["index"], x.astype(inp["dtype"]))
         interp.invoke()
-        return interp.get_tensor(out["index"])
+        y = interp.get_tensor(out["index"])
+        return (y.astype(np.float32) - out_zp) * out_scale if int_out else y
     return run, "ai-edge-litert"
 
 
