@@ -121,18 +121,20 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--val-count", default=64, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--no-verify", is_flag=True, help="Skip running the artifact on the reference input.")
+@click.option("--schedules/--no-schedules", default=True, show_default=True,
+              help="edgecls' zero-trial CPU schedules (vectorized, parallel, tiled) for untuned kernels.")
 @click.option("--verbose", "-v", is_flag=True, help="Show every stage and graph pass.")
 @targets_dir_option
 def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order, preprocess_file,
             data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite, max_accuracy_drop,
-            val_data, val_count, force, no_verify, verbose, targets_dir):
+            val_data, val_count, force, no_verify, schedules, verbose, targets_dir):
     """Compile MODEL (.onnx, .pt2, TorchScript) for a target into a runnable, verified artifact."""
     from edgecls.load import parse_shape
     from edgecls.pipeline import CompileRequest, compile_artifact
     from edgecls.report.console import console
     req = CompileRequest(
         model=model, target=target, out_dir=out_dir, layout=layout, input_shape=parse_shape(input_shape),
-        labels=labels, force=force, targets_dir=targets_dir, verify=not no_verify,
+        labels=labels, force=force, targets_dir=targets_dir, verify=not no_verify, schedules=schedules,
         val_data=val_data, val_count=val_count, max_accuracy_drop=max_accuracy_drop, tflite=_tflite_mode(tflite),
         optimize=_optimize_request(model, (data, train, calib, val), prune, importance, quantize, epochs, calib_method, seed,
                                    _preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order,

@@ -55,6 +55,7 @@ class CompileRequest:
     val_count: int = 64
     optimize: object | None = None  # an edgecls.optimize.run.OptimizeRequest: prune / quantize first
     max_accuracy_drop: float | None = None  # points of top-1, artifact vs original
+    schedules: bool = True  # edgecls' zero-trial CPU schedules (off: TVM's naive loop nests)
     tflite: str = "auto"  # ship model.tflite for LiteRT: auto (when edgecls[tflite] is installed) | yes | no
 
 
@@ -246,7 +247,7 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
         f"{model.input.dtype}, output {list(model.output.shape)}")
 
     with staging_dir(req.out_dir, req.force) as tmp:
-        compiled = compile_model(model, target, tmp / "model.so", req.layout, log)
+        compiled = compile_model(model, target, tmp / "model.so", req.layout, log, schedules=req.schedules)
         import onnx
         onnx.save(model.onnx, str(tmp / "model.onnx"))
         if variant.endswith("fp16"):
@@ -282,7 +283,8 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
             preprocess=preprocess.to_dict(),
             labels=labels,
             options={"layout": req.layout, "input_shape": list(req.input_shape) if req.input_shape else None,
-                     "import_route": compiled.import_route, "verify": req.verify},
+                     "import_route": compiled.import_route, "verify": req.verify,
+                     "schedules": req.schedules},
             passes=compiled.passes,
             stats=compiled.stats,
             stages=stages or [{"stage": "original", "size_bytes": model.path.stat().st_size}],

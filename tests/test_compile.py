@@ -60,6 +60,11 @@ def test_nhwc_layout_keeps_fusion_and_numerics(artifacts):
     # ConvertLayout may add transposes only at the graph edges, not around every ReLU6.
     assert m["stats"]["kernels"] <= 60
     assert m["verification"]["max_abs_diff"] < 1e-4
+    # Every kernel got a zero-trial schedule, nothing left naive. Counts are per distinct kernel
+    # function (layers of equal shape share one): 20 conv + 10 depthwise for MobileNetV2's 52 convs.
+    sched = m["stats"]["schedules"]
+    assert sched["enabled"] and sched["unscheduled"] == 0
+    assert sched["conv2d"] >= 15 and sched["depthwise"] >= 8 and sched["dense"] == 1
 
 
 def test_manifest_records_how_the_artifact_was_made(artifacts, demo):
@@ -69,7 +74,7 @@ def test_manifest_records_how_the_artifact_was_made(artifacts, demo):
     assert len(m["model"]["sha256"]) == 64
     assert m["target"]["name"] == "x86-host"
     assert m["target"]["tvm_resolved"]["mcpu"] not in ("native", "", None)
-    assert m["layout"]["chosen"] == "NCHW" and m["layout"]["requested"] == "auto"
+    assert m["layout"]["chosen"] == "NHWC" and m["layout"]["requested"] == "auto"
     assert m["labels"] == [str(i) for i in range(10)]
     assert m["preprocess"]["mean"] == [0.5, 0.5, 0.5]
     for key in ("apache-tvm", "apache-tvm-ffi", "torch", "onnx", "onnxruntime", "onnxsim"):

@@ -48,7 +48,7 @@ def _import(model: Model, log) -> tuple[object, str]:
 
 
 def compile_model(model: Model, target: Target, out_library: Path, layout: str = "auto",
-                  log=lambda msg: None) -> CompiledModel:
+                  log=lambda msg: None, schedules: bool = True) -> CompiledModel:
     compiler = target.require_compiler()  # fail before minutes of work, naming the Debian package
     tvm_target = tvm_adapter.resolve_target(target.tvm)
     chosen = choose_layout(layout, target)
@@ -78,7 +78,10 @@ def compile_model(model: Model, target: Target, out_library: Path, layout: str =
         f"BN {stats['batch_norm_in_graph']} in graph / {stats['batch_norm_left']} left")
 
     log(f"build: lowering and linking with {compiler}")
-    build_s = tvm_adapter.build(fused, tvm_target, out_library, target.compiler)
+    build_s, sched = tvm_adapter.build(fused, tvm_target, out_library, target.compiler, schedules=schedules)
+    stats["schedules"] = sched
+    if schedules:
+        log(f"schedules: {', '.join(f'{k} {v}' for k, v in sched.items() if k != 'enabled')}")
     return CompiledModel(
         library=out_library, tvm_target=tvm_target, layout=chosen, import_route=route,
         passes=[{"name": r.name, "seconds": r.seconds, **({"detail": r.detail} if r.detail else {})}

@@ -1,4 +1,7 @@
-"""The ONLY module of edgecls that imports tvm.
+"""The entry to TVM: edgecls imports tvm only here and in its sibling `tvm_*` modules.
+
+The siblings (tvm_schedules: rule-based CPU schedules; tvm_tuning: MetaSchedule) are part of this
+adapter layer and are called only through it or by compile/build.py.
 
 TVM's Python APIs have churned every release (Relay, tvmc and AutoTVM are gone since 0.20), so
 every call lives here behind small functions with plain-Python arguments and results. Several
@@ -221,7 +224,8 @@ def run_graph_passes(mod, tvm_target: dict, layout: str | None, fold_bn: bool = 
     """BN folding, layout conversion, legalization and fusion; each pass timed and recorded.
 
     layout: None keeps the imported layout (NCHW from ONNX/torch), "NHWC" converts convs to
-    NHWC/OHWI. Passes run under the target so legalization picks target-aware strategies.
+    NHWC/HWIO (HWIO: the weight is contiguous along the output channel, which tvm_schedules
+    vectorizes). Passes run under the target so legalization picks target-aware strategies.
     """
     _import_tvm()
     from tvm import relax
@@ -237,7 +241,7 @@ def run_graph_passes(mod, tvm_target: dict, layout: str | None, fold_bn: bool = 
              ("FoldConstant", relax.transform.FoldConstant())]
     if layout == "NHWC":
         plan.append(("ConvertLayout", relax.transform.ConvertLayout(
-            {"relax.nn.conv2d": ["NHWC", "OHWI"]})))
+            {"relax.nn.conv2d": ["NHWC", "HWIO"]})))
     plan += [("DispatchSampling", relax.backend.DispatchSampling()),
              ("DispatchSortScan", relax.backend.DispatchSortScan()),
              ("LegalizeOps", relax.transform.LegalizeOps()),
@@ -268,8 +272,12 @@ def run_graph_passes(mod, tvm_target: dict, layout: str | None, fold_bn: bool = 
 # --------------------------------------------------------------------------- build
 
 
-def build(mod, tvm_target: dict, out_path: Path, compiler: str) -> float:
-    """Lower the fused module and link `out_path` with `compiler` (cross or native g++)."""
+def build(mod, tvm_target: dict, out_path: Path, compiler: str, schedules: bool = True) -> tuple[float, dict]:
+    """Lower the fused module and link `out_path` with `compiler` (cross or native g++).
+
+    schedules: apply edgecls' rule-based CPU schedules (tvm_schedules) first; without them every
+    kernel is the naive single-threaded, scalar TE loop nest.
+    """
     tvm = _import_tvm()
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
@@ -279,6 +287,11 @@ def build(mod, tvm_target: dict, out_path: Path, compiler: str) -> float:
     # Fusion already ran in run_graph_passes; the rest of the CPU pipeline lowers and plans memory.
     rest = tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
     t0 = time.perf_counter()
+    stats: dict = {"enabled": schedules}
+    if schedules:
+        from edgecls.compile.tvm_schedules import apply_default_schedules  # imports this module
+        mod, rule_stats = apply_default_schedules(mod, tvm_target)
+        stats.update(rule_stats)
     try:
         executable = relax.build(mod, target, relax_pipeline=rest)
     except Exception as exc:
@@ -289,7 +302,7 @@ def build(mod, tvm_target: dict, out_path: Path, compiler: str) -> float:
     except Exception as exc:
         lines = [ln for ln in str(exc).splitlines() if "error" in ln.lower()] or str(exc).splitlines()
         raise ToolchainError(f"linking model.so with {compiler} failed: {lines[0] if lines else exc}") from None
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, stats
 
 
 def load_host_library(lib_path: Path):

@@ -1,0 +1,406 @@
+"""Zero-trial, rule-based CPU schedules for the PrimFuncs of a fused Relax module.
+
+TVM 0.27's CPU pipeline lowers every kernel as the naive TE loop nest: no parallel loop (so
+TVM_NUM_THREADS does nothing), no vectorization and an accumulator that lives in memory. Tuning
+(MetaSchedule) fixes that but costs hours per network; these rules, in the spirit of the GPU
+"dlight" rules, pick one reasonable schedule per kernel from its loop/access structure alone.
+
+Everything is derived from the access pattern of the kernel's single reduction block, never from
+the op name, so one rule covers regular, pointwise and depthwise conv2d, dense and pooling:
+
+* vector axis   = the spatial iterator indexing the output's innermost dimension (the output
+                  channel for NHWC); vectorized at the SIMD width of the target;
+* vector operand= the read whose innermost index is that iterator (the HWIO weight, or the input
+                  of a depthwise conv / pool): contiguous vector loads;
+* register axis = a spatial iterator the vector operand does not depend on (output width for a
+                  conv): blocking it reuses each loaded vector for several FMAs;
+* the register tile (rb x nv vectors) accumulates in a "local" buffer, padding is inlined into the
+  loads, the elementwise epilogue (bias, ReLU/ReLU6, residual add) runs on the tile while it is
+  hot, and the fused outer spatial loops run in parallel.
+
+Functions without a reduction get the injective rule (inline, vectorize innermost, parallel);
+anything a rule does not recognise is left as it was and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from edgecls.compile.tvm_adapter import _import_tvm
+
+log = logging.getLogger(__name__)
+
+STAT_KEYS = ("conv2d", "depthwise", "dense", "generic", "unscheduled", "skipped_already_scheduled")
+# Vector accumulators in the register tile. AVX2 has 16 ymm registers: 12 accumulators, two
+# weight vectors and the broadcast input fit; 14 made LLVM spill the whole tile every iteration.
+MAX_ACCUMULATORS = 12
+# Below this many loop iterations a parallel launch (a few microseconds) costs more than it saves.
+PARALLEL_MIN_WORK = 1 << 14
+# Kinds whose zero padding is inlined into the loads instead of running as its own stage.
+# Depthwise: inlined measured faster (no extra pass over its large inputs); regular convs: a
+# separate pad stage measured faster (no bounds check per input channel in the inner loop).
+INLINE_PAD_KINDS = ("depthwise",)
+SCHEDULED_ATTR = "tirx.is_scheduled"  # the attribute dlight/MetaSchedule check to skip a function
+
+
+class NotRecognised(Exception):
+    """The rule does not apply to this function; try the next rule or leave the function alone."""
+
+
+def simd_lanes(tvm_target: dict) -> int:
+    """fp32 lanes of the widest SIMD unit of the target: NEON 4, AVX-512 16, otherwise 8 (AVX2)."""
+    tvm = _import_tvm()
+    mattr = tvm_target.get("mattr", "")
+    mattr = ",".join(mattr) if isinstance(mattr, (list, tuple)) else str(mattr)
+    mtriple = str(tvm_target.get("mtriple", ""))
+    if "+neon" in mattr or mtriple.startswith(("aarch64", "arm")):
+        return 4
+    try:
+        # TargetFeatures are not populated for x86 in 0.27; LLVM's own feature query is.
+        from tvm.target import codegen
+        if codegen.target_has_features("avx512f", tvm.target.Target(tvm_target)):
+            return 16
+    except Exception:  # noqa: BLE001, S110  (an exotic target dict: keep the AVX2 default)
+        pass
+    return 8
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _root(sch):
+    return sch.get_sblock(sch.mod["main"].body.block.name_hint)
+
+
+def _name(sch, block) -> str:
+    return sch.get(block).name_hint
+
+
+def _is_reduction(sch, block) -> bool:
+    tvm = _import_tvm()
+    return any(iv.iter_type == tvm.tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _uses(expr, var) -> bool:
+    tvm = _import_tvm()
+    return any(v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(expr))
+
+
+def _buffer(region):
+    # 0.27 made block read/write regions tvm.ir.TensorRegion (buffer under .source).
+    return region.source if hasattr(region, "source") else region.buffer
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _pow2_lanes(extent: int, lanes: int) -> int:
+    """Largest power of two <= lanes dividing extent: a split that never needs a tail."""
+    while lanes > 1 and extent % lanes:
+        lanes //= 2
+    return lanes
+
+
+def _inline_all_but_outputs(sch, keep: set[str]) -> None:
+    """compute_inline every block that does not write a function output (padding, the
+    intermediate steps of an epilogue chain). A block that cannot be inlined stays."""
+    outputs = {_name(sch, b) for b in sch.get_output_blocks(_root(sch))}
+    for block in list(sch.get_child_blocks(_root(sch))):
+        name = _name(sch, block)
+        if name in keep or name in outputs:
+            continue
+        try:
+            sch.compute_inline(block)
+        except Exception:  # noqa: BLE001, S110  (ScheduleError: the caller checks what is left)
+            pass
+
+
+def _work(sch, block) -> int:
+    n = 1
+    for loop in sch.get_loops(block):
+        n *= _extent(sch, loop)
+    return n
+
+
+# --------------------------------------------------------------------------- reduction rule
+
+
+def _analyse(sch, block):
+    """Map the reduction block's iterators to loops and find the vector and register axes."""
+    tvm = _import_tvm()
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    iters = list(stmt.iter_vars)
+    # The rule relies on TE's one-loop-per-iterator nest; anything else is not ours to touch.
+    if len(loops) != len(iters) or len(stmt.writes) != 1:
+        raise NotRecognised("loop nest is not one loop per block iterator")
+    for loop, iv in zip(loops, iters):
+        if _extent(sch, loop) != int(iv.dom.extent):
+            raise NotRecognised("loop extents differ from iterator domains")
+    spatial = [i for i, iv in enumerate(iters) if iv.iter_type == tvm.tirx.IterVar.DataPar]
+    out_idx = [r.min for r in stmt.writes[0].region]
+    vec = next((i for i in spatial if iters[i].var.same_as(out_idx[-1])), None)
+    if vec is None:
+        raise NotRecognised("the output's innermost index is not a plain spatial iterator")
+    out_buf = _buffer(stmt.writes[0])
+    reads = [r for r in stmt.reads if not _buffer(r).same_as(out_buf)]
+    operand = next((r for r in reads if r.region and _uses(r.region[-1].min, iters[vec].var)
+                    and r.region[-1].min.same_as(iters[vec].var)), None)
+    if operand is None:
+        # e.g. NCHW/OIHW: no operand is contiguous along the output's innermost axis, so vector
+        # loads would be gathers (measured slower than scalar code on MobileNetV2). The caller
+        # falls back to the parallel-only rule.
+        raise NotRecognised("no operand is contiguous along the vector axis")
+    reg = None
+    if operand is not None:
+        # A spatial axis the vector operand does not depend on: each loaded vector is reused
+        # for every position of that axis. Prefer the output's second-innermost (conv width).
+        free = [i for i in spatial if i != vec and int(iters[i].dom.extent) > 1
+                and not any(_uses(r.min, iters[i].var) for r in operand.region)]
+        second = [i for i in free if len(out_idx) > 1 and iters[i].var.same_as(out_idx[-2])]
+        reg = (second or free or [None])[0]
+    reads_with_vec = sum(1 for r in reads if any(_uses(x.min, iters[vec].var) for x in r.region))
+    return loops, iters, spatial, vec, reg, len(out_idx), reads_with_vec, len(reads)
+
+
+def _classify(name: str, ndim: int, reads_with_vec: int, n_reads: int) -> str:
+    if "conv" in name:
+        # Depthwise: every operand (input and weight) follows the output channel.
+        return "depthwise" if n_reads > 1 and reads_with_vec == n_reads else "conv2d"
+    if "matmul" in name or "dense" in name:
+        return "dense"
+    return "generic"
+
+
+def _is_padding(sch, block) -> bool:
+    """A producer that changes the shape (zero padding), as opposed to a plain copy."""
+    stmt = sch.get(block)
+    if len(stmt.writes) != 1 or len(stmt.reads) != 1:
+        return False
+    out, src = _buffer(stmt.writes[0]), _buffer(stmt.reads[0])
+    return [int(d) for d in out.shape] != [int(d) for d in src.shape]
+
+
+def _schedule_reduction(sch, block, lanes: int) -> str:
+    main = _name(sch, block)
+    loops, iters, spatial, vec, reg, ndim, rwv, nreads = _analyse(sch, block)
+    kind = _classify(main, ndim, rwv, nreads)
+    # Padding inlined into the conv puts a bounds check on every load of the inner loop (and
+    # for regular convs a branch per register-tile row per input channel); as a separate
+    # parallel, vectorized copy it costs one pass over the input. Copies are always inlined.
+    keep = {main}
+    if kind not in INLINE_PAD_KINDS:
+        keep |= {_name(sch, p) for p in sch.get_producers(block) if _is_padding(sch, p)}
+    _inline_all_but_outputs(sch, keep=keep)
+    root = _root(sch)
+    children = sch.get_child_blocks(root)
+    names = [_name(sch, b) for b in children]
+    producers, others = names[:names.index(main)], children[names.index(main) + 1:]
+    block = sch.get_sblock(main)
+    if len(others) > 1:
+        raise NotRecognised(f"{len(others)} blocks after the reduction after inlining")
+    if any(p not in keep for p in producers):
+        raise NotRecognised("a producer of the reduction could not be inlined")
+
+    # Accumulate in a local buffer: LLVM keeps it in registers once the tile is unrolled, where
+    # an accumulator in the output (or a global intermediate) is reloaded every iteration.
+    if others:
+        sch.set_scope(block, 0, "local")
+        epilogue = others[0]
+    else:
+        epilogue = sch.cache_write(block, 0, "local")
+
+    vext = int(iters[vec].dom.extent)
+    vl = _pow2_lanes(vext, lanes)
+    rext = int(iters[reg].dom.extent) if reg is not None else 1
+    # Register tile rb x nv vectors: the most accumulators within budget, with no tail (rb
+    # divides the register axis, nv*vl the vector axis); ties go to more vectors per row.
+    best = (0, 0, 1, 1)
+    for nv in ((2, 1) if rext > 1 else (4, 2, 1)):
+        if vext % (vl * nv):
+            continue
+        rb = max(d for d in range(1, min(rext, MAX_ACCUMULATORS // nv) + 1) if rext % d == 0)
+        best = max(best, (rb * nv, nv, rb, nv))
+    _, _, rb, nv = best
+
+    v_o, v_m, v_l = sch.split(loops[vec], [None, nv, vl])
+    outer = []
+    inner = []
+    if reg is not None and rb > 1:
+        r_o, r_i = sch.split(loops[reg], [None, rb])
+        inner.append(r_i)
+    for i in spatial:
+        if i != vec:
+            outer.append(r_o if (i == reg and rb > 1) else loops[i])
+    # conv2d/dense: output-channel block outermost, so a thread sweeps the spatial tiles with
+    # one weight slice (rows of the HWIO weight) hot in L1/L2. Depthwise/pooling have no weight
+    # reuse to win but read the input at the vector axis: channel block innermost keeps each
+    # pixel's channels together.
+    if kind in ("conv2d", "dense"):
+        outer.insert(0, v_o)
+    else:
+        outer.append(v_o)
+    reduce_loops = [loops[i] for i in range(len(iters)) if i not in spatial]
+    inner += [v_m, v_l]
+    # Reduction loops keep TE's order (kh, kw, ci): the input channel innermost reads the NHWC
+    # input and the HWIO weight sequentially. Inside: rb rows x nv vectors, all registers.
+    sch.reorder(*outer, *reduce_loops, *inner)
+    tile = sch.fuse(*outer)
+    if _work(sch, block) >= PARALLEL_MIN_WORK and _extent(sch, tile) > 1:
+        sch.parallel(tile)
+    for loop in inner[:-1]:
+        sch.unroll(loop)
+    if vl > 1:
+        sch.vectorize(v_l)
+
+    # Epilogue (bias, ReLU6, residual add or the plain write-back) on the tile while it is hot.
+    sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
+    _vectorize_tail(sch, epilogue, skip=1, lanes=vl)
+    if reduce_loops:
+        init = sch.decompose_reduction(block, reduce_loops[0])
+        _vectorize_tail(sch, init, skip=1, lanes=vl)
+    for name in producers:
+        _schedule_injective_block(sch, sch.get_sblock(name), lanes)
+    return kind
+
+
+def _vectorize_tail(sch, block, skip: int, lanes: int) -> None:
+    """Unroll the tile-sized loops of an init/epilogue block and vectorize its innermost one in
+    vectors of exactly `lanes`: the tile buffer must be accessed with the same vector width as
+    the update, or LLVM's SROA cannot split it into registers and every FMA goes through the stack.
+    """
+    loops = sch.get_loops(block)[skip:]
+    if not loops:
+        return
+    last = loops[-1]
+    ext = _extent(sch, last)
+    if lanes > 1 and ext % lanes == 0:
+        if ext > lanes:
+            o, last = sch.split(last, [None, lanes])
+            loops = loops[:-1] + [o]
+        else:
+            loops = loops[:-1]
+        sch.vectorize(last)
+    else:
+        loops = loops[:-1]
+    for loop in loops:
+        if _extent(sch, loop) <= 16:
+            sch.unroll(loop)
+
+
+# --------------------------------------------------------------------------- generic rules
+
+
+def _schedule_injective_block(sch, block, lanes: int) -> None:
+    """Innermost dimension vectorized (when it splits evenly), the rest fused and parallel."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    work = _work(sch, block)
+    last = loops[-1]
+    vl = _pow2_lanes(_extent(sch, last), lanes)
+    outer = list(loops[:-1])
+    if vl > 1:
+        o, i = sch.split(last, [None, vl])
+        outer.append(o)
+        sch.vectorize(i)
+    else:
+        outer.append(last)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if work >= PARALLEL_MIN_WORK and _extent(sch, fused) > 1:
+        sch.parallel(fused)
+
+
+def _schedule_injective(sch, lanes: int) -> str:
+    """No reduction (elementwise, transpose, reshape, standalone pad): inline, then each block."""
+    _inline_all_but_outputs(sch, keep=set())
+    for block in sch.get_child_blocks(_root(sch)):
+        _schedule_injective_block(sch, block, lanes)
+    return "generic"
+
+
+def _schedule_reductions_parallel(sch) -> str:
+    """Other reductions (several per function, a scalar result): parallel over each block's
+    leading spatial loops. Raises NotRecognised when that changes nothing."""
+    tvm = _import_tvm()
+    _inline_all_but_outputs(sch, keep={_name(sch, b) for b in sch.get_child_blocks(_root(sch))
+                                       if _is_reduction(sch, b)})
+    changed = False
+    for block in sch.get_child_blocks(_root(sch)):
+        loops = sch.get_loops(block)
+        iters = sch.get(block).iter_vars
+        if len(loops) != len(iters):
+            continue
+        lead = []
+        for loop, iv in zip(loops, iters):
+            if iv.iter_type != tvm.tirx.IterVar.DataPar:
+                break
+            lead.append(loop)
+        if lead and _work(sch, block) >= PARALLEL_MIN_WORK:
+            fused = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+            if _extent(sch, fused) > 1:
+                sch.parallel(fused)
+                changed = True
+    if not changed:
+        raise NotRecognised("no parallel loop to be had")
+    return "generic"
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def schedule_prim_func(func, lanes: int):
+    """(scheduled PrimFunc, stats key) or (the original, "unscheduled")."""
+    tvm = _import_tvm()
+    from tvm import s_tir
+    attempts = []
+    blocks_probe = s_tir.Schedule(func)
+    reductions = [b for b in blocks_probe.get_child_blocks(_root(blocks_probe))
+                  if _is_reduction(blocks_probe, b)]
+    if len(reductions) == 1:
+        attempts.append(lambda s: _schedule_reduction(s, s.get_sblock(_name(blocks_probe, reductions[0])), lanes))
+        attempts.append(_schedule_reductions_parallel)
+    elif reductions:
+        attempts.append(_schedule_reductions_parallel)
+    else:
+        attempts.append(lambda s: _schedule_injective(s, lanes))
+    for attempt in attempts:
+        sch = s_tir.Schedule(func)  # a failed attempt may leave a half-transformed schedule
+        try:
+            kind = attempt(sch)
+        except Exception as exc:  # noqa: BLE001  (ScheduleError, NotRecognised, TVMError)
+            log.debug("schedule rule failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            continue
+        scheduled = sch.mod["main"].with_attr(SCHEDULED_ATTR, tvm.tirx.IntImm("int32", 1))
+        return scheduled, kind
+    return func, "unscheduled"
+
+
+def apply_default_schedules(mod, tvm_target: dict):
+    """Schedule every PrimFunc of a fused Relax IRModule (after FuseTIR, before relax.build) for
+    CPU. Returns the new module and stats {"conv2d": n, "depthwise": n, "dense": n,
+    "generic": n, "unscheduled": n, "skipped_already_scheduled": n}."""
+    tvm = _import_tvm()
+    lanes = simd_lanes(tvm_target)
+    stats = dict.fromkeys(STAT_KEYS, 0)
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        if func.attrs is not None and SCHEDULED_ATTR in func.attrs and int(func.attrs[SCHEDULED_ATTR]):
+            stats["skipped_already_scheduled"] += 1
+            continue
+        try:
+            new, kind = schedule_prim_func(func, lanes)
+        except Exception as exc:  # noqa: BLE001  (never fail a build over a schedule)
+            log.debug("leaving %s unscheduled: %s", gvar.name_hint, exc)
+            new, kind = func, "unscheduled"
+        stats[kind] += 1
+        if kind != "unscheduled":
+            updates[gvar] = new
+    if updates:
+        mod = mod.clone()  # update_func mutates in place; the caller's module stays as it was
+        for gvar, new in updates.items():
+            mod.update_func(gvar, new)
+    return mod, stats

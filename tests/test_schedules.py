@@ -1,0 +1,198 @@
+"""Rule-based CPU schedules (edgecls.compile.tvm_schedules): numerics, loop kinds, fallbacks.
+
+Small Relax graphs are built directly (NCHW, as the ONNX importer produces them) and go through
+the real run_graph_passes (NHWC/HWIO conversion, legalization, fusion); scheduled and
+unscheduled builds run in-process without linking, so the whole file takes seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgecls.compile import tvm_adapter
+from edgecls.compile.tvm_schedules import apply_default_schedules, simd_lanes
+
+tvm = tvm_adapter._import_tvm()
+import tvm_ffi
+from tvm import relax
+
+TARGET = tvm_adapter.resolve_target({"kind": "llvm", "mcpu": "native", "num-cores": 0})
+ATOL = 1e-4
+
+
+def _run(mod, x: np.ndarray, schedules: bool) -> np.ndarray:
+    """Build like tvm_adapter.build (same pipeline) but keep the executable in memory."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    target = tvm.target.Target(TARGET)
+    if schedules:
+        mod, _ = apply_default_schedules(mod, TARGET)
+    rest = tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
+    vm = relax.VirtualMachine(relax.build(mod, target, relax_pipeline=rest), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x))
+    return (out if hasattr(out, "numpy") else out[0]).numpy()
+
+
+def _conv_net(cin, hw, cout, k, stride=1, groups=1, epilogue=(), seed=0):
+    """x -> conv2d (NCHW/OIHW) -> epilogue ops -> out, weights as constants."""
+    rng = np.random.default_rng(seed)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, cin, hw, hw), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w = rng.standard_normal((cout, cin // groups, k, k)).astype("float32") * 0.2
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride, padding=k // 2,
+                                           groups=groups))
+            for op in epilogue:
+                if op == "bias":
+                    b = rng.standard_normal((1, cout, 1, 1)).astype("float32")
+                    y = bb.emit(relax.op.add(y, relax.const(b)))
+                elif op == "relu6":  # how edgecls imports Clip(0, 6): max then min
+                    y = bb.emit(relax.op.maximum(y, relax.const(0.0, "float32")))
+                    y = bb.emit(relax.op.minimum(y, relax.const(6.0, "float32")))
+                elif op == "residual":
+                    y = bb.emit(relax.op.add(y, x))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _dense_net(k, n, seed=0):
+    rng = np.random.default_rng(seed)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, k), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w = rng.standard_normal((k, n)).astype("float32") * 0.1
+            b = rng.standard_normal((n,)).astype("float32")
+            y = bb.emit(relax.op.matmul(x, relax.const(w)))
+            y = bb.emit(relax.op.maximum(relax.op.add(y, relax.const(b)), relax.const(0.0, "float32")))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _fused(mod, layout="NHWC"):
+    fused, _ = tvm_adapter.run_graph_passes(mod, TARGET, layout=layout)
+    return fused
+
+
+def _for_kinds(func) -> set[str]:
+    kinds = set()
+
+    def visit(node):
+        kinds.add(tvm.tirx.ForKind(int(node.kind)).name)
+
+    tvm_ffi.structural_walk(func.body, (tvm.tirx.For, visit), order="post")
+    return kinds
+
+
+CONVS = {
+    # name: (cin, hw, cout, k, stride, groups, epilogue, expected stats key)
+    "3x3_s1_bias_relu6": (8, 12, 16, 3, 1, 1, ("bias", "relu6"), "conv2d"),
+    "3x3_s2_bias_relu6": (8, 13, 24, 3, 2, 1, ("bias", "relu6"), "conv2d"),
+    "3x3_s1_residual": (16, 10, 16, 3, 1, 1, ("bias", "residual"), "conv2d"),
+    "1x1_pointwise_residual": (16, 14, 16, 1, 1, 1, ("bias", "residual"), "conv2d"),
+    "1x1_pointwise_plain": (24, 7, 40, 1, 1, 1, (), "conv2d"),
+    "depthwise_s1_relu6": (32, 14, 32, 3, 1, 32, ("bias", "relu6"), "depthwise"),
+    "depthwise_s2_relu6": (24, 15, 24, 3, 2, 24, ("bias", "relu6"), "depthwise"),
+    "odd_channels_7x7": (3, 11, 10, 7, 2, 1, ("bias",), "conv2d"),  # no even vector split
+}
+
+
+@pytest.mark.parametrize("name", list(CONVS))
+def test_scheduled_conv_matches_unscheduled(name):
+    cin, hw, cout, k, stride, groups, epilogue, key = CONVS[name]
+    fused = _fused(_conv_net(cin, hw, cout, k, stride, groups, epilogue))
+    _, stats = apply_default_schedules(fused, TARGET)
+    assert stats[key] == 1 and stats["unscheduled"] == 0, stats
+    x = np.random.default_rng(1).standard_normal((1, cin, hw, hw)).astype("float32")
+    np.testing.assert_allclose(_run(fused, x, True), _run(fused, x, False), atol=ATOL, rtol=0)
+
+
+def test_scheduled_dense_matches_unscheduled():
+    fused = _fused(_dense_net(96, 40), layout=None)
+    _, stats = apply_default_schedules(fused, TARGET)
+    assert stats["dense"] == 1, stats
+    x = np.random.default_rng(2).standard_normal((1, 96)).astype("float32")
+    np.testing.assert_allclose(_run(fused, x, True), _run(fused, x, False), atol=ATOL, rtol=0)
+
+
+def test_scheduled_nchw_conv_still_correct():
+    # x86-host keeps NCHW: the same rule must stay correct there (vectorized along the width).
+    fused = _fused(_conv_net(8, 16, 16, 3, 1, 1, ("bias", "relu6")), layout=None)
+    x = np.random.default_rng(3).standard_normal((1, 8, 16, 16)).astype("float32")
+    np.testing.assert_allclose(_run(fused, x, True), _run(fused, x, False), atol=ATOL, rtol=0)
+
+
+def test_conv_kernels_are_parallel_vectorized_and_register_tiled():
+    fused = _fused(_conv_net(32, 28, 64, 3, 1, 1, ("bias", "relu6")))
+    scheduled, _ = apply_default_schedules(fused, TARGET)
+    convs = [(gv.name_hint, f) for gv, f in scheduled.functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint]
+    assert convs
+    for name, func in convs:
+        kinds = _for_kinds(func)
+        assert {"PARALLEL", "VECTORIZED", "UNROLLED"} <= kinds, (name, kinds)
+        assert int(func.attrs["tirx.is_scheduled"]) == 1
+        assert 'scope="local"' in func.script(), "accumulator tile not in a local buffer"
+    # the input module is not modified in place
+    for gv, func in fused.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            assert "PARALLEL" not in _for_kinds(func)
+
+
+def test_unrecognised_and_already_scheduled_functions_are_left_intact():
+    from tvm import te
+    a = te.placeholder((8, 8), name="a")
+    k0, k1 = te.reduce_axis((0, 8)), te.reduce_axis((0, 8))
+    total = te.compute((), lambda: te.sum(a[k0, k1], axis=[k0, k1]), name="total")
+    scalar_sum = te.create_prim_func([a, total])  # a scalar reduction: no rule applies
+    done = scalar_sum.with_attr("tirx.is_scheduled", tvm.tirx.IntImm("int32", 1))
+    mod = tvm.IRModule({"scalar_sum": scalar_sum, "done": done})
+    new, stats = apply_default_schedules(mod, TARGET)
+    assert stats["unscheduled"] == 1 and stats["skipped_already_scheduled"] == 1, stats
+    tvm.ir.assert_structural_equal(new["scalar_sum"], scalar_sum)
+    tvm.ir.assert_structural_equal(new["done"], done)
+    # a second pass over a scheduled module touches nothing
+    conv = _fused(_conv_net(8, 8, 16, 1))
+    once, _ = apply_default_schedules(conv, TARGET)
+    _, stats2 = apply_default_schedules(once, TARGET)
+    n_funcs = sum(isinstance(f, tvm.tirx.PrimFunc) for _, f in once.functions_items())
+    assert stats2["skipped_already_scheduled"] == n_funcs
+
+
+def test_simd_lanes_from_target():
+    assert simd_lanes({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72",
+                       "mattr": ["+neon"]}) == 4
+    assert simd_lanes({"kind": "llvm", "mcpu": "skylake-avx512"}) == 16
+    assert simd_lanes({"kind": "llvm", "mcpu": "znver3"}) == 8
+
+
+def test_digits_cnn_scheduled_matches_torch_and_unscheduled(tmp_path):
+    import onnx
+
+    from edgecls.models import DigitsCNN
+    torch.manual_seed(0)
+    model = DigitsCNN().eval()
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():  # non-trivial BN, so folded biases are real epilogues
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features, generator=g) + 0.5
+            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1
+            m.running_mean = torch.randn(m.num_features, generator=g) * 0.1
+            m.running_var = torch.rand(m.num_features, generator=g) + 0.5
+    x = torch.randn(1, 3, 32, 32, generator=g)
+    path = tmp_path / "digits.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False, verbose=False)
+    om = onnx.load(str(path))
+    fused = _fused(tvm_adapter.import_onnx(om, om.graph.input[0].name, (1, 3, 32, 32)))
+    _, stats = apply_default_schedules(fused, TARGET)
+    assert stats["conv2d"] >= 3 and stats["depthwise"] == 1 and stats["dense"] == 1, stats
+    assert stats["unscheduled"] == 0, stats
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = _run(fused, x.numpy(), True)
+    np.testing.assert_allclose(got, ref, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(got, _run(fused, x.numpy(), False), atol=ATOL, rtol=0)
