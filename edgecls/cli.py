@@ -196,7 +196,9 @@ class _null:
 @click.option("--verbose", "-v", is_flag=True)
 def optimize(model, out_dir, data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite,
              input_shape, mean, std, channel_order, preprocess_file, force, verbose):
-    """Prune, fine-tune and quantize a torch model (torch.save'd nn.Module); stop before TVM."""
+    """Prune, fine-tune and quantize a torch model (torch.save'd nn.Module), or QAT/PTQ a Keras model
+    (.keras/.h5, extra edgecls[keras]: TF-MOT -> int8 .tflite; TF-MOT pruning is unstructured, so
+    --prune is refused for Keras); stop before TVM."""
     from edgecls.optimize.run import optimize_model, temp_work_dir, write_optimized
     from edgecls.report.console import console, stages_table
     from edgecls.artifact.package import check_destination
@@ -209,7 +211,8 @@ def optimize(model, out_dir, data, train, calib, val, prune, importance, quantiz
         result = optimize_model(req, Path(work), log=_log(True) if verbose else (lambda m: console.print(m)))
         write_optimized(result, out_dir, force)
     console.print(stages_table(result.stages))
-    console.print(f"optimized model ({result.variant}): {out_dir / 'model.onnx'}")
+    shipped = [out_dir / f for f in ("model.onnx", "model.tflite") if (out_dir / f).is_file()]
+    console.print(f"optimized model ({result.variant}): {', '.join(map(str, shipped))}")
 
 
 @cli.command()

@@ -181,6 +181,10 @@ def compile_artifact(req: CompileRequest, log=lambda msg: None) -> Path:
     from dataclasses import replace
 
     from edgecls.optimize.run import optimize_model, temp_work_dir
+    from edgecls.optimize.keras_qat import is_keras_model
+    if is_keras_model(req.optimize.model):
+        raise UsageError("TVM compiles ONNX or torch models; a Keras model stops at `edgecls optimize` "
+                         "(TF-MOT -> model.tflite for LiteRT)")
     check_destination(req.out_dir, req.force)
     target = get_target(req.target, req.targets_dir)
     target.require_compiler()

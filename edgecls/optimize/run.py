@@ -45,7 +45,7 @@ class OptimizeRequest:
 
 @dataclass
 class OptimizedModel:
-    onnx: Path
+    onnx: Path | None  # None for Keras input (TFLite only)
     variant: str
     stages: list[dict] = field(default_factory=list)
     val: Dataset | None = None
@@ -84,24 +84,8 @@ def _stage(name: str, model, example, val: Dataset, onnx_path: Path | None = Non
     return row
 
 
-def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> OptimizedModel:
-    import torch
-
-    from edgecls.optimize.finetune import finetune
-    from edgecls.optimize.prune import prune_model
-    from edgecls.optimize.fp16 import fp16_weights_onnx
-    from edgecls.optimize.quantize import ptq_onnx, qat_pt2e
-
-    if req.quantize not in QUANTIZE_MODES:
-        raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{req.quantize}'")
-    if req.tflite not in TFLITE_MODES:
-        raise UsageError(f"tflite must be one of {', '.join(TFLITE_MODES)}, got '{req.tflite}'")
-    if Path(req.model).suffix.lower() in (".onnx", ".pt2"):
-        raise UsageError(f"--prune/--quantize need the trained torch module, not {Path(req.model).suffix}: "
-                         f"save it with torch.save(model, 'model.pth')")
-    if not 0 <= req.prune < 1:
-        raise UsageError(f"--prune {req.prune} must be a number in [0, 1) (fraction of channels removed per layer)")
-    model = load_torch_module(req.model)
+def _load_splits(req: OptimizeRequest, log):
+    """(all, fine-tune, calibration, validation) datasets from --data or --train/--calib/--val."""
     if req.train and req.calib and req.val:
         tune, calib, val = (load_image_folder(p, req.preprocess) for p in (req.train, req.calib, req.val))
         data = val
@@ -115,6 +99,33 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
         log(f"data: skipped {skipped} unreadable image(s)")
     if len(val) == 0 or len(tune) == 0:
         raise UsageError(f"{req.data or req.val}: {len(data)} images are too few to split into fine-tune / calibration / validation")
+    return data, tune, calib, val
+
+
+def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> OptimizedModel:
+    import torch
+
+    from edgecls.optimize.finetune import finetune
+    from edgecls.optimize.prune import prune_model
+    from edgecls.optimize.fp16 import fp16_weights_onnx
+    from edgecls.optimize.quantize import ptq_onnx, qat_pt2e
+    from edgecls.optimize.keras_qat import KERAS_PRUNE_MESSAGE, is_keras_model
+
+    if req.quantize not in QUANTIZE_MODES:
+        raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{req.quantize}'")
+    if req.tflite not in TFLITE_MODES:
+        raise UsageError(f"tflite must be one of {', '.join(TFLITE_MODES)}, got '{req.tflite}'")
+    if Path(req.model).suffix.lower() in (".onnx", ".pt2"):
+        raise UsageError(f"--prune/--quantize need the trained torch module, not {Path(req.model).suffix}: "
+                         f"save it with torch.save(model, 'model.pth')")
+    if not 0 <= req.prune < 1:
+        raise UsageError(f"--prune {req.prune} must be a number in [0, 1) (fraction of channels removed per layer)")
+    if is_keras_model(req.model) and req.prune > 0:
+        raise UsageError(KERAS_PRUNE_MESSAGE)
+    data, tune, calib, val = _load_splits(req, log)
+    if is_keras_model(req.model):
+        return _optimize_keras(req, tune, calib, val, work_dir, log)
+    model = load_torch_module(req.model)
     example = torch.from_numpy(val.x[:1])
     try:
         with torch.no_grad():
@@ -173,6 +184,17 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
                           original_onnx=work_dir / "original.onnx")
 
 
+def _optimize_keras(req: OptimizeRequest, tune, calib, val, work_dir: Path, log) -> OptimizedModel:
+    """Keras input: TF-MOT QAT (or PTQ) -> TFLite int8; no ONNX, so it stops before TVM."""
+    from edgecls.optimize.keras_qat import optimize_keras
+    kr = optimize_keras(Path(req.model), tune, calib, val, Path(work_dir), quantize=req.quantize,
+                        epochs=req.epochs, seed=req.seed, log=log)
+    if kr.layout == "NHWC":  # the carried batch must match the .tflite's input
+        from dataclasses import replace
+        val = replace(val, x=np.ascontiguousarray(val.x.transpose(0, 2, 3, 1)))
+    return OptimizedModel(onnx=None, variant=kr.variant, stages=kr.stages, val=val, tflite=kr.tflite)
+
+
 def tflite_available() -> bool:
     import importlib.util
     return all(importlib.util.find_spec(m) is not None for m in ("litert_torch", "ai_edge_litert"))
@@ -206,7 +228,8 @@ def write_optimized(result: OptimizedModel, out_dir: Path, force: bool = False) 
     from edgecls.artifact.package import staging_dir
     import shutil
     with staging_dir(Path(out_dir), force) as tmp:
-        shutil.copy2(result.onnx, tmp / "model.onnx")
+        if result.onnx is not None:
+            shutil.copy2(result.onnx, tmp / "model.onnx")
         if result.tflite is not None:
             shutil.copy2(result.tflite, tmp / "model.tflite")
         np.save(tmp / "val_x.npy", result.val.x[:64])
