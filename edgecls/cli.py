@@ -123,11 +123,14 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--no-verify", is_flag=True, help="Skip running the artifact on the reference input.")
 @click.option("--schedules/--no-schedules", default=True, show_default=True,
               help="edgecls' zero-trial CPU schedules (vectorized, parallel, tiled) for untuned kernels.")
+@click.option("--tuning-db", default=None, metavar="DIR",
+              help="Apply tuned records from this database (default: $EDGECLS_TUNING_DB or "
+                   "~/.cache/edgecls/tuning when it holds one for the target); 'none' to ignore it.")
 @click.option("--verbose", "-v", is_flag=True, help="Show every stage and graph pass.")
 @targets_dir_option
 def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order, preprocess_file,
             data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite, max_accuracy_drop,
-            val_data, val_count, force, no_verify, schedules, verbose, targets_dir):
+            val_data, val_count, force, no_verify, schedules, tuning_db, verbose, targets_dir):
     """Compile MODEL (.onnx, .pt2, TorchScript) for a target into a runnable, verified artifact."""
     from edgecls.load import parse_shape
     from edgecls.pipeline import CompileRequest, compile_artifact
@@ -135,6 +138,7 @@ def compile(model, target, out_dir, layout, input_shape, labels, mean, std, chan
     req = CompileRequest(
         model=model, target=target, out_dir=out_dir, layout=layout, input_shape=parse_shape(input_shape),
         labels=labels, force=force, targets_dir=targets_dir, verify=not no_verify, schedules=schedules,
+        tuning_db=tuning_db or "auto",
         val_data=val_data, val_count=val_count, max_accuracy_drop=max_accuracy_drop, tflite=_tflite_mode(tflite),
         optimize=_optimize_request(model, (data, train, calib, val), prune, importance, quantize, epochs, calib_method, seed,
                                    _preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order,
@@ -404,6 +408,12 @@ def runtimes_fetch(arch, quiet):
     libs = fetch_runtime(arch, quiet=quiet)
     if not quiet:
         click.echo(f"{arch} TVM runtime ready: {libs.tvm_runtime.parent}")
+
+from edgecls.commands.report import report  # noqa: E402
+from edgecls.commands.tune import tune  # noqa: E402
+
+cli.add_command(report)
+cli.add_command(tune)
 
 
 def main(argv=None):

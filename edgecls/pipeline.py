@@ -56,6 +56,7 @@ class CompileRequest:
     optimize: object | None = None  # an edgecls.optimize.run.OptimizeRequest: prune / quantize first
     max_accuracy_drop: float | None = None  # points of top-1, artifact vs original
     schedules: bool = True  # edgecls' zero-trial CPU schedules (off: TVM's naive loop nests)
+    tuning_db: Path | str | None = "auto"  # MetaSchedule records: auto = the default database if present
     tflite: str = "auto"  # ship model.tflite for LiteRT: auto (when edgecls[tflite] is installed) | yes | no
 
 
@@ -225,6 +226,20 @@ def _plain_tflite(req: CompileRequest, model, work: Path, log) -> Path | None:
         return None
 
 
+def _tuning_db(spec: Path | str | None) -> Path | None:
+    """'auto': the default database when it exists; 'none'/None: no tuned records."""
+    from edgecls.compile.tune import default_tuning_db
+    if spec is None or str(spec).lower() == "none":
+        return None
+    if str(spec) == "auto":
+        db = default_tuning_db()
+        return db if db.is_dir() else None
+    db = Path(spec).expanduser()
+    if not db.is_dir():
+        raise UsageError(f"--tuning-db {db} does not exist (create it with `edgecls tune`)")
+    return db
+
+
 def _compile(req: CompileRequest, log, stages: list | None = None, variant: str = "fp32",
              source: Path | None = None, tflite: Path | None = None) -> Path:
     t_start = time.perf_counter()
@@ -251,7 +266,8 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
         f"{model.input.dtype}, output {list(model.output.shape)}")
 
     with staging_dir(req.out_dir, req.force) as tmp:
-        compiled = compile_model(model, target, tmp / "model.so", req.layout, log, schedules=req.schedules)
+        compiled = compile_model(model, target, tmp / "model.so", req.layout, log, schedules=req.schedules,
+                                 tuning_db=_tuning_db(req.tuning_db))
         import onnx
         onnx.save(model.onnx, str(tmp / "model.onnx"))
         if variant.endswith("fp16"):

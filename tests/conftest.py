@@ -6,7 +6,9 @@ Artifacts are session-scoped: a TVM build costs seconds, and many tests read the
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,9 @@ import torch
 from edgecls.demo import ensure_demo_model
 from edgecls.models import MobileNetV2, ResNet18
 from edgecls.pipeline import CompileRequest, compile_artifact
+
+# Compiles apply the default tuning database when one exists: keep the user's out of the tests.
+os.environ["EDGECLS_TUNING_DB"] = tempfile.mkdtemp(prefix="edgecls-test-tuning-")
 
 REF_SIZE = 64  # reference nets at 64x64: same layer plan and fusion as 224, 12x cheaper under qemu
 

@@ -86,9 +86,11 @@ def test_optimize_qat_stops_before_tvm(demo, digits_folder, tmp_path):
                 "--preprocess", demo.preprocess, "-o", out)
     assert p.returncode == 0, p.stderr
     doc = json.loads((out / "optimize.json").read_text())
-    first, last = doc["stages"][0], doc["stages"][-1]
-    assert last["stage"] == "quantized" and last["method"] == "qat"
+    stages = {s["stage"]: s for s in doc["stages"]}
+    first, last = stages["original"], stages["quantized"]
+    assert last["method"] == "qat" and list(stages) == ["original", "quantized"] + ["tflite"] * HAS_TFLITE
     assert (first["top1"] - last["top1"]) * 100 <= 1.0
+    assert (out / "model.tflite").is_file() == HAS_TFLITE
     onnx.checker.check_model(str(out / "model.onnx"))
     assert set(weight_dtypes(out / "model.onnx").values()) == {"INT8"}
 
@@ -139,7 +141,7 @@ def test_separate_train_calib_val_folders(demo, digits_folder, tmp_path):
             shutil.copy(f, dest / f.name)
     out = tmp_path / "opt"
     p = edgecls("optimize", demo.module, "--train", parts[0], "--calib", parts[1], "--val", parts[2],
-                "--quantize", "ptq", "--preprocess", demo.preprocess, "-o", out)
+                "--quantize", "ptq", "--no-tflite", "--preprocess", demo.preprocess, "-o", out)
     assert p.returncode == 0, p.stderr
     stages = json.loads((out / "optimize.json").read_text())["stages"]
     assert [s["stage"] for s in stages] == ["original", "quantized"]

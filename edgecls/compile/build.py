@@ -47,23 +47,39 @@ def _import(model: Model, log) -> tuple[object, str]:
     return mod, "onnx"
 
 
-def compile_model(model: Model, target: Target, out_library: Path, layout: str = "auto",
-                  log=lambda msg: None, schedules: bool = True) -> CompiledModel:
-    compiler = target.require_compiler()  # fail before minutes of work, naming the Debian package
+@dataclass
+class FusedGraph:
+    """Imported and fused Relax module, what both compile and tune start from (the tuning
+    database is keyed by these exact kernels: same passes, same layout)."""
+    mod: object
+    tvm_target: dict
+    layout: dict
+    import_route: str
+    ops_before: dict
+    records: list
+    timings: dict
+
+
+def fuse_model(model: Model, target: Target, layout: str = "auto", log=lambda msg: None) -> FusedGraph:
     tvm_target = tvm_adapter.resolve_target(target.tvm)
     chosen = choose_layout(layout, target)
     log(f"target {target.name}: {tvm_target}; layout {chosen['chosen']} ({chosen['reason']})")
-
     t0 = time.perf_counter()
     mod, route = _import(model, log)
     ops_before = tvm_adapter.count_ops(mod)
     t_import = time.perf_counter() - t0
-
     t0 = time.perf_counter()
     fused, records = tvm_adapter.run_graph_passes(
         mod, tvm_target, layout=chosen["chosen"] if chosen["chosen"] == "NHWC" else None, log=log)
-    t_passes = time.perf_counter() - t0
+    return FusedGraph(fused, tvm_target, chosen, route, ops_before, records,
+                      {"import_s": round(t_import, 3), "passes_s": round(time.perf_counter() - t0, 3)})
 
+
+def compile_model(model: Model, target: Target, out_library: Path, layout: str = "auto",
+                  log=lambda msg: None, schedules: bool = True, tuning_db: Path | None = None) -> CompiledModel:
+    compiler = target.require_compiler()  # fail before minutes of work, naming the Debian package
+    graph = fuse_model(model, target, layout, log)
+    fused, records, ops_before = graph.mod, graph.records, graph.ops_before
     kernels = tvm_adapter.kernel_stats(fused)
     bn_record = next((r for r in records if r.name == "FoldBatchnormToConv2D"), None)
     stats = {
@@ -78,15 +94,19 @@ def compile_model(model: Model, target: Target, out_library: Path, layout: str =
         f"BN {stats['batch_norm_in_graph']} in graph / {stats['batch_norm_left']} left")
 
     log(f"build: lowering and linking with {compiler}")
-    build_s, sched = tvm_adapter.build(fused, tvm_target, out_library, target.compiler, schedules=schedules)
+    build_s, sched = tvm_adapter.build(fused, graph.tvm_target, out_library, target.compiler,
+                                       schedules=schedules, tuning_db=tuning_db)
+    tuning = sched.pop("tuning", None)
     stats["schedules"] = sched
+    if tuning is not None:
+        stats["tuning"] = {"db": str(tuning_db), **tuning}
+        log(f"tuning database {tuning_db}: {tuning['hit']}/{tuning['tasks']} kernels tuned")
     if schedules:
         log(f"schedules: {', '.join(f'{k} {v}' for k, v in sched.items() if k != 'enabled')}")
     return CompiledModel(
-        library=out_library, tvm_target=tvm_target, layout=chosen, import_route=route,
+        library=out_library, tvm_target=graph.tvm_target, layout=graph.layout, import_route=graph.import_route,
         passes=[{"name": r.name, "seconds": r.seconds, **({"detail": r.detail} if r.detail else {})}
                 for r in records],
         stats=stats,
-        timings={"import_s": round(t_import, 3), "passes_s": round(t_passes, 3),
-                 "build_s": round(build_s, 3)},
+        timings={**graph.timings, "build_s": round(build_s, 3)},
     )

@@ -272,11 +272,14 @@ def run_graph_passes(mod, tvm_target: dict, layout: str | None, fold_bn: bool = 
 # --------------------------------------------------------------------------- build
 
 
-def build(mod, tvm_target: dict, out_path: Path, compiler: str, schedules: bool = True) -> tuple[float, dict]:
+def build(mod, tvm_target: dict, out_path: Path, compiler: str, schedules: bool = True,
+          tuning_db: Path | None = None) -> tuple[float, dict]:
     """Lower the fused module and link `out_path` with `compiler` (cross or native g++).
 
     schedules: apply edgecls' rule-based CPU schedules (tvm_schedules) first; without them every
     kernel is the naive single-threaded, scalar TE loop nest.
+    tuning_db: a MetaSchedule database dir (tvm_tuning.tune): kernels with a record get their
+    best measured schedule (marked scheduled, so the rules skip them); stats["tuning"] counts.
     """
     tvm = _import_tvm()
     from tvm import relax
@@ -288,6 +291,9 @@ def build(mod, tvm_target: dict, out_path: Path, compiler: str, schedules: bool 
     rest = tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
     t0 = time.perf_counter()
     stats: dict = {"enabled": schedules}
+    if tuning_db is not None:
+        from edgecls.compile.tvm_tuning import apply_database
+        mod, stats["tuning"] = apply_database(mod, tvm_target, Path(tuning_db))
     if schedules:
         from edgecls.compile.tvm_schedules import apply_default_schedules  # imports this module
         mod, rule_stats = apply_default_schedules(mod, tvm_target)

@@ -350,31 +350,36 @@ def _schedule_reductions_parallel(sch) -> str:
 # --------------------------------------------------------------------------- entry points
 
 
-def schedule_prim_func(func, lanes: int):
-    """(scheduled PrimFunc, stats key) or (the original, "unscheduled")."""
-    tvm = _import_tvm()
+def rule_schedule(func, lanes: int):
+    """(traced Schedule, stats key) of the first rule that applies to `func`, or (None, "unscheduled").
+
+    The trace is what tvm_tuning stores as the zero-trial record of a kernel."""
     from tvm import s_tir
+    probe = s_tir.Schedule(func)
+    reductions = [_name(probe, b) for b in probe.get_child_blocks(_root(probe)) if _is_reduction(probe, b)]
     attempts = []
-    blocks_probe = s_tir.Schedule(func)
-    reductions = [b for b in blocks_probe.get_child_blocks(_root(blocks_probe))
-                  if _is_reduction(blocks_probe, b)]
     if len(reductions) == 1:
-        attempts.append(lambda s: _schedule_reduction(s, s.get_sblock(_name(blocks_probe, reductions[0])), lanes))
-        attempts.append(_schedule_reductions_parallel)
-    elif reductions:
+        attempts.append(lambda s: _schedule_reduction(s, s.get_sblock(reductions[0]), lanes))
+    if reductions:
         attempts.append(_schedule_reductions_parallel)
     else:
         attempts.append(lambda s: _schedule_injective(s, lanes))
     for attempt in attempts:
         sch = s_tir.Schedule(func)  # a failed attempt may leave a half-transformed schedule
         try:
-            kind = attempt(sch)
+            return sch, attempt(sch)
         except Exception as exc:  # noqa: BLE001  (ScheduleError, NotRecognised, TVMError)
             log.debug("schedule rule failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
-            continue
-        scheduled = sch.mod["main"].with_attr(SCHEDULED_ATTR, tvm.tirx.IntImm("int32", 1))
-        return scheduled, kind
-    return func, "unscheduled"
+    return None, "unscheduled"
+
+
+def schedule_prim_func(func, lanes: int):
+    """(scheduled PrimFunc, stats key) or (the original, "unscheduled")."""
+    tvm = _import_tvm()
+    sch, kind = rule_schedule(func, lanes)
+    if sch is None:
+        return func, kind
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, tvm.tirx.IntImm("int32", 1)), kind
 
 
 def apply_default_schedules(mod, tvm_target: dict):

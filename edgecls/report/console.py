@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -210,4 +211,16 @@ def stages_table(stages: list[dict]) -> Table:
         table.add_row(st["stage"], _fmt(st.get("top1"), ".4f"), _fmt(st.get("top5"), ".4f"),
                       f"{st['params']:,}" if st.get("params") else "-", f"{st['macs']:,}" if st.get("macs") else "-",
                       _size(st["size_bytes"]) if st.get("size_bytes") else "-", note)
+    return table
+
+
+def tuning_table(summary: dict) -> Table:
+    """Per kernel of `edgecls tune`: zero-trial vs best measured latency."""
+    table = Table(title=f"tuning {Path(summary['model']).name} for {summary['target']} ({summary['where']})")
+    for col in ("kernel", "measured", "zero-trial ms", "best ms", "speed-up", "GFLOPS"):
+        table.add_column(col, justify="left" if col == "kernel" else "right")
+    for t in summary["tasks"]:
+        zt, best = t.get("zero_trial_ms"), t.get("best_ms")
+        table.add_row(t["name"][:48], f"{t['measured']}/{t['measured_total']}", _fmt(zt, ".4f"), _fmt(best, ".4f"),
+                      f"{zt / best:.2f}x" if zt and best else "-", _fmt(t.get("gflops"), ".1f"))
     return table

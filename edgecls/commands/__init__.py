@@ -1,0 +1,1 @@
+"""click commands that live in their own modules (registered in edgecls.cli)."""

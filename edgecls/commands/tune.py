@@ -1,0 +1,56 @@
+"""`edgecls tune`: MetaSchedule autotuning, measured here or on a board, into a tuning database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "-t", required=True, help="Target name (see `edgecls targets`) or a .toml file.")
+@click.option("--trials", default=2000, show_default=True, type=click.IntRange(1),
+              help="Measurements in all, shared out over the model's kernels (heaviest first).")
+@click.option("--time-budget", default=None, metavar="DURATION", help="Stop after e.g. 90s, 30m or 2h (between batches).")
+@click.option("--board", "-b", default=None, help="Measure on this board (TVM RPC server over SSH) instead of here.")
+@click.option("--tuning-db", type=click.Path(path_type=Path), default=None,
+              help="Database directory (default $EDGECLS_TUNING_DB or ~/.cache/edgecls/tuning; one per target inside).")
+@click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto", show_default=True)
+@click.option("--input-shape", default=None, metavar="N,C,H,W")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-kernel summary as JSON.")
+@click.option("--boards", "inventory", envvar="EDGECLS_BOARDS", default=None, type=click.Path(path_type=Path),
+              help="Board inventory TOML (EDGECLS_BOARDS).")
+@click.option("--ssh-config", envvar="EDGECLS_SSH_CONFIG", default=None, type=click.Path(path_type=Path))
+@click.option("--targets-dir", envvar="EDGECLS_TARGETS", default=None, metavar="DIR")
+def tune(model, target, trials, time_budget, board, tuning_db, layout, input_shape, as_json, inventory,
+         ssh_config, targets_dir):
+    """Autotune MODEL's kernels for a target (MetaSchedule). Resumable: Ctrl-C keeps what was
+    measured, and a second run only measures kernels short of their share of --trials. Then
+    `edgecls compile MODEL --target T` applies the database's best records."""
+    from edgecls.compile.tune import TuneRequest, parse_duration, tune_model
+    from edgecls.load import parse_shape
+    from rich.console import Console
+
+    from edgecls.report.console import console, tuning_table
+    out = Console(stderr=True) if as_json else console  # --json: stdout holds the JSON only
+    req = TuneRequest(model=model, target=target, trials=trials, time_budget_s=parse_duration(time_budget),
+                      db_dir=tuning_db, board=board, inventory=inventory, ssh_config=ssh_config, layout=layout,
+                      input_shape=parse_shape(input_shape), targets_dir=targets_dir)
+
+    def progress(d):
+        if d.get("event") == "task":
+            best = f"{d['best_s'] * 1e3:.3f} ms" if d.get("best_s") else "-"
+            gf = f", {d['gflops']:.1f} GFLOPS" if d.get("gflops") else ""
+            done = " (had its share already)" if d.get("skipped") else f", {d.get('measured', 0)} measured"
+            out.print(f"[dim][{d.get('index', 0) + 1}/{d.get('of', '?')}] {d.get('task', '?')}: best {best}{gf}"
+                          f"{done}[/dim]", highlight=False)
+
+    summary = tune_model(req, log=lambda m: out.print(f"[dim]{m}[/dim]", highlight=False), progress=progress)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    console.print(tuning_table(summary))
+    console.print(f"{summary['measured']} measurements in {summary['wall_s']:.0f} s"
+                  + (f" (stopped: {summary['stopped']})" if summary["stopped"] else "") + f"; database {summary['db']}")

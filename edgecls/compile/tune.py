@@ -1,0 +1,99 @@
+"""The `edgecls tune` job: MetaSchedule on this machine or on a board, into a tuning database.
+
+Policy lives here (which database, which runner, what budget); the mechanism is in tvm_tuning.
+The kernels tuned are exactly those `compile` builds (same import, passes and layout: the
+database is keyed by the kernels' structure), so a later `compile --tuning-db` applies them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgecls.errors import UsageError
+
+
+def default_tuning_db() -> Path:
+    """$EDGECLS_TUNING_DB, else ~/.cache/edgecls/tuning (one sub-database per target inside)."""
+    env = os.environ.get("EDGECLS_TUNING_DB")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgecls" / "tuning"
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'30m', '2h', '90s', '45' (seconds) -> seconds."""
+    if not text:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not m:
+        raise UsageError(f"--time-budget '{text}' is not a duration like 90s, 30m or 2h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+@dataclass
+class TuneRequest:
+    model: Path
+    target: str
+    trials: int = 2000
+    time_budget_s: float | None = None
+    db_dir: Path | None = None  # default_tuning_db()
+    board: str | None = None  # measure on this board (inventory name) instead of this machine
+    inventory: Path | None = None
+    ssh_config: Path | None = None
+    layout: str = "auto"
+    input_shape: tuple[int, ...] | None = None
+    targets_dir: str | None = None
+
+
+def _runner(req: TuneRequest, target):
+    """"local", or an RpcSpec for the board: its python runs TVM's RPC server, reached over SSH."""
+    from edgecls.artifact.runtime_libs import host_arch
+    if req.board is None:
+        if target.arch != host_arch():
+            raise UsageError(f"target {target.name} is {target.arch}: measure on a board of it with "
+                             f"--board NAME (this machine is {host_arch()})")
+        return "local", "this machine"
+    from edgecls.compile.tvm_tuning import RpcSpec
+    from edgecls.remote.boards import get_board
+    board = get_board(req.board, req.inventory)
+    if board.target != target.name:
+        raise UsageError(f"board {board.name} is a {board.target}, not a {target.name}")
+    if board.emulator:
+        raise UsageError(f"board {board.name} is emulated ({' '.join(board.emulator)}): tuning needs "
+                         f"real measurements on the board's CPU")
+    return (RpcSpec(host=board.host, compiler=target.compiler, python=board.python,
+                    ssh_config=str(req.ssh_config) if req.ssh_config else None),
+            f"board {board.name} ({board.host}) over SSH")
+
+
+def tune_model(req: TuneRequest, log=lambda msg: None, progress=None) -> dict:
+    """Tune every kernel of the model for the target; returns a summary (also the CLI's table)."""
+    from edgecls.compile import tvm_tuning
+    from edgecls.compile.build import fuse_model
+    from edgecls.load import load_model
+    from edgecls.targets import get_target
+
+    if req.trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {req.trials}")
+    target = get_target(req.target, req.targets_dir)
+    target.require_compiler()
+    runner, where = _runner(req, target)
+    db_dir = Path(req.db_dir or default_tuning_db()).expanduser()
+    model = load_model(req.model, req.input_shape)
+    graph = fuse_model(model, target, req.layout, log)
+    log(f"tuning {model.path.name} for {target.name} on {where}: {req.trials} trials"
+        + (f", at most {req.time_budget_s:.0f} s" if req.time_budget_s else "") + f"; database {db_dir}")
+    t0 = time.perf_counter()
+    result = tvm_tuning.tune(graph.mod, graph.tvm_target, db_dir, trials=req.trials,
+                             time_budget_s=req.time_budget_s, runner=runner,
+                             progress=progress or (lambda d: None))
+    ms = lambda s: round(s * 1e3, 4) if s else None  # noqa: E731
+    return {"model": str(model.path), "model_sha256": model.sha256, "target": target.name, "where": where,
+            "db": str(result.db_dir), "trials": req.trials, "measured": result.measured,
+            "stopped": result.stopped, "seconds": round(result.seconds, 2),
+            "wall_s": round(time.perf_counter() - t0, 2),
+            "tasks": [{"name": t.name, "flops": t.flops, "measured": t.measured, "measured_total": t.measured_total,
+                       "skipped": t.skipped, "zero_trial_ms": ms(t.zero_trial_s), "best_ms": ms(t.best_s),
+                       "gflops": round(t.gflops, 2) if t.gflops else None} for t in result.tasks]}

@@ -1,0 +1,138 @@
+"""How tvm_tuning builds and measures candidates: in this process, or on a board over RPC.
+
+Used only by tvm_tuning. MetaSchedule's own LocalBuilder/LocalRunner run in popen workers; on
+the 2-core dev machine each worker re-imports TVM (30-50 s when loaded), the builder starts new
+workers for every batch, and the 30 s default timeout then fails every candidate with no
+message. Builds happen here instead, and local measurements too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+from edgecls.compile.tvm_adapter import _import_tvm
+
+log = logging.getLogger(__name__)
+
+
+def _ms():
+    _import_tvm()
+    from tvm.s_tir import meta_schedule as ms
+    return ms
+
+
+def builder(compiler: str):
+    tvm = _import_tvm()
+    ms = _ms()
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    from tvm.support import cc
+
+    @derived_object
+    class _InProcessBuilder(ms.builder.PyBuilder):
+        """Compile candidates here, one after the other (see the module docstring), and
+        link a .so with the target's compiler: the RPC server on the board loads it as is."""
+
+        def build(self, build_inputs):
+            results = []
+            for bi in build_inputs:
+                try:
+                    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(bi.mod)
+                    rt_mod = tvm.tirx.build(mod, target=bi.target)
+                    path = os.path.join(tempfile.mkdtemp(prefix="edgecls-ms-"), "candidate.so")
+                    rt_mod.export_library(path, fcompile=cc.cross_compiler(compiler))
+                    results.append(ms.builder.BuilderResult(path, None))
+                except Exception as exc:  # noqa: BLE001  (a candidate that does not build)
+                    results.append(ms.builder.BuilderResult(None, f"edgecls builder: {exc}"[:2000]))
+            return results
+
+    return _InProcessBuilder()
+
+
+def local_runner(evaluator):
+    tvm = _import_tvm()
+    ms = _ms()
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
+    from tvm.s_tir.meta_schedule.runner.utils import (
+        alloc_argument_common,
+        run_evaluator_common,
+    )
+
+    @derived_object
+    class _InProcessRunner(ms.runner.PyRunner):
+        """Measure in this process. ms.runner.LocalRunner's popen worker re-imports TVM (the
+        same 30-50 s as the builder trap) and its timeout covers that start; a CPU candidate
+        that MetaSchedule's postprocs accepted does not crash in practice."""
+
+        def run(self, runner_inputs):
+            fill = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
+            futures = []
+            for ri in runner_inputs:
+                try:
+                    dev = tvm.runtime.device(str(ri.device_type), 0)
+                    rt_mod = tvm.runtime.load_module(str(ri.artifact_path))
+                    args = alloc_argument_common(fill, dev, [a.as_json() for a in ri.args_info], 1)
+                    futures.append(LocalRunnerFuture(run_evaluator_common(rt_mod, dev, evaluator, args), None))
+                except Exception as exc:  # noqa: BLE001
+                    futures.append(LocalRunnerFuture(None, f"edgecls runner: {exc}"[:2000]))
+            return futures
+
+    return _InProcessRunner()
+
+
+def rpc_session(rpc_config):
+    """RPCRunner's f_create_session for a server without a tracker: MetaSchedule's RPCConfig
+    insists on tracker fields, so they carry the forwarded server's address instead."""
+    from tvm import rpc
+    return rpc.connect(rpc_config.tracker_host, int(rpc_config.tracker_port),
+                       session_timeout=rpc_config.session_timeout_sec)
+
+
+def measure_once(sch, target, builder, runner) -> list[float] | None:
+    ms = _ms()
+    args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
+    if built.error_msg:
+        log.debug("zero-trial build failed: %s", built.error_msg)
+        return None
+    try:
+        res = runner.run([ms.runner.RunnerInput(built.artifact_path, target.kind.name if
+                                                target.kind.name != "llvm" else "cpu", args)])[0].result()
+    finally:
+        ms.utils.remove_build_dir(built.artifact_path)
+    return [float(s) for s in res.run_secs] if res.run_secs else None
+
+
+def rpc_alloc_argument(session, device, args_info, alloc_repeat):
+    """RPCRunner's f_alloc_argument: random_fill_for_measure lives in libtvm_runtime_extra,
+    which a runtime-only TVM (TVM_USE_RUNTIME_LIB=1) does not load; then send numpy data."""
+    import numpy as np
+    from tvm.runtime import tensor
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+    try:
+        fill = session.get_function("tvm.contrib.random.random_fill_for_measure")
+    except Exception:  # noqa: BLE001
+        fill = None
+    if fill is not None:
+        return alloc_argument_common(fill, device, args_info, alloc_repeat)
+    rng = np.random.default_rng(0)
+    return [[tensor(rng.uniform(-1, 1, size=[int(d) for d in shape]).astype(dtype), device=device)
+             for _, dtype, shape in args_info] for _ in range(alloc_repeat)]
+
+
+def rpc_runner(evaluator, local_port: int, session_timeout_s: int):
+    """MetaSchedule's RPCRunner on the server forwarded to 127.0.0.1:local_port.
+
+    Fleet: run TVM's tracker here (python -m tvm.exec.rpc_tracker), start each board's server
+    with --tracker (reached through `ssh -R`) and --key <target>, and give RPCConfig the tracker
+    and key with max_workers=len(boards): the tracker hands each measurement to a free board of
+    that key. With one board edgecls connects straight to its server (rpc_session).
+    """
+    ms = _ms()
+    config = ms.runner.RPCConfig(tracker_host="127.0.0.1", tracker_port=local_port,
+                                 tracker_key="direct", session_timeout_sec=session_timeout_s)
+    return ms.runner.RPCRunner(config, evaluator, f_create_session=rpc_session,
+                               f_alloc_argument=rpc_alloc_argument, max_workers=1)
