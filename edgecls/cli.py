@@ -319,6 +319,22 @@ def boards_check(name, as_json, inventory, ssh_config, accept_new_host_key, targ
     click.echo(json.dumps(info, indent=2)) if as_json else board_check_view(board, info)
 
 
+@boards.command("setup")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Reinstall even when the board already has this TVM.")
+@boards_option
+@ssh_config_option
+@accept_new_option
+def boards_setup(name, force, inventory, ssh_config, accept_new_host_key):
+    """Install TVM's Python runtime on the board for `edgecls tune --board` (wheels pushed from here)."""
+    from edgecls.remote.board_tvm import setup_board
+    from edgecls.remote.boards import connect, get_board
+    board = get_board(name, inventory)
+    with connect(board, ssh_config=ssh_config, accept_new_host_key=accept_new_host_key) as ssh:
+        info = setup_board(board, ssh, inventory=inventory, force=force, log=lambda m: click.echo(m, err=True))
+    click.echo(f"{name}: TVM {info['tvm']} {info['status']} ({info['tvm_python']})")
+
+
 @boards.command("remove")
 @click.argument("name")
 @boards_option

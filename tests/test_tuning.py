@@ -184,3 +184,30 @@ def test_cli_tune_then_compile_applies_database(ssh_board, tmp_path):
     for args, needle in ((["--target", "rk3399"], "--board"), (["--target", "rpi4", "--board", "lb"], "not a rpi4")):
         p = _cli("tune", model, *args, "--trials", "3", "--tuning-db", db, env=env)
         assert p.returncode != 0 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_boards_setup_pushes_tvm_then_tunes_on_the_board(ssh_board, tmp_path):
+    """A board python without TVM: wheels are downloaded here, copied, installed in a board venv."""
+    import json
+    import shutil
+    import subprocess
+
+    import pytest
+    bare = shutil.which("python3.11", path="/root/.pyenv/versions/3.11.7/bin:/usr/local/bin:/usr/bin") or ""
+    if not bare or subprocess.run([bare, "-c", "import tvm"], capture_output=True).returncode == 0:
+        pytest.skip("no python3.11 without TVM on this machine to play the board's python")
+    env = {"EDGECLS_BOARDS": str(tmp_path / "boards.toml"), "EDGECLS_SSH_CONFIG": str(ssh_board.ssh_config)}
+    p = _cli("boards", "add", "fresh", "--host", ssh_board.name, "--target", "x86-host", "--python", bare,
+             "--workdir", ssh_board.workdir, env=env)
+    assert p.returncode == 0, p.stderr
+    model, _ = _onnx(tmp_path, convs=1)
+    p = _cli("tune", model, "--target", "x86-host", "--board", "fresh", "--trials", "2", "--tuning-db", tmp_path / "db", env=env)
+    assert p.returncode != 0 and "TVM RPC server did not start" in p.stderr, p.stderr  # no TVM there yet
+    p = _cli("boards", "setup", "fresh", env=env)
+    assert p.returncode == 0 and "installed" in p.stdout, p.stdout + p.stderr
+    assert (ssh_board.workdir / "tvm-venv" / "bin" / "python").exists()
+    p = _cli("boards", "setup", "fresh", env=env)  # again: nothing to do
+    assert p.returncode == 0 and "present" in p.stdout, p.stdout + p.stderr
+    p = _cli("tune", model, "--target", "x86-host", "--board", "fresh", "--trials", "2", "--tuning-db",
+             tmp_path / "db", "--json", env=env)
+    assert p.returncode == 0 and json.loads(p.stdout)["measured"] >= 1, p.stderr

@@ -63,7 +63,8 @@ def _runner(req: TuneRequest, target):
     if board.emulator:
         raise UsageError(f"board {board.name} is emulated ({' '.join(board.emulator)}): tuning needs "
                          f"real measurements on the board's CPU")
-    return (RpcSpec(host=board.host, compiler=target.compiler, python=board.python,
+    from edgecls.remote.board_tvm import tvm_python
+    return (RpcSpec(host=board.host, compiler=target.compiler, python=tvm_python(board),
                     ssh_config=str(req.ssh_config) if req.ssh_config else None),
             f"board {board.name} ({board.host}) over SSH")
 
