@@ -123,6 +123,11 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--no-verify", is_flag=True, help="Skip running the artifact on the reference input.")
 @click.option("--schedules/--no-schedules", default=True, show_default=True,
               help="edgecls' zero-trial CPU schedules (vectorized, parallel, tiled) for untuned kernels.")
+@click.option("--integer-kernels/--float-kernels", default=False, show_default=True,
+              help="QDQ int8 models: int8 x int8 -> int32 conv/matmul with int8 weights (3.3x smaller "
+                   "model.so) instead of float compute. Not yet faster on AVX2 (no widening-MAC schedule).")
+@click.option("--batch-sizes", default="1", show_default=True, metavar="1,2,4,8",
+              help="Also build these static batch sizes (model_bN.so each) for `bench --batch`.")
 @click.option("--tuning-db", default=None, metavar="DIR",
               help="Apply tuned records from this database (default: $EDGECLS_TUNING_DB or "
                    "~/.cache/edgecls/tuning when it holds one for the target); 'none' to ignore it.")
@@ -130,15 +135,18 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @targets_dir_option
 def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order, preprocess_file,
             data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite, max_accuracy_drop,
-            val_data, val_count, force, no_verify, schedules, tuning_db, verbose, targets_dir):
+            val_data, val_count, force, no_verify, schedules, integer_kernels, batch_sizes, tuning_db, verbose,
+            targets_dir):
     """Compile MODEL (.onnx, .pt2, TorchScript) for a target into a runnable, verified artifact."""
+    from edgecls.artifact.batches import parse_batches
     from edgecls.load import parse_shape
     from edgecls.pipeline import CompileRequest, compile_artifact
     from edgecls.report.console import console
     req = CompileRequest(
         model=model, target=target, out_dir=out_dir, layout=layout, input_shape=parse_shape(input_shape),
         labels=labels, force=force, targets_dir=targets_dir, verify=not no_verify, schedules=schedules,
-        tuning_db=tuning_db or "auto",
+        tuning_db=tuning_db or "auto", batch_sizes=parse_batches(batch_sizes),
+        integer_kernels=integer_kernels,
         val_data=val_data, val_count=val_count, max_accuracy_drop=max_accuracy_drop, tflite=_tflite_mode(tflite),
         optimize=_optimize_request(model, (data, train, calib, val), prune, importance, quantize, epochs, calib_method, seed,
                                    _preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order,
@@ -367,7 +375,9 @@ def deploy(artifact, board_name, inventory, ssh_config, accept_new_host_key):
 @click.option("--board", "-b", "board_spec", default=None, help="Board name(s): b1,b2 or all.")
 @click.option("--local", is_flag=True, help="Measure on this machine.")
 @click.option("--emulate", is_flag=True, help="With --local: run a foreign-arch artifact under qemu.")
-@click.option("--runtime", default="tvm", show_default=True, help="Comma list: tvm,onnxruntime,tflite.")
+@click.option("--runtime", default="tvm", show_default=True, help="Comma list: tvm,onnxruntime,tflite,tensorrt.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8", "best"]), default=None,
+              help="TensorRT engine precision (--runtime tensorrt; auto: int8 for a QDQ model, else fp32).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None)
 @click.option("--cores", default=None, help="big | little | all | CPU list like 4,5 or 0-3.")
 @click.option("--runs", default=50, show_default=True, type=click.IntRange(1))
@@ -376,25 +386,36 @@ def deploy(artifact, board_name, inventory, ssh_config, accept_new_host_key):
 @click.option("--min-ms", default=0.0, show_default=True, type=click.FloatRange(0), help="Time runs for at least this long.")
 @click.option("--cooldown-ms", default=0.0, show_default=True, type=click.FloatRange(0))
 @click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64), help="Boards measured at once.")
+@click.option("--batch", "batches", default="1", show_default=True, metavar="1,2,4,8",
+              help="TVM batch sizes to measure (the artifact needs them: compile --batch-sizes).")
+@click.option("--latency-budget", type=click.FloatRange(0, min_open=True), default=None, metavar="MS",
+              help="With --batch: recommend the batch size with most images/s whose median fits.")
 @click.option("--output", "-o", "out_dir", default="reports", show_default=True, type=click.Path(path_type=Path))
 @boards_option
 @ssh_config_option
 @accept_new_option
-def bench(artifact, board_spec, local, emulate, runtime, threads, cores, runs, warmup, warmup_ms, min_ms,
-          cooldown_ms, parallel, out_dir, inventory, ssh_config, accept_new_host_key):
+def bench(artifact, board_spec, local, emulate, runtime, precision, threads, cores, runs, warmup, warmup_ms, min_ms,
+          cooldown_ms, parallel, batches, latency_budget, out_dir, inventory, ssh_config, accept_new_host_key):
     """Benchmark an artifact on boards (in parallel) or locally; one JSON report per board and runtime."""
     from rich.live import Live
     from edgecls.bench.harness import BenchOptions, parse_runtimes
     from edgecls.bench.run import make_places, run_bench
+    from edgecls.artifact.batches import parse_batches
+    from edgecls.bench.tensorrt import check_precision
     from edgecls.report.console import bench_summary, console, fleet_table
-    opts = BenchOptions(runtimes=parse_runtimes(runtime), threads=threads, cores=cores, runs=runs,
-                        warmup=warmup, warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms)
+    runtimes = parse_runtimes(runtime)
+    opts = BenchOptions(runtimes=runtimes, threads=threads, cores=cores, runs=runs,
+                        warmup=warmup, warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms,
+                        extra={"precision": check_precision(precision, runtimes)},
+                        batches=parse_batches(batches), latency_budget_ms=latency_budget)
     places = make_places(board_spec, local, emulate, inventory, ssh_config, accept_new_host_key)
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         results = run_bench(artifact, places, opts, out_dir, parallel,
                             on_change=lambda rs: live.update(fleet_table(rs)))
     failed = bench_summary(results)
     if failed:
+        if len(results) == 1:  # one place: its own error is the message
+            raise EdgeclsError(results[0].detail)
         raise EdgeclsError(f"{failed} of {len(results)} place(s) failed; reports of the others are in {out_dir}")
 
 

@@ -234,3 +234,43 @@ def load_model(path: str | Path, input_shape: tuple[int, ...] | None = None) -> 
         output=TensorSpec(out_name, tuple(d if isinstance(d, int) else -1 for d in out_dims), out_dtype),
         exported_program=ep, notes=notes,
     )
+
+
+def rebatch_model(model: Model, batch: int) -> Model:
+    """The same graph with input batch `batch` (compile --batch-sizes), through ONNX.
+
+    Shapes are re-inferred and onnxsim re-folds them; a graph that hard-codes batch 1 (a Reshape
+    to [1, -1], say) fails here or in the verification that compares every output row.
+    """
+    import copy
+
+    import onnx
+    proto = copy.deepcopy(model.onnx)
+    inp = next(i for i in proto.graph.input if i.name == model.input.name)
+    inp.type.tensor_type.shape.dim[0].dim_value = batch
+    for out in proto.graph.output:
+        if out.type.tensor_type.shape.dim:
+            out.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del proto.graph.value_info[:]
+    # Exporters bake the traced batch into Reshape targets ([1, C] for a flatten): make it the new
+    # batch (ONNX's 0 = "copy the input dim" is read literally by TVM's importer). A reshape where
+    # the leading 1 was not the batch shows up as a mismatch in the per-row verification.
+    inits = {i.name: i for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in inits:
+            target = onnx.numpy_helper.to_array(inits[node.input[1]]).copy()
+            if target.ndim == 1 and target.size and target[0] == 1:
+                target[0] = batch
+                inits[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(target, node.input[1]))
+    shape = (batch, *model.input.shape[1:])
+    try:
+        simplified = simplify_onnx(proto, model.input.name, shape)
+    except Exception as exc:  # noqa: BLE001  (onnxsim / shape inference errors of many kinds)
+        raise ModelError(f"{model.path}: cannot build batch {batch} (the graph may hard-code batch 1; "
+                         f"export it with a dynamic batch axis): {str(exc).splitlines()[0]}") from None
+    onnx.checker.check_model(simplified)
+    out_name, out_dims, out_dtype = _value_spec(simplified.graph.output[0])
+    return Model(path=model.path, format=model.format, sha256=model.sha256, onnx=simplified,
+                 input=TensorSpec(model.input.name, shape, model.input.dtype),
+                 output=TensorSpec(out_name, tuple(d if isinstance(d, int) else -1 for d in out_dims), out_dtype),
+                 exported_program=None, notes=list(model.notes))

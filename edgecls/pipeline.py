@@ -36,7 +36,8 @@ VERIFY_ATOL_QUANTIZED = 5e-2
 def _is_quantized(onnx_path: Path) -> bool:
     import onnx
     return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
-PY_HARNESS_SRC = Path(__file__).parent / "artifact" / "harness" / "bench_py.py"
+# Standalone board-side harnesses (ONNX Runtime / LiteRT, TensorRT + its parsers), shipped as files.
+HARNESS_DIR = Path(__file__).parent / "artifact" / "harness"
 
 
 @dataclass
@@ -56,6 +57,8 @@ class CompileRequest:
     optimize: object | None = None  # an edgecls.optimize.run.OptimizeRequest: prune / quantize first
     max_accuracy_drop: float | None = None  # points of top-1, artifact vs original
     schedules: bool = True  # edgecls' zero-trial CPU schedules (off: TVM's naive loop nests)
+    integer_kernels: bool = False  # QDQ int8 -> int8 x int8 -> int32 kernels (tvm_int8)
+    batch_sizes: tuple[int, ...] = (1,)  # extra static batch sizes: model_bN.so each
     tuning_db: Path | str | None = "auto"  # MetaSchedule records: auto = the default database if present
     tflite: str = "auto"  # ship model.tflite for LiteRT: auto (when edgecls[tflite] is installed) | yes | no
 
@@ -267,7 +270,7 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
 
     with staging_dir(req.out_dir, req.force) as tmp:
         compiled = compile_model(model, target, tmp / "model.so", req.layout, log, schedules=req.schedules,
-                                 tuning_db=_tuning_db(req.tuning_db))
+                                 tuning_db=_tuning_db(req.tuning_db), integer_kernels=req.integer_kernels)
         import onnx
         onnx.save(model.onnx, str(tmp / "model.onnx"))
         if variant.endswith("fp16"):
@@ -280,12 +283,17 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
         x = reference_input(model.input.shape, model.input.dtype, seed=int(model.sha256[:8], 16))
         np.save(tmp / "reference" / "input.npy", x)
         np.save(tmp / "reference" / "output.npy", onnx_reference(tmp / "model.onnx", x))
+        from edgecls.artifact.batches import build_batches, verify_batches
+        batches = build_batches(tmp, model, tuple(req.batch_sizes), lambda m, out: compile_model(
+            m, target, out, req.layout, log, schedules=req.schedules, tuning_db=_tuning_db(req.tuning_db),
+            integer_kernels=req.integer_kernels), log)
         if req.val_data is not None:
             vx, vy = validation_batch(req.val_data, preprocess, model.input.shape, req.val_count)
             np.save(tmp / "reference" / "val_x.npy", vx)
             np.save(tmp / "reference" / "val_y.npy", vy)
         (tmp / "harness").mkdir()
-        shutil.copy2(PY_HARNESS_SRC, tmp / "harness" / "bench_py.py")
+        for src in sorted(HARNESS_DIR.glob("*.py")):
+            shutil.copy2(src, tmp / "harness" / src.name)
         if labels:
             (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
         if tflite is None and req.tflite != "no":
@@ -304,7 +312,7 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
             labels=labels,
             options={"layout": req.layout, "input_shape": list(req.input_shape) if req.input_shape else None,
                      "import_route": compiled.import_route, "verify": req.verify,
-                     "schedules": req.schedules},
+                     "schedules": req.schedules, "integer_kernels": req.integer_kernels},
             passes=compiled.passes,
             stats=compiled.stats,
             stages=stages or [{"stage": "original", "size_bytes": model.path.stat().st_size}],
@@ -314,12 +322,16 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
                     "glibc_required": required_glibc([tmp / "model.so", runner, *libs.paths]),
                     "tvm_runtime": libs.source},
             versions=mf.library_versions({**tvm_adapter.versions(), "compiler": target.compiler}),
+            batches=batches,
             runtimes_shipped=["tvm", "onnxruntime"] + (["tflite"] if tflite is not None else []),
             timings={"load_s": round(load_s, 3), **compiled.timings},
         )
         mf.write_manifest(tmp, manifest)
         if req.verify:
             manifest["verification"] = verify_artifact(tmp, emulator_ok, log)
+            if len(batches) > 1 and manifest["verification"].get("tolerance"):
+                manifest["verification"]["batches"] = verify_batches(
+                    tmp, batches, manifest["verification"]["tolerance"], emulator_ok, log)
         else:
             manifest["verification"] = {"how": "skipped", "reason": "--no-verify"}
         if not stages and (tmp / "reference" / "val_x.npy").is_file():

@@ -162,7 +162,7 @@ def test_cli_tune_then_compile_applies_database(ssh_board, tmp_path):
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout)
     assert summary["measured"] >= len(summary["tasks"]) and summary["where"] == "this machine"
-    assert all(t["best_ms"] for t in summary["tasks"] if t["flops"])
+    assert all(t["best_ms"] is not None for t in summary["tasks"] if t["flops"])
     p = _cli("tune", model, "--target", "x86-host", "--trials", "12", "--tuning-db", db, "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["measured"] == 0, p.stderr  # resumed: nothing left
     p = _cli("compile", model, "--target", "x86-host", "--tuning-db", db, "-o", tmp_path / "art")

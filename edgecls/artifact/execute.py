@@ -40,7 +40,8 @@ def runner_prefix(artifact: Path, manifest: dict, emulate: bool) -> list[str]:
 
 def run_runner(artifact: str | Path, input_path: Path, *, emulate: bool = False, topk: int = 5,
                output_path: Path | None = None, warmup: int = 0, runs: int = 1,
-               threads: int | None = None, timeout: float = 600, extra: list[str] = ()) -> dict:
+               threads: int | None = None, timeout: float = 600, extra: list[str] = (),
+               model: str = "model.so") -> dict:
     """Run the artifact's runner on one .npy input; returns the runner's JSON report.
 
     extra: more runner flags with paths relative to the artifact (e.g. --val-x reference/val_x.npy).
@@ -48,7 +49,7 @@ def run_runner(artifact: str | Path, input_path: Path, *, emulate: bool = False,
     artifact = Path(artifact)
     manifest = require_intact(artifact)  # a tampered artifact never runs
     cmd = runner_prefix(artifact, manifest, emulate) + [
-        str((artifact / RUNNER).resolve()), "--model", str((artifact / "model.so").resolve()),
+        str((artifact / RUNNER).resolve()), "--model", str((artifact / model).resolve()),
         "--input", str(Path(input_path).resolve()), "--topk", str(topk),
         "--warmup", str(warmup), "--runs", str(runs)]
     if output_path is not None:

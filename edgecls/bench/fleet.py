@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecls.bench.harness import BenchOptions, bench_one, write_report
+from edgecls.bench.harness import BenchOptions, PartialBench, bench_one, write_report
 from edgecls.bench.places import Place
 from edgecls.errors import EdgeclsError
 
@@ -19,6 +19,11 @@ class PlaceResult:
     detail: str = ""
     reports: list[Path] = field(default_factory=list)
     medians: dict = field(default_factory=dict)
+
+
+def _medians(reports: list[dict]) -> dict:
+    return {r["runtime"] + (f" b{r['batch']}" if r.get("batch", 1) != 1 else ""): r["timings_ms"]["median"]
+            for r in reports}
 
 
 def bench_places(artifact: Path, places: list[Place], opts: BenchOptions, out_dir: Path,
@@ -43,7 +48,11 @@ def bench_places(artifact: Path, places: list[Place], opts: BenchOptions, out_di
             reports = bench_one(artifact, place, opts, log=log)
             paths = [write_report(out_dir, r) for r in reports]
             update(place.name, status="done", reports=paths, detail="",
-                   medians={r["runtime"]: r["timings_ms"]["median"] for r in reports})
+                   medians=_medians(reports))
+        except PartialBench as exc:  # e.g. tvm measured, tensorrt absent: keep the tvm report
+            paths = [write_report(out_dir, r) for r in exc.reports]
+            update(place.name, status="failed", detail=str(exc), reports=paths,
+                   medians=_medians(exc.reports))
         except EdgeclsError as exc:
             update(place.name, status="failed", detail=str(exc))
         except Exception as exc:  # one board's surprise must not stop the others

@@ -21,7 +21,7 @@ from edgecls.bench.places import Place
 from edgecls.errors import ArtifactError, UsageError
 
 REPORT_SCHEMA = 1
-RUNTIMES = ("tvm", "onnxruntime", "tflite")
+RUNTIMES = ("tvm", "onnxruntime", "tflite", "tensorrt")
 PY_HARNESS = "harness/bench_py.py"
 
 
@@ -37,6 +37,16 @@ class BenchOptions:
     cooldown_ms: float = 0
     timeout: float = 1800
     extra: dict = field(default_factory=dict)
+    batches: tuple[int, ...] = (1,)  # TVM: model_bN.so of an artifact compiled with --batch-sizes
+    latency_budget_ms: float | None = None  # recommend the batch with most images/s within it
+
+
+class PartialBench(ArtifactError):
+    """Some runtimes failed on a place; the reports of the others are kept (`reports`)."""
+
+    def __init__(self, message: str, reports: list[dict]):
+        super().__init__(message)
+        self.reports = reports
 
 
 def parse_runtimes(text: str) -> tuple[str, ...]:
@@ -67,12 +77,12 @@ def resolve_cores(spec: str | None, target: dict) -> list[int] | None:
     return sorted(set(cpus))
 
 
-def _common_flags(opts: BenchOptions, cores: list[int] | None, has_val: bool) -> list[str]:
-    flags = ["--input", "reference/input.npy", "--ref-input", "reference/input.npy",
-             "--ref-output", "reference/output.npy",
+def _common_flags(opts: BenchOptions, cores: list[int] | None, has_val: bool, batch: int = 1) -> list[str]:
+    from edgecls.artifact.batches import input_name, output_name
+    flags = ["--input", input_name(batch), "--ref-input", input_name(batch), "--ref-output", output_name(batch),
              "--warmup", str(opts.warmup), "--warmup-ms", str(opts.warmup_ms),
              "--runs", str(opts.runs), "--min-ms", str(opts.min_ms), "--cooldown-ms", str(opts.cooldown_ms)]
-    if has_val:
+    if has_val and batch == 1:  # the validation batch runs image by image on the batch-1 model
         flags += ["--val-x", "reference/val_x.npy", "--val-y", "reference/val_y.npy"]
     if opts.threads:
         flags += ["--threads", str(opts.threads)]
@@ -82,11 +92,18 @@ def _common_flags(opts: BenchOptions, cores: list[int] | None, has_val: bool) ->
 
 
 def runtime_argv(runtime: str, manifest: dict, place: Place, opts: BenchOptions,
-                 cores: list[int] | None) -> list[str]:
+                 cores: list[int] | None, batch: int = 1) -> list[str]:
     files = manifest.get("files", {})
-    flags = _common_flags(opts, cores, "reference/val_x.npy" in files)
+    flags = _common_flags(opts, cores, "reference/val_x.npy" in files, batch)
     if runtime == "tvm":
-        return place.binary_prefix() + ["./edgecls-runner", "--model", "model.so"] + flags
+        from edgecls.artifact.batches import library_name
+        if library_name(batch) not in files:
+            raise ArtifactError(f"artifact has no batch {batch} model (compile it with --batch-sizes "
+                                f"{','.join(map(str, sorted({1, batch})))})")
+        return place.binary_prefix() + ["./edgecls-runner", "--model", library_name(batch)] + flags
+    if runtime == "tensorrt":
+        from edgecls.bench.tensorrt import tensorrt_argv
+        return tensorrt_argv(manifest, place, opts, flags)
     if PY_HARNESS not in files:
         raise ArtifactError("artifact has no Python harness (compiled by an older edgecls)")
     model = "model.onnx" if runtime == "onnxruntime" else "model.tflite"
@@ -109,22 +126,58 @@ def bench_one(artifact: Path, place: Place, opts: BenchOptions, log=lambda m: No
     manifest = read_manifest(artifact)
     cores = resolve_cores(opts.cores, manifest["target"])
     remote_dir = place.prepare(artifact, log)
-    reports = []
+    reports, failures = [], []
     for runtime in opts.runtimes:
-        argv = runtime_argv(runtime, manifest, place, opts, cores)
-        log(f"{place.name}: {runtime}: {' '.join(argv)}")
-        t0 = time.perf_counter()
-        proc = place.run(argv, cwd=remote_dir, timeout=opts.timeout)
-        if proc.returncode != 0:
-            msg = _fail_line(proc).removeprefix("edgecls-runner: error: ").removeprefix("bench_py: error: ")
-            raise ArtifactError(f"{runtime} harness failed on {place.name}: {msg}")
-        try:
-            measured = json.loads(proc.stdout)
-        except json.JSONDecodeError:
-            raise ArtifactError(f"{runtime} harness on {place.name} printed no JSON report") from None
-        reports.append(make_report(artifact, manifest, place, runtime, opts, cores, measured,
-                                   wall_s=time.perf_counter() - t0))
+        # Other runtimes run the batch-1 ONNX / TFLite files: only TVM has one library per batch.
+        for batch in (opts.batches if runtime == "tvm" else (1,)):
+            try:
+                reports.append(_measure(artifact, manifest, place, runtime, opts, cores, remote_dir, batch, log))
+            except ArtifactError as exc:
+                failures.append(str(exc))
+    if len(opts.batches) > 1:
+        recommend_batch(reports, opts.latency_budget_ms)
+    if failures:
+        raise PartialBench("; ".join(failures), reports)
     return reports
+
+
+def _measure(artifact, manifest, place, runtime, opts, cores, remote_dir, batch, log) -> dict:
+    argv = runtime_argv(runtime, manifest, place, opts, cores, batch)
+    log(f"{place.name}: {runtime}: {' '.join(argv)}")
+    t0 = time.perf_counter()
+    proc = place.run(argv, cwd=remote_dir, timeout=opts.timeout)
+    if proc.returncode != 0:
+        msg = _fail_line(proc).removeprefix("edgecls-runner: error: ").removeprefix("bench_py: error: ")
+        msg = msg.removeprefix("bench_trt: error: ")
+        raise ArtifactError(f"{runtime} harness failed on {place.name}: {msg}")
+    try:
+        measured = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise ArtifactError(f"{runtime} harness on {place.name} printed no JSON report") from None
+    report = make_report(artifact, manifest, place, runtime, opts, cores, measured, wall_s=time.perf_counter() - t0)
+    report["batch"] = batch
+    if report.get("bench") and report["bench"].get("fps"):
+        report["bench"]["images_per_s"] = round(report["bench"]["fps"] * batch, 3)
+    return report
+
+
+def recommend_batch(reports: list[dict], budget_ms: float | None) -> dict | None:
+    """The TVM batch size with the most images/s whose median latency fits the budget; written
+    into every TVM report of the run as `batch_recommendation`."""
+    tvm = [r for r in reports if r["runtime"] == "tvm" and (r.get("bench") or {}).get("images_per_s")]
+    fits = [r for r in tvm if budget_ms is None or r["timings_ms"]["median"] <= budget_ms]
+    if not tvm:
+        return None
+    best = max(fits, key=lambda r: r["bench"]["images_per_s"]) if fits else None
+    rec = {"latency_budget_ms": budget_ms, "batch": best["batch"] if best else None,
+           "images_per_s": best["bench"]["images_per_s"] if best else None,
+           "median_ms": best["timings_ms"]["median"] if best else None,
+           "measured": {str(r["batch"]): {"median_ms": r["timings_ms"]["median"],
+                                          "images_per_s": r["bench"]["images_per_s"]} for r in tvm},
+           **({} if best else {"reason": f"no batch size has a median within {budget_ms} ms"})}
+    for r in tvm:
+        r["batch_recommendation"] = rec
+    return rec
 
 
 def make_report(artifact: Path, manifest: dict, place: Place, runtime: str, opts: BenchOptions,
@@ -159,12 +212,14 @@ def make_report(artifact: Path, manifest: dict, place: Place, runtime: str, opts
         "accuracy": measured.get("accuracy"),
         "reference": measured.get("reference"),
         "wall_s": round(wall_s, 3),
+        **{k: measured[k] for k in ("tensorrt", "jetson") if k in measured},
     }
 
 
 def report_path(out_dir: Path, report: dict) -> Path:
     stamp = report["created"].replace(":", "").replace("-", "")[:15]
-    name = f"{report['board']['name']}-{report['artifact']['name']}-{report['runtime']}-{stamp}.json"
+    batch = f"-b{report['batch']}" if report.get("batch", 1) != 1 else ""
+    name = f"{report['board']['name']}-{report['artifact']['name']}-{report['runtime']}{batch}-{stamp}.json"
     return Path(out_dir) / re.sub(r"[^A-Za-z0-9._+-]", "_", name)
 
 

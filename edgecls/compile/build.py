@@ -60,7 +60,12 @@ class FusedGraph:
     timings: dict
 
 
-def fuse_model(model: Model, target: Target, layout: str = "auto", log=lambda msg: None) -> FusedGraph:
+def _has_qdq(model: Model) -> bool:
+    return any(n.op_type == "DequantizeLinear" for n in model.onnx.graph.node)
+
+
+def fuse_model(model: Model, target: Target, layout: str = "auto", log=lambda msg: None,
+               integer_kernels: bool = False) -> FusedGraph:
     tvm_target = tvm_adapter.resolve_target(target.tvm)
     chosen = choose_layout(layout, target)
     log(f"target {target.name}: {tvm_target}; layout {chosen['chosen']} ({chosen['reason']})")
@@ -70,15 +75,17 @@ def fuse_model(model: Model, target: Target, layout: str = "auto", log=lambda ms
     t_import = time.perf_counter() - t0
     t0 = time.perf_counter()
     fused, records = tvm_adapter.run_graph_passes(
-        mod, tvm_target, layout=chosen["chosen"] if chosen["chosen"] == "NHWC" else None, log=log)
+        mod, tvm_target, layout=chosen["chosen"] if chosen["chosen"] == "NHWC" else None, log=log,
+        int8=integer_kernels and _has_qdq(model))
     return FusedGraph(fused, tvm_target, chosen, route, ops_before, records,
                       {"import_s": round(t_import, 3), "passes_s": round(time.perf_counter() - t0, 3)})
 
 
 def compile_model(model: Model, target: Target, out_library: Path, layout: str = "auto",
-                  log=lambda msg: None, schedules: bool = True, tuning_db: Path | None = None) -> CompiledModel:
+                  log=lambda msg: None, schedules: bool = True, tuning_db: Path | None = None,
+                  integer_kernels: bool = False) -> CompiledModel:
     compiler = target.require_compiler()  # fail before minutes of work, naming the Debian package
-    graph = fuse_model(model, target, layout, log)
+    graph = fuse_model(model, target, layout, log, integer_kernels)
     fused, records, ops_before = graph.mod, graph.records, graph.ops_before
     kernels = tvm_adapter.kernel_stats(fused)
     bn_record = next((r for r in records if r.name == "FoldBatchnormToConv2D"), None)

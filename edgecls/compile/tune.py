@@ -90,7 +90,7 @@ def tune_model(req: TuneRequest, log=lambda msg: None, progress=None) -> dict:
     result = tvm_tuning.tune(graph.mod, graph.tvm_target, db_dir, trials=req.trials,
                              time_budget_s=req.time_budget_s, runner=runner,
                              progress=progress or (lambda d: None))
-    ms = lambda s: round(s * 1e3, 4) if s else None  # noqa: E731
+    ms = lambda s: round(s * 1e3, 6) if s else None  # noqa: E731
     return {"model": str(model.path), "model_sha256": model.sha256, "target": target.name, "where": where,
             "db": str(result.db_dir), "trials": req.trials, "measured": result.measured,
             "stopped": result.stopped, "seconds": round(result.seconds, 2),

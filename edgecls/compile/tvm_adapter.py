@@ -220,7 +220,7 @@ def kernel_stats(mod) -> dict:
 
 
 def run_graph_passes(mod, tvm_target: dict, layout: str | None, fold_bn: bool = True,
-                     log=None) -> tuple[object, list[PassRecord]]:
+                     log=None, int8: bool = False) -> tuple[object, list[PassRecord]]:
     """BN folding, layout conversion, legalization and fusion; each pass timed and recorded.
 
     layout: None keeps the imported layout (NCHW from ONNX/torch), "NHWC" converts convs to
@@ -232,6 +232,9 @@ def run_graph_passes(mod, tvm_target: dict, layout: str | None, fold_bn: bool = 
     target = _target(tvm_target)
     records: list[PassRecord] = []
     plan = []
+    if int8:  # QDQ conv/matmul -> integer compute (tvm_int8), before FoldConstant floats the weights
+        from edgecls.compile.tvm_int8 import quantize_int8
+        plan.append(("QuantizeInt8", quantize_int8))
     if fold_bn:
         # The default pipeline leaves BatchNormalization from non-torch exporters as separate
         # arithmetic; fold it into conv weights first (DecomposeOpsForInference does not).

@@ -137,8 +137,10 @@ def bench_table(reports: list[dict], paths: list | None = None) -> Table:
             warn.append("governor " + ",".join(sorted(g for g in governors if g)))
         if r["board"].get("kind") == "emulated" or r["board"].get("emulator"):
             warn.append("emulated: time is not board time")
-        table.add_row(r["board"]["name"], r["runtime"], _fmt(t.get("median")), _fmt(t.get("p90")),
-                      _fmt(t.get("p99")), _fmt((r.get("bench") or {}).get("fps"), ".1f"),
+        runtime = r["runtime"] + (f" b{r['batch']}" if r.get("batch", 1) != 1 else "")
+        bench = r.get("bench") or {}
+        table.add_row(r["board"]["name"], runtime, _fmt(t.get("median")), _fmt(t.get("p90")),
+                      _fmt(t.get("p99")), _fmt(bench.get("images_per_s") or bench.get("fps"), ".1f"),
                       _fmt(acc, ".3f"), _fmt(ref, ".2e"), "; ".join(warn))
     return table
 
@@ -193,6 +195,15 @@ def bench_summary(results) -> int:
             reports.append(_json.loads(p.read_text()))
     if reports:
         console.print(bench_table(reports))
+    seen = set()
+    for rep in reports:  # --batch: one recommendation per place
+        rec = rep.get("batch_recommendation")
+        if rec and rep["board"]["name"] not in seen:
+            seen.add(rep["board"]["name"])
+            budget = f" within {rec['latency_budget_ms']} ms" if rec.get("latency_budget_ms") else ""
+            console.print(f"{rep['board']['name']}: recommended batch {rec['batch']}{budget}: "
+                          f"{_fmt(rec.get('images_per_s'), '.1f')} images/s at {_fmt(rec.get('median_ms'))} ms"
+                          if rec.get("batch") else f"{rep['board']['name']}: {rec.get('reason')}")
     for r in results:
         for p in r.reports:
             console.print(f"report: {p}")

@@ -136,12 +136,19 @@ def to_row(r: dict, path: Path) -> tuple[Row, list[str]]:
     threads = r.get("threads") if r.get("threads") is not None else opts.get("threads")
     cores = r.get("cores") if r.get("cores") is not None else opts.get("cores_resolved")
     median, p90, p99 = _num(t.get("median")), _num(t.get("p90")), _num(t.get("p99"))
-    fps = _num(bench.get("fps"))
+    fps = _num(bench.get("images_per_s")) or _num(bench.get("fps"))  # images/s: batch N counts N
     if fps is None and _num(t.get("mean")):
         fps = 1000.0 / t["mean"]
     runs = [float(v) for v in t["runs"] if _num(v) is not None] if isinstance(t.get("runs"), list) else []
+    # A batch size and a TensorRT precision are variants of their own (fp32-b4, int8-trt-fp16).
+    variant = str(art.get("variant") or "fp32")
+    if isinstance(r.get("batch"), int) and r["batch"] != 1:
+        variant += f"-b{r['batch']}"
+    precision = _dict(r.get("tensorrt")).get("precision")
+    if r.get("runtime") == "tensorrt" and precision:
+        variant += f"-trt-{precision}"
     row = Row(board=str(board.get("name") or "?"), target=str(art.get("target") or board.get("target") or "?"),
-              runtime=str(r.get("runtime") or "?"), variant=str(art.get("variant") or "fp32"),
+              runtime=str(r.get("runtime") or "?"), variant=variant,
               threads=str(threads) if threads is not None else "default", cores=cpu_list(cores),
               median=median, p90=p90, p99=p99, fps=fps, top1=_num(acc.get("top1")),
               size_bytes=_int(art.get("size_bytes")), macs=_int(art.get("macs")), runs=runs,

@@ -1,0 +1,312 @@
+"""Integer compute for QDQ int8 models: a Relax rewrite of dequantize -> conv2d/matmul -> quantize.
+
+TVM 0.27 imports a QDQ ONNX file (ONNX Runtime `quantize_static`, torchao PT2E) as float ops
+between relax.quantize / relax.dequantize: FoldConstant then turns every int8 weight into a
+float32 constant, so the "int8" build is an fp32 build with extra rounding. This pass, run right
+after import (before the first FoldConstant), rewrites
+
+    q = quantize(act(add(conv2d|matmul(dequantize(x_q), dequantize(W_q)), bias)), s_y, z_y)
+
+into
+
+    acc = conv2d|matmul(x_q, W_q, out_dtype="int32") + bias_i32      (int8/uint8 x int8 -> int32)
+    q   = astype(clamp(round(astype(acc, f32) * M) + z_y, lo, hi), u8|i8)
+
+* W_q stays an int8 constant (the artifact keeps 1/4 of the fp32 weight bytes).
+* zero points: weights must be symmetric (z_w = 0); the activation zero point z_x is folded into
+  the int32 bias as -z_x * sum(W_q[o]) (the sum-of-weights term). That is exact only where every
+  tap reads a real input, so a padded conv with z_x != 0 gets an explicit pad with value z_x
+  (real 0.0 in the quantized domain) and an unpadded conv2d.
+* bias: an ORT int32 bias whose scale is s_x * s_w is used as is; any other (float, torchao)
+  bias is rounded to int32 at scale s_x * s_w (error <= half an accumulator step).
+* requantize: float32 multiply + round-half-even, M[o] = s_x * s_w[o] / s_y (float64, then
+  float32). Chosen over a fixed-point multiplier + shift because it is what the QDQ reference
+  computes (round(y / s_y)), the int32 accumulator (< 2^24 for these layers) converts exactly,
+  and AVX2/NEON convert/multiply/round float32 vectors in one instruction each, where the
+  fixed-point form needs 32x32->64 multiplies that TVM's vectorizer scalarizes on AVX2.
+* activation: relu / maximum / minimum (ReLU, ReLU6 via our Clip converter) before the quantize
+  become the clamp bounds lo/hi in the quantized domain (round is monotone, so max(y, c)
+  quantizes to max(q, round(c / s_y) + z_y)).
+* a conv/matmul + bias without a following quantize (torchao's float classifier output) gets the
+  integer product and a float epilogue: astype(acc, f32) * (s_x * s_w) + bias.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecls.compile.tvm_adapter import _import_tvm
+
+_QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
+
+
+class _Skip(Exception):
+    """This match cannot be computed in integers: keep the float subgraph."""
+
+
+def _np(expr) -> np.ndarray:
+    tvm = _import_tvm()
+    if not isinstance(expr, tvm.ir.GenericConst):
+        raise _Skip("not a constant")
+    return expr.value.numpy()
+
+
+def _scalar(expr) -> float:
+    a = _np(expr)
+    if a.size != 1:
+        raise _Skip("per-channel activation parameter")
+    return float(a.reshape(-1)[0])
+
+
+def _dtype(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _patterns():
+    _import_tvm()
+    from tvm.relax.dpl import is_const, is_op, wildcard
+
+    p = {"x_q": wildcard(), "x_s": is_const(), "x_z": is_const(),
+         "w_q": is_const(), "w_s": is_const(), "w_z": is_const()}
+    p["deq_x"] = is_op("relax.dequantize")(p["x_q"], p["x_s"], p["x_z"])
+    p["deq_w"] = is_op("relax.dequantize")(p["w_q"], p["w_s"], p["w_z"])
+    p["w_t"] = is_op("relax.permute_dims")(p["deq_w"])
+    p["conv"] = is_op("relax.nn.conv2d")(p["deq_x"], p["deq_w"])
+    p["mm"] = is_op("relax.matmul")(p["deq_x"], p["w_t"] | p["deq_w"])
+    core = p["conv"] | p["mm"]
+    p["b_deq"] = is_op("relax.dequantize")(is_const(), is_const(), is_const())
+    p["b_const"] = is_const()
+    b_val = p["b_deq"] | p["b_const"]
+    bias = b_val | is_op("relax.reshape")(b_val, wildcard())
+    p["add"] = is_op("relax.add")(core, bias)
+    pre = p["add"] | core
+    p["relu"] = is_op("relax.nn.relu")(pre)
+    p["max"] = is_op("relax.maximum")(pre, is_const())
+    lower = p["relu"] | p["max"] | pre
+    p["min"] = is_op("relax.minimum")(lower, is_const())
+    p["y_s"], p["y_z"] = is_const(), is_const()
+    p["quant"] = is_op("relax.quantize")(p["min"] | lower, p["y_s"], p["y_z"])
+    # A ReLU with its own QDQ pair (ORT, int8 activations): Q(relu(DQ(q, s, z)), s, z).
+    p["r_q"], p["r_s"], p["r_z"] = wildcard(), is_const(), is_const()
+    p["r_relu"] = is_op("relax.nn.relu")(is_op("relax.dequantize")(p["r_q"], p["r_s"], p["r_z"]))
+    p["r_quant"] = is_op("relax.quantize")(p["r_relu"], is_const(), is_const())
+    return p
+
+
+def _weight(m, p):
+    """(W_q int8 array as fed to the int op, per-output-channel scale, is_conv)."""
+    w_q, w_s, w_z = _np(m[p["w_q"]]), _np(m[p["w_s"]]).astype(np.float64), _np(m[p["w_z"]])
+    if w_q.dtype != np.int8 or np.any(w_z != 0) or np.any(w_s <= 0):
+        raise _Skip("weights must be int8, symmetric, positive scale")
+    deq = m[p["deq_w"]]
+    axis = int(deq.attrs.axis) % w_q.ndim
+    if w_s.size == 1:
+        full = np.full(w_q.shape, w_s.reshape(-1)[0])
+    elif w_s.size == w_q.shape[axis]:
+        shape = [1] * w_q.ndim
+        shape[axis] = -1
+        full = np.broadcast_to(w_s.reshape(shape), w_q.shape)
+    else:
+        raise _Skip("weight scale shape")
+    if p["conv"] in m:
+        call = m[p["conv"]]
+        if str(call.attrs.kernel_layout) != "OIHW" or str(call.attrs.data_layout) != "NCHW":
+            raise _Skip("conv layout (the pass runs before ConvertLayout)")
+        scale = full.reshape(full.shape[0], -1)
+        if not np.all(scale == scale[:, :1]):
+            raise _Skip("weight scale not per output channel")
+        return w_q, scale[:, 0], True
+    if p["w_t"] in m:
+        axes = m[p["w_t"]].attrs.axes
+        axes = None if axes is None else [int(a) for a in axes]
+        w_q, full = np.transpose(w_q, axes), np.transpose(full, axes)
+    if w_q.ndim != 2:
+        raise _Skip("matmul weight must be 2-D")
+    if not np.all(full == full[:1, :]):
+        raise _Skip("weight scale not per output column")
+    return np.ascontiguousarray(w_q), full[0], False
+
+
+def _bias_i32(m, p, acc_scale: np.ndarray, n_out: int) -> np.ndarray:
+    if p["add"] not in m:
+        return np.zeros(n_out, np.int64)
+    if p["b_deq"] in m:
+        b_q, b_s, b_z = (_np(a) for a in m[p["b_deq"]].args)
+        b_s = b_s.astype(np.float64)
+        exact = (b_q.dtype == np.int32 and np.all(b_z == 0) and b_q.size == n_out
+                 and np.allclose(np.broadcast_to(b_s.reshape(-1), (n_out,)), acc_scale, rtol=1e-6, atol=0))
+        if exact:
+            return b_q.reshape(-1).astype(np.int64)
+        b = (b_q.astype(np.float64) - b_z.astype(np.float64)) * b_s
+    else:
+        b = _np(m[p["b_const"]]).astype(np.float64)
+    if b.size not in (1, n_out):
+        raise _Skip("bias shape")
+    return np.round(np.broadcast_to(b.reshape(-1), (n_out,)) / acc_scale).astype(np.int64)
+
+
+def _int_core(m, p, bb_const):
+    """The int32 conv2d/matmul + bias of a match: (acc expr, per-channel shape, acc scale)."""
+    _import_tvm()
+    from tvm import relax
+
+    x_q = m[p["x_q"]]
+    x_dtype = _dtype(x_q)
+    if x_dtype not in _QRANGE:
+        raise _Skip(f"activation dtype {x_dtype}")
+    s_x, z_x = _scalar(m[p["x_s"]]), _scalar(m[p["x_z"]])
+    if s_x <= 0 or z_x != int(z_x):
+        raise _Skip("activation scale/zero point")
+    z_x = int(z_x)
+    w_q, s_w, is_conv = _weight(m, p)
+    acc_scale = s_x * s_w
+    n_out = w_q.shape[0] if is_conv else w_q.shape[1]
+    # Zero-point correction: sum over everything one output channel reduces over.
+    w_sum = w_q.reshape(n_out, -1).sum(1, dtype=np.int64) if is_conv else w_q.sum(0, dtype=np.int64)
+    bias = _bias_i32(m, p, acc_scale, n_out) - z_x * w_sum
+    if np.abs(bias).max(initial=0) >= 2 ** 31:
+        raise _Skip("bias overflows int32")
+    # Widest possible |acc| must fit the exactly-representable float32 range used by requantize.
+    k = w_q.reshape(n_out, -1).shape[1] if is_conv else w_q.shape[0]
+    if 255 * 128 * k + np.abs(bias).max(initial=0) >= 2 ** 31:
+        raise _Skip("accumulator could overflow int32")
+    w_const = bb_const(w_q)
+    if is_conv:
+        a = m[p["conv"]].attrs
+        pad = [int(v) for v in a.padding]
+        data = x_q
+        if z_x != 0 and any(pad):
+            # Padding must be the quantized value of real 0.0, i.e. z_x, for the bias correction.
+            data = relax.op.nn.pad(x_q, [0, 0, 0, 0, pad[0], pad[2], pad[1], pad[3]],
+                                   pad_value=float(z_x))
+            pad = [0, 0, 0, 0]
+        acc = relax.op.nn.conv2d(data, w_const, strides=[int(v) for v in a.strides], padding=pad,
+                                 dilation=[int(v) for v in a.dilation], groups=int(a.groups),
+                                 data_layout="NCHW", kernel_layout="OIHW", out_dtype="int32")
+        ch_shape = (1, n_out, 1, 1)
+    else:
+        if x_q.ty.ndim < 1:
+            raise _Skip("matmul input rank")
+        acc = relax.op.matmul(x_q, w_const, out_dtype="int32")
+        ch_shape = (n_out,)
+    if np.any(bias != 0):
+        acc = relax.op.add(acc, bb_const(bias.astype(np.int32).reshape(ch_shape)))
+    return acc, ch_shape, acc_scale
+
+
+def _requantize(m, p, acc, ch_shape, acc_scale, bb_const):
+    from tvm import relax
+
+    quant = m[p["quant"]]
+    out_dtype = str(quant.attrs.out_dtype)
+    if out_dtype not in _QRANGE:
+        raise _Skip(f"output dtype {out_dtype}")
+    s_y, z_y = _scalar(m[p["y_s"]]), _scalar(m[p["y_z"]])
+    if s_y <= 0 or z_y != int(z_y):
+        raise _Skip("output scale/zero point")
+    lo, hi = _QRANGE[out_dtype]
+    if p["relu"] in m:
+        lo = max(lo, int(z_y))
+    if p["max"] in m:
+        lo = max(lo, int(np.round(_scalar(m[p["max"]].args[1]) / s_y) + z_y))
+    if p["min"] in m:
+        hi = min(hi, int(np.round(_scalar(m[p["min"]].args[1]) / s_y) + z_y))
+    mult = (acc_scale / s_y).astype(np.float32).reshape(ch_shape)
+    y = relax.op.multiply(relax.op.astype(acc, "float32"), bb_const(mult))
+    y = relax.op.round(y)
+    if z_y:
+        y = relax.op.add(y, relax.const(float(z_y), "float32"))
+    y = relax.op.maximum(y, relax.const(float(lo), "float32"))
+    y = relax.op.minimum(y, relax.const(float(hi), "float32"))
+    return relax.op.astype(y, out_dtype)
+
+
+def quantize_int8(mod, stats: dict | None = None):
+    """Rewrite every QDQ conv2d/matmul of `main` into integer compute (see the module doc).
+
+    Run right after import, before FoldConstant. `stats` (a dict) receives the counts:
+    conv2d / matmul (requantized to int8/uint8), float_out (integer product, float epilogue),
+    relu (a QDQ-wrapped ReLU turned into max(q, z)),
+    skipped (matched, left in float: the reasons in skipped_reasons).
+    """
+    _import_tvm()
+    from tvm import relax
+    from tvm.relax.dpl import rewrite_call
+
+    stats = {} if stats is None else stats
+    for key in ("conv2d", "matmul", "float_out", "relu", "skipped"):
+        stats.setdefault(key, 0)
+    stats.setdefault("skipped_reasons", [])
+    p = _patterns()
+
+    def const(a):
+        return relax.const(np.ascontiguousarray(a))
+
+    def count(m, what):
+        stats[what if what == "float_out" else ("conv2d" if p["conv"] in m else "matmul")] += 1
+
+    def skip(orig, exc):
+        stats["skipped"] += 1
+        stats["skipped_reasons"].append(str(exc))
+        return orig
+
+    def rewrite_quantized(orig, m):
+        try:
+            acc, ch_shape, acc_scale = _int_core(m, p, const)
+            out = _requantize(m, p, acc, ch_shape, acc_scale, const)
+        except _Skip as exc:
+            return skip(orig, exc)
+        count(m, "quant")
+        return out
+
+    def rewrite_float_out(orig, m):
+        if p["add"] not in m:
+            return orig
+        try:
+            acc, ch_shape, acc_scale = _int_core(m, p, const)
+        except _Skip as exc:
+            return skip(orig, exc)
+        count(m, "float_out")
+        # The integer bias is inside acc already; only the scale is left.
+        scale = const(acc_scale.astype(np.float32).reshape(ch_shape))
+        return relax.op.multiply(relax.op.astype(acc, "float32"), scale)
+
+    def rewrite_relu(orig, m):
+        q, (s_in, z_in), (s_out, z_out) = m[p["r_q"]], m[p["r_quant"]].args[1:], (m[p["r_s"]], m[p["r_z"]])
+        same = (_dtype(q) == str(m[p["r_quant"]].attrs.out_dtype) and _np(s_in).size == 1 and _np(z_in).size == 1
+                and float(_np(s_in).reshape(-1)[0]) == _scalar(s_out) and float(_np(z_in).reshape(-1)[0]) == _scalar(z_out))
+        if not same:
+            return orig
+        stats["relu"] += 1
+        return relax.op.maximum(q, relax.const(int(_scalar(z_out)), _dtype(q)))
+
+    func = mod["main"]
+    func = rewrite_call(p["quant"], rewrite_quantized, func)
+    func = rewrite_call(p["r_quant"], rewrite_relu, func)
+    func = rewrite_call(p["add"], rewrite_float_out, func)
+    mod = mod.clone() if hasattr(mod, "clone") else mod
+    mod["main"] = func
+    mod = relax.transform.DeadCodeElimination(["main"])(mod)
+    return mod
+
+
+def int8_summary(mod) -> dict:
+    """What the module computes in: int/float conv2d & matmul counts and constant bytes by dtype."""
+    tvm = _import_tvm()
+    from tvm import relax
+
+    ops: dict[str, int] = {}
+    consts: dict[str, int] = {}
+
+    def visit(expr):
+        if isinstance(expr, tvm.ir.GenericConst):
+            a = expr.value
+            dt = str(a.dtype)
+            consts[dt] = consts.get(dt, 0) + int(np.prod(a.shape)) * np.dtype(dt).itemsize
+        elif isinstance(expr, relax.Call) and getattr(expr.op, "name", None) in ("relax.nn.conv2d", "relax.matmul"):
+            kind = expr.op.name.split(".")[-1]
+            key = f"{kind}_{expr.ty.dtype}"
+            ops[key] = ops.get(key, 0) + 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return {"ops": ops, "const_bytes": consts}
