@@ -41,7 +41,10 @@ PEERS = ("onnxruntime", "litert", "torch")
 
 
 def cpu_peak_gflops(threads: int) -> dict:
-    """fp32 peak = threads x GHz x FLOPs/cycle (2 FMA pipes x lanes x 2); AVX2 8 lanes, AVX-512 16."""
+    """fp32 peak = threads x GHz x FLOPs/cycle (2 FMA pipes x lanes x 2); AVX2 8 lanes, AVX-512 16.
+
+    GHz is /proc/cpuinfo's reported clock: boost clocks run above it, so a peer can exceed this "peak".
+    """
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     mhz = [float(ln.split(":")[1]) for ln in info.splitlines() if ln.startswith("cpu MHz")]
     flags = next((ln for ln in info.splitlines() if ln.startswith("flags")), "")

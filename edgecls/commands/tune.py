@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edgecls.commands.options import boards_option, ssh_config_option, targets_dir_option
+
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
@@ -20,10 +22,9 @@ import click
 @click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto", show_default=True)
 @click.option("--input-shape", default=None, metavar="N,C,H,W")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-kernel summary as JSON.")
-@click.option("--boards", "inventory", envvar="EDGECLS_BOARDS", default=None, type=click.Path(path_type=Path),
-              help="Board inventory TOML (EDGECLS_BOARDS).")
-@click.option("--ssh-config", envvar="EDGECLS_SSH_CONFIG", default=None, type=click.Path(path_type=Path))
-@click.option("--targets-dir", envvar="EDGECLS_TARGETS", default=None, metavar="DIR")
+@boards_option
+@ssh_config_option
+@targets_dir_option
 def tune(model, target, trials, time_budget, board, tuning_db, layout, input_shape, as_json, inventory,
          ssh_config, targets_dir):
     """Autotune MODEL's kernels for a target (MetaSchedule). Resumable: Ctrl-C keeps what was

@@ -15,7 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgecls.artifact.runtime_libs import _pip_error, _platform_tags, cache_dir, installed_versions, normalize_arch
+from edgecls.artifact.runtime_libs import (
+    _pip_error,
+    _platform_tags,
+    cache_dir,
+    installed_versions,
+    normalize_arch,
+)
 from edgecls.errors import EdgeclsError, ToolchainError
 from edgecls.remote.boards import Board, add_board
 from edgecls.remote.ssh import SshHost

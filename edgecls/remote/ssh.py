@@ -18,11 +18,9 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Self
@@ -290,55 +288,6 @@ class SshHost:
             proc.stdout = proc.stdout.decode("utf-8", "replace")
             proc.stderr = proc.stderr.decode("utf-8", "replace")
         return proc
-
-    # ---- background commands and port forwards -------------------------------------------------
-
-    def _dedicated_options(self) -> list[str]:
-        """ssh_options() on a connection of its own (ssh keeps the first value of an option): a
-        forward requested through the shared master would outlive its client in the master, and
-        a long session must end when its own client is killed."""
-        return ["-o", "ControlMaster=no", "-o", "ControlPath=none", *self.ssh_options()]
-
-    def spawn(self, argv: list[str], *, cwd: str | None = None) -> subprocess.Popen:
-        """Start argv on the board and return at once (stdin, stdout, stderr are pipes; closing
-        stdin sends EOF to the remote command). Its own session, so a Ctrl-C meant for edgecls
-        does not cut the connection before edgecls has cleaned up."""
-        line = self.command_line(argv, cwd)
-        try:
-            return subprocess.Popen(["ssh", *self._dedicated_options(), "--", self.host, line],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
-        except FileNotFoundError:
-            raise RemoteError("ssh not found on PATH; install it with: apt-get install openssh-client") from None
-
-    def forward(self, remote_port: int, *, remote_host: str = "127.0.0.1",
-                timeout: float = 15.0) -> tuple[subprocess.Popen, int]:
-        """`ssh -N -L`: a port on this machine's 127.0.0.1 that reaches remote_host:remote_port
-        as seen from the board (nothing is opened on the board's network). Returns (process,
-        local port) once the port accepts connections; terminate the process to close it."""
-        for _attempt in range(3):  # the free port may be taken before ssh binds it
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                local_port = s.getsockname()[1]
-            cmd = ["ssh", *self._dedicated_options(), "-N", "-o", "ExitOnForwardFailure=yes",
-                   "-L", f"127.0.0.1:{local_port}:{remote_host}:{int(remote_port)}", "--", self.host]
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, start_new_session=True)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and proc.poll() is None:
-                with socket.socket() as s:
-                    s.settimeout(0.5)
-                    if s.connect_ex(("127.0.0.1", local_port)) == 0:
-                        return proc, local_port
-                time.sleep(0.05)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-                raise RemoteError(f"port forward to {self.label}:{remote_port} not up after {timeout:g} s")
-            err = proc.stderr.read() if proc.stderr else b""
-            if b"address already in use" not in err.lower():
-                raise self._error(err, f"port forward to port {remote_port}")
-        raise RemoteError(f"port forward to {self.label}:{remote_port}: no free local port")
 
     # ---- file transfer -------------------------------------------------------------------------
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 import subprocess
 import threading
+import time
 
 from edgecls.remote.ssh import RemoteError, SshHost
 
@@ -35,7 +37,7 @@ def rpc_server(spec, info: dict, start_timeout_s: float = 180.0):
     host = SshHost(spec.host, ssh_config=spec.ssh_config)
     server = ["env", *(f"{k}={v}" for k, v in spec.env), spec.python, "-m", "tvm.exec.rpc_server",
               "--host", "127.0.0.1", "--port", "9090", "--port-end", "9199"]
-    proc = host.spawn(["sh", "-c", _WATCHDOG, "edgecls-rpc", *server])
+    proc = spawn(host, ["sh", "-c", _WATCHDOG, "edgecls-rpc", *server])
     lines: list[str] = []
     ready = threading.Event()
 
@@ -52,17 +54,17 @@ def rpc_server(spec, info: dict, start_timeout_s: float = 180.0):
         ready.set()
 
     threading.Thread(target=drain, daemon=True).start()
-    forward = None
+    tunnel = None
     try:
         if not ready.wait(start_timeout_s) or "remote_port" not in info:
             tail = [ln for ln in lines if ln.strip()][-1:] or ["no output"]
             raise RemoteError(f"TVM RPC server did not start on {spec.host} with {spec.python}: {tail[0]}")
-        forward, local_port = host.forward(info["remote_port"])
+        tunnel, local_port = forward(host, info["remote_port"])
         yield local_port
     finally:
-        if forward is not None:
-            forward.terminate()
-            forward.wait(10)
+        if tunnel is not None:
+            tunnel.terminate()
+            tunnel.wait(10)
         proc.stdin.close()  # EOF: the watchdog kills the server group
         try:
             proc.wait(15)
@@ -73,3 +75,54 @@ def rpc_server(spec, info: dict, start_timeout_s: float = 180.0):
             with contextlib.suppress(RemoteError):
                 host.run(["kill", "-KILL", f"-{info['remote_pid']}"], timeout=30)
         host.close()
+
+
+# ---- background commands and port forwards (own connections, not the shared ControlMaster)
+
+
+def _dedicated_options(host: SshHost) -> list[str]:
+    """ssh_options() on a connection of its own (ssh keeps the first value of an option): a
+    forward requested through the shared master would outlive its client in the master, and
+    a long session must end when its own client is killed."""
+    return ["-o", "ControlMaster=no", "-o", "ControlPath=none", *host.ssh_options()]
+
+def spawn(host: SshHost, argv: list[str], *, cwd: str | None = None) -> subprocess.Popen:
+    """Start argv on the board and return at once (stdin, stdout, stderr are pipes; closing
+    stdin sends EOF to the remote command). Its own session, so a Ctrl-C meant for edgecls
+    does not cut the connection before edgecls has cleaned up."""
+    line = host.command_line(argv, cwd)
+    try:
+        return subprocess.Popen(["ssh", *_dedicated_options(host), "--", host.host, line],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    except FileNotFoundError:
+        raise RemoteError("ssh not found on PATH; install it with: apt-get install openssh-client") from None
+
+def forward(host: SshHost, remote_port: int, *, remote_host: str = "127.0.0.1",
+            timeout: float = 15.0) -> tuple[subprocess.Popen, int]:
+    """`ssh -N -L`: a port on this machine's 127.0.0.1 that reaches remote_host:remote_port
+    as seen from the board (nothing is opened on the board's network). Returns (process,
+    local port) once the port accepts connections; terminate the process to close it."""
+    for _attempt in range(3):  # the free port may be taken before ssh binds it
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            local_port = s.getsockname()[1]
+        cmd = ["ssh", *_dedicated_options(host), "-N", "-o", "ExitOnForwardFailure=yes",
+               "-L", f"127.0.0.1:{local_port}:{remote_host}:{int(remote_port)}", "--", host.host]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", local_port)) == 0:
+                    return proc, local_port
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            raise RemoteError(f"port forward to {host.label}:{remote_port} not up after {timeout:g} s")
+        err = proc.stderr.read() if proc.stderr else b""
+        if b"address already in use" not in err.lower():
+            raise host._error(err, f"port forward to port {remote_port}")
+    raise RemoteError(f"port forward to {host.label}:{remote_port}: no free local port")
