@@ -12,7 +12,7 @@ import click
 from edgecls import __version__
 from edgecls.errors import EdgeclsError, UsageError
 
-from edgecls.commands.options import targets_dir_option
+from edgecls.commands.options import mlflow_option, targets_dir_option
 
 
 def optimization_options(f):
@@ -130,11 +130,12 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
               help="Apply tuned records from this database (default: $EDGECLS_TUNING_DB or "
                    "~/.cache/edgecls/tuning when it holds one for the target); 'none' to ignore it.")
 @click.option("--verbose", "-v", is_flag=True, help="Show every stage and graph pass.")
+@mlflow_option
 @targets_dir_option
 def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order, preprocess_file,
             data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite, max_accuracy_drop,
             val_data, val_count, force, no_verify, schedules, integer_kernels, batch_sizes, tuning_db, verbose,
-            targets_dir):
+            mlflow_uri, targets_dir):
     """Compile MODEL (.onnx, .pt2, TorchScript) for a target into a runnable, verified artifact."""
     from edgecls.artifact.batches import parse_batches
     from edgecls.load import parse_shape
@@ -150,8 +151,14 @@ def compile(model, target, out_dir, layout, input_shape, labels, mean, std, chan
                                    _preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order,
                                                preprocess_file), input_shape),
         preprocess=_preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order, preprocess_file))
+    if mlflow_uri:
+        from edgecls.report.mlflow_log import require_mlflow
+        require_mlflow()  # before minutes of work
     with console.status(f"compiling {model} for {target}", spinner="dots") if not verbose else _null():
         out = compile_artifact(req, log=_log(verbose))
+    if mlflow_uri:
+        from edgecls.report.mlflow_log import log_compile
+        console.print(f"mlflow run {log_compile(mlflow_uri, out)} ({mlflow_uri})")
     from edgecls.artifact.manifest import read_manifest
     from edgecls.report.console import stages_table
     stages = read_manifest(out).get("stages", [])

@@ -347,3 +347,25 @@ def test_odd_field_types_never_crash(real_reports, tmp_path):
             row, _ = to_row(r, tmp_path / "r.json")
             for col in display_columns(True):
                 assert isinstance(cell_text(row, col), str), (path, value, col)
+
+
+def test_mlflow_logs_compile_and_bench_runs(tmp_path):
+    """`compile --mlflow` and `bench --mlflow`: one run each (manifest / report attached)."""
+    import subprocess
+
+    mlflow = pytest.importorskip("mlflow")
+    model, _ = tiny_model(tmp_path)
+    exe, uri = str(Path(sys.executable).parent / "edgecls"), (tmp_path / "mlruns").as_uri()
+    p = subprocess.run([exe, "compile", str(model), "--target", "x86-host",
+                        "--mlflow", uri, "-o", str(tmp_path / "art")], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([exe, "bench", str(tmp_path / "art"), "--local", "--runs", "3", "--runtime", "tvm,onnxruntime",
+                        "--mlflow", uri, "-o", str(tmp_path / "r")], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    kinds = sorted(r.data.tags.get("edgecls.kind") for r in runs)
+    assert kinds == ["bench", "bench", "compile"]
+    bench = [r for r in runs if r.data.tags.get("edgecls.kind") == "bench"]
+    assert all(r.data.metrics["median_ms"] > 0 for r in bench)
+    assert {r.data.params["runtime"] for r in bench} == {"tvm", "onnxruntime"}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from edgecls.commands.options import accept_new_option, boards_option, ssh_config_option, targets_dir_option
+from edgecls.commands.options import (accept_new_option, boards_option, mlflow_option, ssh_config_option,
+                                      targets_dir_option)
 from edgecls.errors import EdgeclsError, UsageError  # noqa: F401
 
 
@@ -133,8 +134,10 @@ def deploy(artifact, board_name, inventory, ssh_config, accept_new_host_key):
 @boards_option
 @ssh_config_option
 @accept_new_option
+@mlflow_option
 def bench(artifact, board_spec, local, emulate, runtime, precision, threads, cores, runs, warmup, warmup_ms, min_ms,
-          cooldown_ms, parallel, batches, latency_budget, out_dir, inventory, ssh_config, accept_new_host_key):
+          cooldown_ms, parallel, batches, latency_budget, out_dir, inventory, ssh_config, accept_new_host_key,
+          mlflow_uri):
     """Benchmark an artifact on boards (in parallel) or locally; one JSON report per board and runtime."""
     from rich.live import Live
     from edgecls.bench.harness import BenchOptions, parse_runtimes
@@ -143,6 +146,9 @@ def bench(artifact, board_spec, local, emulate, runtime, precision, threads, cor
     from edgecls.bench.tensorrt import check_precision
     from edgecls.report.console import bench_summary, console, fleet_table
     runtimes = parse_runtimes(runtime)
+    if mlflow_uri:
+        from edgecls.report.mlflow_log import require_mlflow
+        require_mlflow()
     opts = BenchOptions(runtimes=runtimes, threads=threads, cores=cores, runs=runs,
                         warmup=warmup, warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms,
                         extra={"precision": check_precision(precision, runtimes)},
@@ -152,6 +158,10 @@ def bench(artifact, board_spec, local, emulate, runtime, precision, threads, cor
         results = run_bench(artifact, places, opts, out_dir, parallel,
                             on_change=lambda rs: live.update(fleet_table(rs)))
     failed = bench_summary(results)
+    if mlflow_uri:
+        from edgecls.report.mlflow_log import log_bench
+        runs_logged = log_bench(mlflow_uri, [p for r in results for p in r.reports])
+        console.print(f"mlflow: {len(runs_logged)} run(s) logged to {mlflow_uri}")
     if failed:
         if len(results) == 1:  # one place: its own error is the message
             raise EdgeclsError(results[0].detail)

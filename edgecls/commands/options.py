@@ -17,3 +17,5 @@ ssh_config_option = click.option("--ssh-config", envvar="EDGECLS_SSH_CONFIG", de
                                  help="ssh config file passed as -F to every ssh/rsync (EDGECLS_SSH_CONFIG).")
 accept_new_option = click.option("--accept-new-host-key", is_flag=True,
                                  help="Trust a board's host key on first contact (never a changed one).")
+mlflow_option = click.option("--mlflow", "mlflow_uri", envvar="EDGECLS_MLFLOW", default=None, metavar="URI",
+                             help="Also log this run to MLflow (extra edgecls[mlflow]), e.g. file:///tmp/mlruns.")

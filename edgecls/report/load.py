@@ -136,7 +136,9 @@ def to_row(r: dict, path: Path) -> tuple[Row, list[str]]:
     threads = r.get("threads") if r.get("threads") is not None else opts.get("threads")
     cores = r.get("cores") if r.get("cores") is not None else opts.get("cores_resolved")
     median, p90, p99 = _num(t.get("median")), _num(t.get("p90")), _num(t.get("p99"))
-    fps = _num(bench.get("images_per_s")) or _num(bench.get("fps"))  # images/s: batch N counts N
+    fps = _num(bench.get("fps"))
+    if isinstance(r.get("batch"), int) and r["batch"] != 1 and _num(bench.get("images_per_s")):
+        fps = _num(bench.get("images_per_s"))  # images/s: a batch of N counts N
     if fps is None and _num(t.get("mean")):
         fps = 1000.0 / t["mean"]
     runs = [float(v) for v in t["runs"] if _num(v) is not None] if isinstance(t.get("runs"), list) else []

@@ -86,3 +86,38 @@ def log_run(uri: str, name: str, params: dict | None = None, metrics: dict | Non
     except Exception as exc:  # MLflow's own errors (bad URI, unreachable server): one line
         msg = " ".join(str(exc).split())[:300]
         raise EdgeclsError(f"MLflow logging to {uri} failed: {type(exc).__name__}: {msg}") from None
+
+
+def log_compile(uri: str, artifact: Path) -> str:
+    """`compile --mlflow URI`: one run per artifact, its manifest attached."""
+    import json
+    m = json.loads((Path(artifact) / "manifest.json").read_text())
+    metrics = {"verify_max_abs_diff": (m.get("verification") or {}).get("max_abs_diff"),
+               "size_bytes": sum(f["size"] for f in m.get("files", {}).values()),
+               **{f"timing_{k}": v for k, v in (m.get("timings") or {}).items()}}
+    for st in m.get("stages") or []:
+        for key in ("top1", "top5", "macs", "params", "size_bytes"):
+            metrics[f"{st['stage']}_{key}"] = st.get(key)
+    params = {"target": m["target"]["name"], "variant": m.get("variant"), "model_sha256": m["model"]["sha256"],
+              "model": m["model"]["source"], "layout": (m.get("layout") or {}).get("chosen"),
+              **{f"option_{k}": v for k, v in (m.get("options") or {}).items()}}
+    return log_run(uri, f"compile {Path(artifact).name} {m['target']['name']}", params, metrics,
+                   [Path(artifact) / "manifest.json"], tags={"edgecls.kind": "compile"})
+
+
+def log_bench(uri: str, report_paths) -> list[str]:
+    """`bench --mlflow URI`: one run per report (board x runtime x batch), the report attached."""
+    import json
+    runs = []
+    for path in map(Path, report_paths):
+        r = json.loads(path.read_text())
+        t, bench = r.get("timings_ms") or {}, r.get("bench") or {}
+        params = {"board": r["board"].get("name"), "runtime": r["runtime"], "batch": r.get("batch", 1),
+                  "target": r["artifact"].get("target"), "variant": r["artifact"].get("variant"),
+                  "threads": r.get("threads"), "artifact_id": r["artifact"].get("id")}
+        metrics = {"median_ms": t.get("median"), "p90_ms": t.get("p90"), "p99_ms": t.get("p99"),
+                   "fps": bench.get("images_per_s") or bench.get("fps"),
+                   "top1": (r.get("accuracy") or {}).get("top1")}
+        runs.append(log_run(uri, f"bench {params['board']} {params['runtime']}", params, metrics, [path],
+                            tags={"edgecls.kind": "bench"}))
+    return runs
