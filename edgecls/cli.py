@@ -121,6 +121,11 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--no-verify", is_flag=True, help="Skip running the artifact on the reference input.")
 @click.option("--schedules/--no-schedules", default=True, show_default=True,
               help="edgecls' zero-trial CPU schedules (vectorized, parallel, tiled) for untuned kernels.")
+@click.option("--backend", type=click.Choice(["tvm", "onnxruntime", "tflite", "auto"]), default="tvm",
+              show_default=True, help="The artifact's default runtime for `bench`; auto = the fastest in "
+                                      "--from-report (reports of `bench --runtime auto` on boards of this target).")
+@click.option("--from-report", "from_reports", multiple=True, type=click.Path(path_type=Path),
+              help="Bench report(s) or folder(s) for --backend auto (repeatable).")
 @click.option("--integer-kernels/--float-kernels", default=False, show_default=True,
               help="QDQ int8 models: int8 x int8 -> int32 conv/matmul with int8 weights (3.3x smaller "
                    "model.so) instead of float compute. Not yet faster on AVX2 (no widening-MAC schedule).")
@@ -134,7 +139,7 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @targets_dir_option
 def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order, preprocess_file,
             data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite, max_accuracy_drop,
-            val_data, val_count, force, no_verify, schedules, integer_kernels, batch_sizes, tuning_db, verbose,
+            val_data, val_count, force, no_verify, schedules, backend, from_reports, integer_kernels, batch_sizes, tuning_db, verbose,
             mlflow_uri, targets_dir):
     """Compile MODEL (.onnx, .pt2, TorchScript) for a target into a runnable, verified artifact."""
     from edgecls.artifact.batches import parse_batches
@@ -145,7 +150,7 @@ def compile(model, target, out_dir, layout, input_shape, labels, mean, std, chan
         model=model, target=target, out_dir=out_dir, layout=layout, input_shape=parse_shape(input_shape),
         labels=labels, force=force, targets_dir=targets_dir, verify=not no_verify, schedules=schedules,
         tuning_db=tuning_db or "auto", batch_sizes=parse_batches(batch_sizes),
-        integer_kernels=integer_kernels,
+        integer_kernels=integer_kernels, backend=backend, from_reports=tuple(from_reports),
         val_data=val_data, val_count=val_count, max_accuracy_drop=max_accuracy_drop, tflite=_tflite_mode(tflite),
         optimize=_optimize_request(model, (data, train, calib, val), prune, importance, quantize, epochs, calib_method, seed,
                                    _preprocess(_floats(mean, "--mean"), _floats(std, "--std"), channel_order,

@@ -57,6 +57,8 @@ class CompileRequest:
     optimize: object | None = None  # an edgecls.optimize.run.OptimizeRequest: prune / quantize first
     max_accuracy_drop: float | None = None  # points of top-1, artifact vs original
     schedules: bool = True  # edgecls' zero-trial CPU schedules (off: TVM's naive loop nests)
+    backend: str = "tvm"  # the artifact's default runtime: tvm | onnxruntime | tflite | auto (from_reports)
+    from_reports: tuple[Path, ...] = ()  # `bench --runtime auto` reports deciding --backend auto
     integer_kernels: bool = False  # QDQ int8 -> int8 x int8 -> int32 kernels (tvm_int8)
     batch_sizes: tuple[int, ...] = (1,)  # extra static batch sizes: model_bN.so each
     tuning_db: Path | str | None = "auto"  # MetaSchedule records: auto = the default database if present
@@ -229,6 +231,18 @@ def _plain_tflite(req: CompileRequest, model, work: Path, log) -> Path | None:
         return None
 
 
+def _backend(req: CompileRequest, target: str) -> dict:
+    """The runtime `bench` uses by default for this artifact; auto = the measured winner."""
+    if req.backend == "auto":
+        from edgecls.bench.choice import backend_from_reports
+        choice = backend_from_reports(list(req.from_reports), target)
+    elif req.backend in ("tvm", "onnxruntime", "tflite"):
+        choice = {"runtime": req.backend, "how": "given (--backend)"}
+    else:
+        raise UsageError(f"--backend takes tvm, onnxruntime, tflite or auto; got '{req.backend}'")
+    return choice
+
+
 def _tuning_db(spec: Path | str | None) -> Path | None:
     """'auto': the default database when it exists; 'none'/None: no tuned records."""
     from edgecls.compile.tune import default_tuning_db
@@ -258,6 +272,7 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
         except Exception as exc:  # verification is skipped, and the manifest says why
             log(f"verify: skipped ({exc})")
 
+    backend = _backend(req, target.name)  # before minutes of work: --from-report must decide
     t0 = time.perf_counter()
     model = load_model(req.model, req.input_shape)
     load_s = time.perf_counter() - t0
@@ -301,6 +316,9 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
             tflite = _plain_tflite(req, model, tmp / ".tflite", log)
         if tflite is not None:
             shutil.copy2(tflite, tmp / "model.tflite")
+        elif backend["runtime"] == "tflite":
+            raise UsageError("the chosen backend is tflite but this artifact ships no model.tflite "
+                             "(compile a torch model with the edgecls[tflite] extra installed)")
         shutil.rmtree(tmp / ".tflite", ignore_errors=True)
         manifest = mf.new_manifest(
             model={"source": str(model.path), "format": model.format, "sha256": model.sha256,
@@ -324,6 +342,7 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
             versions=mf.library_versions({**tvm_adapter.versions(), "compiler": target.compiler}),
             batches=batches,
             runtimes_shipped=["tvm", "onnxruntime"] + (["tflite"] if tflite is not None else []),
+            backend=backend,
             timings={"load_s": round(load_s, 3), **compiled.timings},
         )
         mf.write_manifest(tmp, manifest)

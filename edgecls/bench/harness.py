@@ -49,11 +49,16 @@ class PartialBench(ArtifactError):
         self.reports = reports
 
 
-def parse_runtimes(text: str) -> tuple[str, ...]:
+def parse_runtimes(text: str | None) -> tuple[str, ...]:
+    """() = the artifact's default runtime; ("auto",) = every CPU runtime it carries, winner recorded."""
+    if text is None:
+        return ()
+    if text.strip() == "auto":
+        return ("auto",)
     names = tuple(r.strip() for r in text.split(",") if r.strip())
     bad = [r for r in names if r not in RUNTIMES]
     if not names or bad:
-        raise UsageError(f"--runtime takes a comma list of {', '.join(RUNTIMES)}; got '{text}'")
+        raise UsageError(f"--runtime takes auto or a comma list of {', '.join(RUNTIMES)}; got '{text}'")
     return names
 
 
@@ -126,16 +131,21 @@ def bench_one(artifact: Path, place: Place, opts: BenchOptions, log=lambda m: No
     manifest = read_manifest(artifact)
     cores = resolve_cores(opts.cores, manifest["target"])
     remote_dir = place.prepare(artifact, log)
-    reports, failures = [], []
-    for runtime in opts.runtimes:
+    from edgecls.bench.choice import AUTO, choose_runtime, default_runtimes, expand_auto
+    auto = opts.runtimes == (AUTO,)
+    runtimes = expand_auto(manifest) if auto else (opts.runtimes or default_runtimes(manifest))
+    reports, failures, unavailable = [], [], []
+    for runtime in runtimes:
         # Other runtimes run the batch-1 ONNX / TFLite files: only TVM has one library per batch.
         for batch in (opts.batches if runtime == "tvm" else (1,)):
             try:
                 reports.append(_measure(artifact, manifest, place, runtime, opts, cores, remote_dir, batch, log))
-            except ArtifactError as exc:
-                failures.append(str(exc))
+            except ArtifactError as exc:  # auto: a runtime the board lacks is not a failure
+                (unavailable if auto and runtime != "tvm" else failures).append(str(exc))
     if len(opts.batches) > 1:
         recommend_batch(reports, opts.latency_budget_ms)
+    if auto:
+        choose_runtime(reports, unavailable)
     if failures:
         raise PartialBench("; ".join(failures), reports)
     return reports

@@ -115,7 +115,9 @@ def deploy(artifact, board_name, inventory, ssh_config, accept_new_host_key):
 @click.option("--board", "-b", "board_spec", default=None, help="Board name(s): b1,b2 or all.")
 @click.option("--local", is_flag=True, help="Measure on this machine.")
 @click.option("--emulate", is_flag=True, help="With --local: run a foreign-arch artifact under qemu.")
-@click.option("--runtime", default="tvm", show_default=True, help="Comma list: tvm,onnxruntime,tflite,tensorrt.")
+@click.option("--runtime", default=None, help="auto (every CPU runtime the artifact carries; the fastest is "
+              "recorded) or a comma list of tvm,onnxruntime,tflite,tensorrt. Default: the artifact's backend "
+              "(compile --backend), else tvm.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8", "best"]), default=None,
               help="TensorRT engine precision (--runtime tensorrt; auto: int8 for a QDQ model, else fp32).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None)

@@ -195,6 +195,14 @@ def bench_summary(results) -> int:
             reports.append(_json.loads(p.read_text()))
     if reports:
         console.print(bench_table(reports))
+    chosen = set()
+    for rep in reports:  # --runtime auto: the winner per place
+        choice = rep.get("runtime_choice")
+        if choice and rep["board"]["name"] not in chosen:
+            chosen.add(rep["board"]["name"])
+            vs = f" ({choice['speedup_vs_tvm']:.2f}x TVM's speed)" if choice.get("speedup_vs_tvm") else ""
+            console.print(f"{rep['board']['name']}: fastest runtime {choice['winner']}{vs}; make it the "
+                          f"default with `compile --backend auto --from-report <these reports>`")
     seen = set()
     for rep in reports:  # --batch: one recommendation per place
         rec = rep.get("batch_recommendation")
