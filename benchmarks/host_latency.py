@@ -122,7 +122,7 @@ def bench_net(name, args, work: Path) -> dict:
         engines[key], m = tvm_variant(onnx_path, work / f"{name}-{key}", db=db, **kw,
                                       log=lambda msg: print(f"  {msg}", flush=True) if args.verbose else None)
         info[key] = {"prepare_s": m["bench_prepare_s"], "schedules": m["stats"].get("schedules"),
-                     "tuning": m.get("tuning"), "verify_max_abs_diff": m["verification"].get("max_abs_diff")}
+                     "tuning": m["stats"].get("tuning"), "verify_max_abs_diff": m["verification"].get("max_abs_diff")}
     samples = {k: [] for k in engines}
     with torch.inference_mode():
         for fn in engines.values():

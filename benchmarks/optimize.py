@@ -2,7 +2,7 @@
 
 MobileNetV2-style network at 224x224 (random weights: latency does not depend on them; the
 accuracy side is tested on real digits data in tests/). Runtimes: ONNX Runtime, the TVM x86-host
-artifact (untuned until the tuning issue lands), and ai-edge-litert when the `tflite` extra is
+artifact (zero-trial schedules; int8 variants also with --integer-kernels as tvm_intk), and ai-edge-litert when the `tflite` extra is
 installed. All variants and runtimes interleaved round by round in one process; prints ratios
 against fp32 ONNX Runtime and writes JSON. Not a test.
 
@@ -58,6 +58,10 @@ def engines_for(name, model, onnx_path, x, calib, work: Path, threads: int):
     engines = {"onnxruntime": lambda a: sess.run(None, {iname: a})}
     art = compile_artifact(CompileRequest(model=onnx_path, target="x86-host", out_dir=work / f"art-{name}"))
     engines["tvm"] = tvm_adapter.load_host_library(art / "model.so")
+    if model is None:  # QDQ int8: also the integer-kernel build
+        art = compile_artifact(CompileRequest(model=onnx_path, target="x86-host", out_dir=work / f"art-{name}-intk",
+                                              integer_kernels=True))
+        engines["tvm_intk"] = tvm_adapter.load_host_library(art / "model.so")
     try:
         from edgecls.export.tflite import export_tflite, run_tflite
         if model is not None:  # LiteRT converts from the torch module (int8 from its own quantizer)
@@ -88,8 +92,8 @@ def main():
             for runtime, fn in engines.items():
                 table[(name, runtime)] = fn
             for tname, tpath in tfl.items():
-                table[(tname, "litert")] = (lambda p: (lambda a: run_tfl(p, a)))(tpath)
-        per_round = {"onnxruntime": 10, "litert": 10, "tvm": 2}
+                table[(tname, "litert")] = (lambda p, f=run_tfl: (lambda a: f(p, a)))(tpath)
+        per_round = {"onnxruntime": 10, "litert": 10, "tvm": 10, "tvm_intk": 10}
         samples = {k: [] for k in table}
         for fn in table.values():
             fn(xn)

@@ -24,6 +24,7 @@ from edgecls.remote.ssh import RemoteError, SshHost
 _WATCHDOG = r"""S=; command -v setsid >/dev/null 2>&1 && S=setsid
 $S "$@" </dev/null & p=$!
 echo "edgecls-rpc-pid $p" >&2
+(while kill -0 $p 2>/dev/null; do sleep 0.2; done; echo "edgecls-rpc-exited" >&2) &
 cat >/dev/null
 kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null; sleep 1
 kill -KILL -$p 2>/dev/null || kill -KILL $p 2>/dev/null
@@ -51,13 +52,15 @@ def rpc_server(spec, info: dict, start_timeout_s: float = 180.0):
             if m := re.search(r"bind to [^\s:]+:(\d+)", line):
                 info["remote_port"] = int(m.group(1))
                 ready.set()
+            if "edgecls-rpc-exited" in line:  # the server died (no TVM there, say): fail now
+                ready.set()
         ready.set()
 
     threading.Thread(target=drain, daemon=True).start()
     tunnel = None
     try:
         if not ready.wait(start_timeout_s) or "remote_port" not in info:
-            tail = [ln for ln in lines if ln.strip()][-1:] or ["no output"]
+            tail = [ln for ln in lines if ln.strip() and not ln.startswith("edgecls-rpc")][-1:] or ["no output"]
             raise RemoteError(f"TVM RPC server did not start on {spec.host} with {spec.python}: {tail[0]}")
         tunnel, local_port = forward(host, info["remote_port"])
         yield local_port

@@ -142,6 +142,11 @@ class Tegrastats:
 
     def __exit__(self, *exc):
         if self.proc:
+            # A run shorter than one interval still gets one reading (tegrastats prints its first
+            # line after one interval): wait up to three intervals for it before stopping.
+            deadline = time.monotonic() + 3 * self.interval_ms / 1000.0 + 1.0
+            while not self.lines and self.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
             self.proc.terminate()
             try:
                 self.proc.wait(5)
