@@ -273,6 +273,7 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
             log(f"verify: skipped ({exc})")
 
     backend = _backend(req, target.name)  # before minutes of work: --from-report must decide
+    tuning_db = _tuning_db(req.tuning_db)
     t0 = time.perf_counter()
     model = load_model(req.model, req.input_shape)
     load_s = time.perf_counter() - t0
@@ -285,7 +286,7 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
 
     with staging_dir(req.out_dir, req.force) as tmp:
         compiled = compile_model(model, target, tmp / "model.so", req.layout, log, schedules=req.schedules,
-                                 tuning_db=_tuning_db(req.tuning_db), integer_kernels=req.integer_kernels)
+                                 tuning_db=tuning_db, integer_kernels=req.integer_kernels)
         import onnx
         onnx.save(model.onnx, str(tmp / "model.onnx"))
         if variant.endswith("fp16"):
@@ -300,7 +301,7 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
         np.save(tmp / "reference" / "output.npy", onnx_reference(tmp / "model.onnx", x))
         from edgecls.artifact.batches import build_batches, verify_batches
         batches = build_batches(tmp, model, tuple(req.batch_sizes), lambda m, out: compile_model(
-            m, target, out, req.layout, log, schedules=req.schedules, tuning_db=_tuning_db(req.tuning_db),
+            m, target, out, req.layout, log, schedules=req.schedules, tuning_db=tuning_db,
             integer_kernels=req.integer_kernels), log)
         if req.val_data is not None:
             vx, vy = validation_batch(req.val_data, preprocess, model.input.shape, req.val_count)

@@ -191,12 +191,6 @@ def apply_database(mod, tvm_target: dict, db_dir: Path, *, layout: str | None = 
 # --------------------------------------------------------------------------- zero-trial records
 
 
-def _rule_schedule(norm, lanes: int):
-    """edgecls' zero-trial schedule of a normalized kernel as a traced Schedule, or None."""
-    from edgecls.compile.tvm_schedules import rule_schedule
-    return rule_schedule(norm, lanes)[0]
-
-
 # --------------------------------------------------------------------------- tuning
 
 
@@ -275,7 +269,7 @@ def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: flo
     from tvm.ir.utils import derived_object
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    from edgecls.compile.tvm_schedules import simd_lanes
+    from edgecls.compile.tvm_schedules import rule_schedule, simd_lanes
     if tvm_target.get("kind", "llvm") != "llvm":
         raise EdgeclsError(f"tuning supports CPU (llvm) targets only, not {tvm_target.get('kind')}")
     t0, interrupted = time.monotonic(), []
@@ -330,7 +324,7 @@ def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: flo
             skipped = entry["measured"] >= quota or entry.get("exhausted", False)
             try:
                 if not skipped and "zero_trial_s" not in entry and not stop():
-                    sch = _rule_schedule(norm, simd_lanes(tvm_target))
+                    sch = rule_schedule(norm, simd_lanes(tvm_target))[0]
                     secs = tvm_measure.measure_once(sch, target, builder, measure) if sch is not None else None
                     if secs:
                         db.commit_tuning_record(ms.database.TuningRecord(

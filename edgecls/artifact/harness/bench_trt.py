@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_py import as_int, cpu_sample, percentile, throttled  # noqa: E402,F401  (sibling files in harness/)
+from bench_py import as_int, cpu_sample, percentile, throttled  # noqa: E402,F401
+from bench_py import device_facts as py_device_facts  # noqa: E402  (sibling files in harness/)
 from trt_parse import (  # noqa: E402,F401
     HarnessError, as_float, stats, version_from_banner_number, version_tuple,
     _pkey, parse_summary_stats, parse_trtexec_log, parse_export_times,
@@ -103,18 +103,8 @@ def soc_name() -> str | None:
 
 
 def device_facts():
-    u = platform.uname()
-    model = None
-    for line in (read("/proc/cpuinfo") or "").splitlines():
-        if line.lower().startswith(("model name", "hardware")):
-            model = line.split(":", 1)[1].strip()
-            break
-    mem = next((as_int(ln.split()[1]) for ln in (read("/proc/meminfo") or "").splitlines()
-                if ln.startswith("MemTotal")), None)
-    return {"uname": {"sysname": u.system, "release": u.release, "machine": u.machine},
-            "cpu_model": model, "online_cpus": os.cpu_count(), "mem_total_kb": mem,
-            "glibc": platform.libc_ver()[1] or None, "python": platform.python_version(),
-            "soc": soc_name(), "l4t": parse_tegra_release(read("/etc/nv_tegra_release"))}
+    """bench_py's board facts plus the Jetson SoC and L4T release."""
+    return {**py_device_facts(), "soc": soc_name(), "l4t": parse_tegra_release(read("/etc/nv_tegra_release"))}
 
 
 class Tegrastats:
