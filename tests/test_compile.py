@@ -82,7 +82,7 @@ def test_manifest_records_how_the_artifact_was_made(artifacts, demo):
     assert {"model.so", "model.onnx", "edgecls-runner", "libtvm_runtime.so", "libtvm_ffi.so",
             "reference/input.npy", "reference/output.npy", "labels.txt"} <= set(m["files"])
     assert verify_files(art) == []
-    assert [p["name"] for p in m["passes"]][-2:] == ["FuseOps", "FuseTIR"]
+    assert [p["name"] for p in m["passes"]][-3:] == ["FuseOps", "FuseTIR", "AttachAttrLayoutFreeBuffers"]
     assert m["runner"]["glibc_required"]
     assert elf_arch(art / "model.so") == "x86_64" and elf_arch(art / "edgecls-runner") == "x86_64"
 

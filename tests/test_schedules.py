@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from edgecls.compile import tvm_adapter
+from edgecls.compile.tvm_prepack import pack_array, repack_constants
 from edgecls.compile.tvm_schedules import apply_default_schedules, simd_lanes
 
 tvm = tvm_adapter._import_tvm()
@@ -28,6 +29,7 @@ def _run(mod, x: np.ndarray, schedules: bool) -> np.ndarray:
     target = tvm.target.Target(TARGET)
     if schedules:
         mod, _ = apply_default_schedules(mod, TARGET)
+        mod, _ = repack_constants(mod)  # as build() does: weights the rules blocked
     rest = tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
     vm = relax.VirtualMachine(relax.build(mod, target, relax_pipeline=rest), tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(x))
@@ -117,6 +119,31 @@ def test_scheduled_dense_matches_unscheduled():
     assert stats["dense"] == 1, stats
     x = np.random.default_rng(2).standard_normal((1, 96)).astype("float32")
     np.testing.assert_allclose(_run(fused, x, True), _run(fused, x, False), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("net", ["conv", "dense"])
+def test_weights_are_packed_per_register_tile(net):
+    """conv2d/dense weights become (O/B, ..., B) constants, B the tile's channels; same results."""
+    fused = _fused(_conv_net(16, 9, 64, 3, 1, 1, ("bias",))) if net == "conv" else \
+        _fused(_dense_net(64, 1000), layout=None)
+    scheduled, _ = apply_default_schedules(fused, TARGET)
+    packed, n = repack_constants(scheduled)
+    assert n == 1
+    kernel = next(f for gv, f in packed.functions_items()
+                  if isinstance(f, tvm.tirx.PrimFunc) and ("conv" in gv.name_hint or "matmul" in gv.name_hint))
+    shape = [int(d) for d in kernel.params[1].shape]
+    lanes = simd_lanes(TARGET)
+    assert len(shape) == (5 if net == "conv" else 3) and shape[-1] % lanes == 0 and shape[0] * shape[-1] == \
+        (64 if net == "conv" else 1000), shape
+    shape_in = (1, 16, 9, 9) if net == "conv" else (1, 64)
+    x = np.random.default_rng(4).standard_normal(shape_in).astype("float32")
+    np.testing.assert_allclose(_run(fused, x, True), _run(fused, x, False), atol=ATOL, rtol=0)
+
+
+def test_pack_array_layout():
+    w = np.arange(2 * 3 * 16).reshape(2, 3, 16)
+    p = pack_array(w, 8)
+    assert p.shape == (2, 2, 3, 8) and p[1, 0, 2, 5] == w[0, 2, 13]
 
 
 def test_scheduled_nchw_conv_still_correct():

@@ -1,4 +1,5 @@
-"""`edgecls tune`: MetaSchedule autotuning, measured here or on a board, into a tuning database."""
+"""`edgecls tune`: MetaSchedule autotuning, measured here, on a board or a fleet of boards, into a
+tuning database."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from edgecls.commands.options import boards_option, ssh_config_option, targets_d
 @click.option("--trials", default=2000, show_default=True, type=click.IntRange(1),
               help="Measurements in all, shared out over the model's kernels (heaviest first).")
 @click.option("--time-budget", default=None, metavar="DURATION", help="Stop after e.g. 90s, 30m or 2h (between batches).")
-@click.option("--board", "-b", default=None, help="Measure on this board (TVM RPC server over SSH) instead of here.")
+@click.option("--board", "-b", "boards", multiple=True, metavar="NAME",
+              help="Measure on this board (TVM RPC server over SSH) instead of here; repeat for a fleet "
+                   "of boards of the target, shared through TVM's RPC tracker.")
+@click.option("--fleet", is_flag=True, help="Measure on every board of the target in the inventory.")
 @click.option("--tuning-db", type=click.Path(path_type=Path), default=None,
               help="Database directory (default $EDGECLS_TUNING_DB or ~/.cache/edgecls/tuning; one per target inside).")
 @click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto", show_default=True)
@@ -25,7 +29,7 @@ from edgecls.commands.options import boards_option, ssh_config_option, targets_d
 @boards_option
 @ssh_config_option
 @targets_dir_option
-def tune(model, target, trials, time_budget, board, tuning_db, layout, input_shape, as_json, inventory,
+def tune(model, target, trials, time_budget, boards, fleet, tuning_db, layout, input_shape, as_json, inventory,
          ssh_config, targets_dir):
     """Autotune MODEL's kernels for a target (MetaSchedule). Resumable: Ctrl-C keeps what was
     measured, and a second run only measures kernels short of their share of --trials. Then
@@ -37,7 +41,7 @@ def tune(model, target, trials, time_budget, board, tuning_db, layout, input_sha
     from edgecls.report.console import console, tuning_table
     out = Console(stderr=True) if as_json else console  # --json: stdout holds the JSON only
     req = TuneRequest(model=model, target=target, trials=trials, time_budget_s=parse_duration(time_budget),
-                      db_dir=tuning_db, board=board, inventory=inventory, ssh_config=ssh_config, layout=layout,
+                      db_dir=tuning_db, boards=tuple(boards), fleet=fleet, inventory=inventory, ssh_config=ssh_config, layout=layout,
                       input_shape=parse_shape(input_shape), targets_dir=targets_dir)
 
     def progress(d):
@@ -53,5 +57,8 @@ def tune(model, target, trials, time_budget, board, tuning_db, layout, input_sha
         click.echo(json.dumps(summary, indent=2))
         return
     console.print(tuning_table(summary))
-    console.print(f"{summary['measured']} measurements in {summary['wall_s']:.0f} s"
+    sessions = summary["sessions"]
+    on = (f" on {len(sessions)} boards ({', '.join(f'{n}: {k}' for n, k in sessions.items())} sessions)"
+          if len(sessions) > 1 else "")
+    console.print(f"{summary['measured']} measurements{on} in {summary['wall_s']:.0f} s"
                   + (f" (stopped: {summary['stopped']})" if summary["stopped"] else "") + f"; database {summary['db']}")

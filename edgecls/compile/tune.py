@@ -39,7 +39,8 @@ class TuneRequest:
     trials: int = 2000
     time_budget_s: float | None = None
     db_dir: Path | None = None  # default_tuning_db()
-    board: str | None = None  # measure on this board (inventory name) instead of this machine
+    boards: tuple[str, ...] = ()  # measure on these boards (inventory names) instead of here
+    fleet: bool = False  # measure on every inventory board of the target
     inventory: Path | None = None
     ssh_config: Path | None = None
     layout: str = "auto"
@@ -47,26 +48,45 @@ class TuneRequest:
     targets_dir: str | None = None
 
 
+def _boards(req: TuneRequest, target) -> list:
+    """The inventory boards to measure on: --board names (each must be a real board of the
+    target), or with --fleet every non-emulated board of the target."""
+    from edgecls.remote.boards import get_board, inventory_path, load_boards
+    if req.fleet:
+        if req.boards:
+            raise UsageError("--fleet takes every board of the target: give it or --board, not both")
+        boards = [b for b in load_boards(req.inventory).values() if b.target == target.name and not b.emulator]
+        if not boards:
+            raise UsageError(f"--fleet: no board of target {target.name} (not emulated) in "
+                             f"{inventory_path(req.inventory)}; add one with: edgecls boards add")
+        return boards
+    boards = [get_board(name, req.inventory) for name in dict.fromkeys(req.boards)]
+    for board in boards:
+        if board.target != target.name:
+            raise UsageError(f"board {board.name} is a {board.target}, not a {target.name}")
+        if board.emulator:
+            raise UsageError(f"board {board.name} is emulated ({' '.join(board.emulator)}): tuning needs "
+                             f"real measurements on the board's CPU")
+    return boards
+
+
 def _runner(req: TuneRequest, target):
-    """"local", or an RpcSpec for the board: its python runs TVM's RPC server, reached over SSH."""
+    """"local"; an RpcSpec for one board (its python runs TVM's RPC server, reached over SSH); or
+    a list of them, one per board: a fleet, measured through TVM's RPC tracker here."""
     from edgecls.artifact.runtime_libs import host_arch
-    if req.board is None:
+    if not req.boards and not req.fleet:
         if target.arch != host_arch():
             raise UsageError(f"target {target.name} is {target.arch}: measure on a board of it with "
-                             f"--board NAME (this machine is {host_arch()})")
+                             f"--board NAME or --fleet (this machine is {host_arch()})")
         return "local", "this machine"
     from edgecls.compile.tvm_tuning import RpcSpec
-    from edgecls.remote.boards import get_board
-    board = get_board(req.board, req.inventory)
-    if board.target != target.name:
-        raise UsageError(f"board {board.name} is a {board.target}, not a {target.name}")
-    if board.emulator:
-        raise UsageError(f"board {board.name} is emulated ({' '.join(board.emulator)}): tuning needs "
-                         f"real measurements on the board's CPU")
     from edgecls.remote.board_tvm import tvm_python
-    return (RpcSpec(host=board.host, compiler=target.compiler, python=tvm_python(board),
-                    ssh_config=str(req.ssh_config) if req.ssh_config else None),
-            f"board {board.name} ({board.host}) over SSH")
+    boards = _boards(req, target)
+    specs = [RpcSpec(host=b.host, name=b.name, compiler=target.compiler, python=tvm_python(b),
+                     ssh_config=str(req.ssh_config) if req.ssh_config else None) for b in boards]
+    if len(specs) == 1:
+        return specs[0], f"board {boards[0].name} ({boards[0].host}) over SSH"
+    return specs, f"{len(specs)} boards ({', '.join(b.name for b in boards)}) over SSH through TVM's RPC tracker"
 
 
 def tune_model(req: TuneRequest, log=lambda msg: None, progress=None) -> dict:
@@ -91,10 +111,13 @@ def tune_model(req: TuneRequest, log=lambda msg: None, progress=None) -> dict:
                              time_budget_s=req.time_budget_s, runner=runner,
                              progress=progress or (lambda d: None))
     ms = lambda s: round(s * 1e3, 6) if s else None  # noqa: E731
+    # RPC sessions each board served (one per measurement): how the work spread over a fleet.
+    per_board = result.rpc.get("boards") or ({runner.name: result.rpc} if result.rpc else {})
     return {"model": str(model.path), "model_sha256": model.sha256, "target": target.name, "where": where,
             "db": str(result.db_dir), "trials": req.trials, "measured": result.measured,
             "stopped": result.stopped, "seconds": round(result.seconds, 2),
             "wall_s": round(time.perf_counter() - t0, 2),
+            "sessions": {name: b.get("sessions", 0) for name, b in per_board.items()},
             "tasks": [{"name": t.name, "flops": t.flops, "measured": t.measured, "measured_total": t.measured_total,
                        "skipped": t.skipped, "zero_trial_ms": ms(t.zero_trial_s), "best_ms": ms(t.best_s),
                        "gflops": round(t.gflops, 2) if t.gflops else None} for t in result.tasks]}

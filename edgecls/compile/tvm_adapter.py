@@ -252,7 +252,9 @@ def run_graph_passes(mod, tvm_target: dict, layout: str | None, fold_bn: bool = 
              ("FoldConstant", relax.transform.FoldConstant()),
              # tvm.compile(mod, target) alone does no fusion on CPU: FuseOps/FuseTIR are explicit.
              ("FuseOps", relax.transform.FuseOps()),
-             ("FuseTIR", relax.transform.FuseTIR())]
+             ("FuseTIR", relax.transform.FuseTIR()),
+             # Which kernel params are weights (constants): tvm_schedules packs those (tvm_prepack).
+             ("AttachAttrLayoutFreeBuffers", relax.transform.AttachAttrLayoutFreeBuffers())]
     with target:
         for name, p in plan:
             before = count_ops(mod).get("relax.nn.batch_norm", 0) if name == "FoldBatchnormToConv2D" else None
@@ -301,6 +303,8 @@ def build(mod, tvm_target: dict, out_path: Path, compiler: str, schedules: bool 
         from edgecls.compile.tvm_schedules import apply_default_schedules  # imports this module
         mod, rule_stats = apply_default_schedules(mod, tvm_target)
         stats.update(rule_stats)
+    from edgecls.compile.tvm_prepack import repack_constants  # weights the schedules blocked
+    mod, stats["packed_weights"] = repack_constants(mod)
     try:
         executable = relax.build(mod, target, relax_pipeline=rest)
     except Exception as exc:

@@ -1,4 +1,5 @@
-"""How tvm_tuning builds and measures candidates: in this process, or on a board over RPC.
+"""How tvm_tuning builds and measures candidates: in this process, on a board, or on a fleet of
+boards over RPC (measurer).
 
 Used only by tvm_tuning. MetaSchedule's own LocalBuilder/LocalRunner run in popen workers; on
 the 2-core dev machine each worker re-imports TVM (30-50 s when loaded), the builder starts new
@@ -8,6 +9,7 @@ message. Builds happen here instead, and local measurements too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -123,16 +125,44 @@ def rpc_alloc_argument(session, device, args_info, alloc_repeat):
              for _, dtype, shape in args_info] for _ in range(alloc_repeat)]
 
 
-def rpc_runner(evaluator, local_port: int, session_timeout_s: int):
-    """MetaSchedule's RPCRunner on the server forwarded to 127.0.0.1:local_port.
-
-    Fleet: run TVM's tracker here (python -m tvm.exec.rpc_tracker), start each board's server
-    with --tracker (reached through `ssh -R`) and --key <target>, and give RPCConfig the tracker
-    and key with max_workers=len(boards): the tracker hands each measurement to a free board of
-    that key. With one board edgecls connects straight to its server (rpc_session).
-    """
+def _rpc_runner(evaluator, config, f_create_session, workers: int):
     ms = _ms()
-    config = ms.runner.RPCConfig(tracker_host="127.0.0.1", tracker_port=local_port,
-                                 tracker_key="direct", session_timeout_sec=session_timeout_s)
-    return ms.runner.RPCRunner(config, evaluator, f_create_session=rpc_session,
-                               f_alloc_argument=rpc_alloc_argument, max_workers=1)
+    return ms.runner.RPCRunner(config, evaluator, f_create_session=f_create_session,
+                               f_alloc_argument=rpc_alloc_argument, max_workers=workers)
+
+
+def rpc_runner(evaluator, local_port: int, session_timeout_s: int):
+    """MetaSchedule's RPCRunner on the one server forwarded to 127.0.0.1:local_port (rpc_session)."""
+    config = _ms().runner.RPCConfig(tracker_host="127.0.0.1", tracker_port=local_port,
+                                    tracker_key="direct", session_timeout_sec=session_timeout_s)
+    return _rpc_runner(evaluator, config, rpc_session, 1)
+
+
+def tracker_runner(evaluator, tracker_port: int, key: str, session_timeout_s: int, workers: int):
+    """MetaSchedule's RPCRunner on a fleet: its default session creation asks the tracker on
+    127.0.0.1:tracker_port for a free server of `key`; one worker per board, so every board can
+    measure at once (edgecls.remote.tvm_fleet starts and registers the servers)."""
+    config = _ms().runner.RPCConfig(tracker_host="127.0.0.1", tracker_port=tracker_port,
+                                    tracker_key=key, session_timeout_sec=session_timeout_s)
+    return _rpc_runner(evaluator, config, None, workers)
+
+
+@contextlib.contextmanager
+def measurer(runner, evaluator, key: str, info: dict):
+    """Yield (builder, runner) for tvm_tuning.tune's `runner`: "local"; one RpcSpec (its server
+    reached directly); or a list of RpcSpec, one per board of the target: a fleet behind TVM's
+    RPC tracker, `key` naming the target there (a list of one is the direct path). Servers,
+    forwards and the tracker stop when the context ends; `info` gets their pids, ports, sessions."""
+    if isinstance(runner, str):
+        yield builder("g++"), local_runner(evaluator)
+        return
+    specs = list(runner) if isinstance(runner, (list, tuple)) else [runner]
+    first = specs[0]
+    if len(specs) == 1:
+        from edgecls.remote.tvm_rpc import rpc_server
+        with rpc_server(first, info) as port:
+            yield builder(first.compiler), rpc_runner(evaluator, port, first.session_timeout_s)
+        return
+    from edgecls.remote.tvm_fleet import fleet
+    with fleet(specs, key, info) as port:
+        yield builder(first.compiler), tracker_runner(evaluator, port, key, first.session_timeout_s, len(specs))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 
 from edgecls.compile.tvm_adapter import _import_tvm
+from edgecls.compile.tvm_prepack import pack_last_axis
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def _analyse(sch, block):
         second = [i for i in free if len(out_idx) > 1 and iters[i].var.same_as(out_idx[-2])]
         reg = (second or free or [None])[0]
     reads_with_vec = sum(1 for r in reads if any(_uses(x.min, iters[vec].var) for x in r.region))
-    return loops, iters, spatial, vec, reg, len(out_idx), reads_with_vec, len(reads)
+    return loops, iters, spatial, vec, reg, len(out_idx), reads_with_vec, len(reads), _buffer(operand)
 
 
 def _classify(name: str, ndim: int, reads_with_vec: int, n_reads: int) -> str:
@@ -184,7 +185,7 @@ def _is_padding(sch, block) -> bool:
 
 def _schedule_reduction(sch, block, lanes: int) -> str:
     main = _name(sch, block)
-    loops, iters, spatial, vec, reg, ndim, rwv, nreads = _analyse(sch, block)
+    loops, iters, spatial, vec, reg, ndim, rwv, nreads, operand = _analyse(sch, block)
     kind = _classify(main, ndim, rwv, nreads)
     # Padding inlined into the conv puts a bounds check on every load of the inner loop (and
     # for regular convs a branch per register-tile row per input channel); as a separate
@@ -216,8 +217,11 @@ def _schedule_reduction(sch, block, lanes: int) -> str:
     rext = int(iters[reg].dom.extent) if reg is not None else 1
     # Register tile rb x nv vectors: the most accumulators within budget, with no tail (rb
     # divides the register axis, nv*vl the vector axis); ties go to more vectors per row.
+    # Without a register axis (a matmul of one row) the vectors are the only independent
+    # accumulators: any divisor of the vector count (1000 = 8 x 5 x 25 channels: 5; one
+    # accumulator left each FMA waiting on the last, 4 GFLOPS).
     best = (0, 0, 1, 1)
-    for nv in ((2, 1) if rext > 1 else (4, 2, 1)):
+    for nv in ((2, 1) if rext > 1 else range(MAX_ACCUMULATORS // 2, 0, -1)):
         if vext % (vl * nv):
             continue
         rb = max(d for d in range(1, min(rext, MAX_ACCUMULATORS // nv) + 1) if rext % d == 0)
@@ -262,6 +266,8 @@ def _schedule_reduction(sch, block, lanes: int) -> str:
         _vectorize_tail(sch, init, skip=1, lanes=vl)
     for name in producers:
         _schedule_injective_block(sch, sch.get_sblock(name), lanes)
+    if kind in ("conv2d", "dense"):  # the tile's weights contiguous (tvm_prepack)
+        pack_last_axis(sch, block, operand, vl * nv)
     return kind
 
 

@@ -29,6 +29,7 @@ Measured traps on the 2-core dev machine, each worked around below:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -53,8 +54,10 @@ FAILED_RUN_S = 1e9  # MetaSchedule stores failed candidates with a huge run time
 
 @dataclass(frozen=True)
 class RpcSpec:
-    """Measure on a board: an RPC server started there over SSH, reached via `ssh -L`."""
+    """Measure on a board: an RPC server started there over SSH, reached via `ssh -L`.
+    tune(runner=[spec, spec, ...]): a fleet of boards of one target, behind TVM's RPC tracker."""
     host: str  # ssh alias or user@host:port, as for SshHost
+    name: str = ""  # the board's inventory name: a fleet's messages and per-board counts use it
     compiler: str = "g++"  # the target's (cross) compiler, e.g. aarch64-linux-gnu-g++
     python: str = "python3"  # the board's python, with TVM (or its runtime) importable
     ssh_config: str | None = None
@@ -87,7 +90,9 @@ class TuneResult:
     measured: int = 0
     seconds: float = 0.0
     stopped: str | None = None  # "time budget" or "interrupted" when the budget was cut short
-    rpc: dict = field(default_factory=dict)  # remote pid/port of the RPC server, once stopped
+    # The RPC server's remote_pid, remote_port and sessions (served); a fleet: tracker_port, key
+    # and boards: {name: the same per board, plus addr and registered} (tvm_remote.tvm_fleet).
+    rpc: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- database
@@ -188,9 +193,6 @@ def apply_database(mod, tvm_target: dict, db_dir: Path, *, layout: str | None = 
     return mod, stats
 
 
-# --------------------------------------------------------------------------- zero-trial records
-
-
 # --------------------------------------------------------------------------- tuning
 
 
@@ -244,6 +246,35 @@ class _Stopped(Exception):
     """Raised from the measure callback to end a task between batches."""
 
 
+@contextlib.contextmanager
+def _db_lock(d: Path, stop):
+    """Hold an exclusive flock on d/edgecls-tune.lock: a second tune() on the same database
+    would otherwise load the records and ledger before the first one's last writes, measure the
+    same candidates again and overwrite the ledger (edgecls-tasks.json) with its own counts.
+    Waits (saying for whom) rather than fails: a queued run is what a user starting two wants.
+    Polls, so that Ctrl-C or the time budget (stop() not None) ends the wait: raises _Stopped."""
+    fd = os.open(d / "edgecls-tune.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waiting:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    log.warning("waiting for tuning database lock held by pid %s (%s)", holder, d)
+                    waiting = True
+                if stop():
+                    raise _Stopped(stop()) from None
+                time.sleep(0.25)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the next one's message
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _cost_model(ms, cores: int):
     try:
         import xgboost  # noqa: F401
@@ -254,10 +285,12 @@ def _cost_model(ms, cores: int):
 
 
 def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: float | None = None,
-         runner: str | RpcSpec = "local", progress=lambda d: None, layout: str | None = None,
-         trials_per_batch: int = 8, seed: int = 0) -> TuneResult:
+         runner: str | RpcSpec | list[RpcSpec] = "local", progress=lambda d: None,
+         layout: str | None = None, trials_per_batch: int = 8, seed: int = 0) -> TuneResult:
     """Tune the kernels of `mod` (run_graph_passes output, or an imported module, then `layout`)
     with about `trials` measurements in all, appending records to db_dir/<target-key>/.
+    runner: "local", an RpcSpec (a board), or a list of them (a fleet: tvm_measure.measurer).
+    One tune() at a time per database: a second one waits for the first (_db_lock).
 
     Each kernel gets a quota of ceil(trials / kernels) measurements, its zero-trial schedule
     first; kernels with their quota are skipped; heavy kernels (FLOPs) go first. The time budget
@@ -276,10 +309,10 @@ def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: flo
     deadline = t0 + time_budget_s if time_budget_s else math.inf
     target = tvm.target.Target(tvm_target)
     kernels = _kernels(_fused(mod, tvm_target, layout))
-    db, d = open_database(tvm_target, db_dir)
+    d = Path(db_dir) / target_key(tvm_target)
+    d.mkdir(parents=True, exist_ok=True)
     result = TuneResult(d)
     ledger_path = d / "edgecls-tasks.json"  # per workload: name, flops, zero-trial s, measured
-    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
     quota = max(1, math.ceil(trials / max(1, len(kernels))))
     cores = int(tvm_target.get("num-cores") or len(os.sched_getaffinity(0)))
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40)
@@ -306,13 +339,15 @@ def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: flo
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_ctrl_c(interrupted))
-        if isinstance(runner, RpcSpec):
-            from edgecls.remote.tvm_rpc import rpc_server
-            port = stack.enter_context(rpc_server(runner, result.rpc))
-            measure = tvm_measure.rpc_runner(evaluator, port, runner.session_timeout_s)
-            builder = tvm_measure.builder(runner.compiler)
-        else:
-            measure, builder = tvm_measure.local_runner(evaluator), tvm_measure.builder("g++")
+        try:
+            stack.enter_context(_db_lock(d, stop))
+        except _Stopped as exc:  # stopped while another tune() held the database
+            result.stopped, result.seconds = str(exc), time.monotonic() - t0
+            return result
+        db, _ = open_database(tvm_target, db_dir)  # loaded under the lock: the last run's records
+        ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+        # A fleet's tracker key: the target key (no ':' or space, which TVM's keys cannot hold).
+        builder, measure = stack.enter_context(tvm_measure.measurer(runner, evaluator, d.name, result.rpc))
         cost_model = _cost_model(ms, cores)
         for index, (name, norm) in enumerate(kernels):
             wl, key = db.commit_workload(norm), ms.utils.shash2hex(norm)

@@ -3,12 +3,15 @@
 The server listens on the board's 127.0.0.1 only; edgecls reaches it through an `ssh -L`
 forward, so no port is opened on the board's network. No TVM import here: the board runs
 `python -m tvm.exec.rpc_server` with its own python (`spec`: an edgecls.compile.tvm_tuning.RpcSpec).
+With a tracker (tvm_fleet) the server also registers there, through an `ssh -R` forward.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import select
 import socket
 import subprocess
 import threading
@@ -32,15 +35,24 @@ echo "edgecls-rpc-stopped" >&2"""
 
 
 @contextlib.contextmanager
-def rpc_server(spec, info: dict, start_timeout_s: float = 180.0):
+def rpc_server(spec, info: dict, start_timeout_s: float = 180.0, *, tracker: str | None = None,
+               key: str = "", custom_addr: str | None = None):
     """Start `python -m tvm.exec.rpc_server` on the board (loopback only) over SSH and yield a
-    local port forwarded to it; stop both afterwards. `info` gets remote_pid and remote_port."""
+    local port forwarded to it; stop both afterwards. `info` gets remote_pid, remote_port and
+    sessions (RPC sessions served, counted from the server's log).
+
+    With `tracker` ("host:port" as the board sees it) the server registers there under `key`,
+    announcing `custom_addr` (a loopback address of this machine) and its own port: the forward
+    then listens on custom_addr:<the server's port>, the address the tracker hands to clients."""
     host = SshHost(spec.host, ssh_config=spec.ssh_config)
     server = ["env", *(f"{k}={v}" for k, v in spec.env), spec.python, "-m", "tvm.exec.rpc_server",
               "--host", "127.0.0.1", "--port", "9090", "--port-end", "9199"]
+    if tracker:
+        server += ["--tracker", tracker, "--key", key, "--custom-addr", custom_addr]
     proc = spawn(host, ["sh", "-c", _WATCHDOG, "edgecls-rpc", *server])
     lines: list[str] = []
     ready = threading.Event()
+    info["sessions"] = 0
 
     def drain():  # keep reading: the server logs every session and must never block on stderr
         for raw in proc.stderr:
@@ -54,26 +66,29 @@ def rpc_server(spec, info: dict, start_timeout_s: float = 180.0):
                 ready.set()
             if "edgecls-rpc-exited" in line:  # the server died (no TVM there, say): fail now
                 ready.set()
+            if "connected from" in line:  # logged by TVM's server as each session starts
+                info["sessions"] += 1
         ready.set()
 
-    threading.Thread(target=drain, daemon=True).start()
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
     tunnel = None
     try:
         if not ready.wait(start_timeout_s) or "remote_port" not in info:
             tail = [ln for ln in lines if ln.strip() and not ln.startswith("edgecls-rpc")][-1:] or ["no output"]
             raise RemoteError(f"TVM RPC server did not start on {spec.host} with {spec.python}: {tail[0]}")
-        tunnel, local_port = forward(host, info["remote_port"])
+        tunnel, local_port = forward(host, info["remote_port"], local_host=custom_addr or "127.0.0.1",
+                                     local_port=info["remote_port"] if custom_addr else None)
         yield local_port
     finally:
-        if tunnel is not None:
-            tunnel.terminate()
-            tunnel.wait(10)
+        stop(tunnel)
         proc.stdin.close()  # EOF: the watchdog kills the server group
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        drainer.join(5)  # the last session lines, for info["sessions"]
         if "remote_pid" in info and not any("edgecls-rpc-stopped" in ln for ln in lines):
             with contextlib.suppress(RemoteError):
                 host.run(["kill", "-KILL", f"-{info['remote_pid']}"], timeout=30)
@@ -101,31 +116,85 @@ def spawn(host: SshHost, argv: list[str], *, cwd: str | None = None) -> subproce
     except FileNotFoundError:
         raise RemoteError("ssh not found on PATH; install it with: apt-get install openssh-client") from None
 
-def forward(host: SshHost, remote_port: int, *, remote_host: str = "127.0.0.1",
-            timeout: float = 15.0) -> tuple[subprocess.Popen, int]:
-    """`ssh -N -L`: a port on this machine's 127.0.0.1 that reaches remote_host:remote_port
-    as seen from the board (nothing is opened on the board's network). Returns (process,
-    local port) once the port accepts connections; terminate the process to close it."""
-    for _attempt in range(3):  # the free port may be taken before ssh binds it
+
+def stop(proc: subprocess.Popen | None) -> None:
+    """End a spawn()ed ssh or forward (None: nothing to do)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _listening(host: str, port: int) -> bool:
+    """Whether something listens on host:port here. Read from /proc/net/tcp where there is one:
+    a test connection would reach the board's RPC server through the forward, and a server with
+    a tracker drops and redoes its registration on such an empty connection."""
+    try:
+        with open("/proc/net/tcp") as f:
+            table = f.read().splitlines()[1:]
+    except OSError:
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            local_port = s.getsockname()[1]
+            s.settimeout(0.5)
+            return s.connect_ex((host, port)) == 0
+    want = f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"
+    return any(f.split()[1] == want and f.split()[3] == "0A" for f in table)  # 0A: LISTEN
+
+
+def forward(host: SshHost, remote_port: int, *, remote_host: str = "127.0.0.1",
+            local_host: str = "127.0.0.1", local_port: int | None = None,
+            timeout: float = 15.0) -> tuple[subprocess.Popen, int]:
+    """`ssh -N -L`: a port on this machine's local_host (default 127.0.0.1; any 127.x.y.z on
+    Linux) that reaches remote_host:remote_port as seen from the board (nothing is opened on
+    the board's network). local_port None: a free one. Returns (process, local port) once the
+    port listens; terminate the process to close it."""
+    for _attempt in range(3 if local_port is None else 1):  # a free port may be taken before ssh binds it
+        port = local_port
+        if port is None:
+            with socket.socket() as s:
+                s.bind((local_host, 0))
+                port = s.getsockname()[1]
         cmd = ["ssh", *_dedicated_options(host), "-N", "-o", "ExitOnForwardFailure=yes",
-               "-L", f"127.0.0.1:{local_port}:{remote_host}:{int(remote_port)}", "--", host.host]
+               "-L", f"{local_host}:{port}:{remote_host}:{int(remote_port)}", "--", host.host]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
-            with socket.socket() as s:
-                s.settimeout(0.5)
-                if s.connect_ex(("127.0.0.1", local_port)) == 0:
-                    return proc, local_port
+            if _listening(local_host, port):
+                return proc, port
             time.sleep(0.05)
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            stop(proc)
             raise RemoteError(f"port forward to {host.label}:{remote_port} not up after {timeout:g} s")
         err = proc.stderr.read() if proc.stderr else b""
-        if b"address already in use" not in err.lower():
-            raise host._error(err, f"port forward to port {remote_port}")
+        if b"address already in use" not in err.lower() or local_port is not None:
+            raise host._error(err, f"port forward {local_host}:{port} to port {remote_port}")
     raise RemoteError(f"port forward to {host.label}:{remote_port}: no free local port")
+
+
+def reverse_forward(host: SshHost, local_port: int, *, timeout: float = 15.0) -> tuple[subprocess.Popen, int]:
+    """`ssh -N -R`: a port on the board's 127.0.0.1 that reaches this machine's
+    127.0.0.1:local_port. The board's sshd picks the port (-R 0) and ssh reports it on stderr
+    ("Allocated port N for remote forward", an INFO line: LogLevel is forced, a user's
+    LogLevel=ERROR would hide it). Returns (process, the board's port)."""
+    cmd = ["ssh", *_dedicated_options(host), "-N", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=INFO",
+           "-R", f"127.0.0.1:0:127.0.0.1:{int(local_port)}", "--", host.host]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    fd, err = proc.stderr.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if m := re.search(rb"Allocated port (\d+) for remote forward", err):
+            return proc, int(m.group(1))
+        if not select.select([fd], [], [], 0.2)[0]:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:  # ssh exited: unreachable board, or the forward was refused
+            proc.wait()
+            raise host._error(err, "reverse port forward")
+        err += chunk
+    stop(proc)
+    raise RemoteError(f"reverse port forward to {host.label} not up after {timeout:g} s")
