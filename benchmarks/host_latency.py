@@ -11,7 +11,7 @@ Prints medians, ratios against the best peer (the fastest of ORT / LiteRT / torc
 GFLOPS next to the CPU's fp32 peak, and writes JSON. Not a test: run it on a quiet machine.
 
     .venv/bin/python benchmarks/host_latency.py [--nets mobilenet_v2,resnet18] [--trials 500,2000]
-        [--rounds 5] [--threads 2] [--naive] [--out benchmarks/results/host_latency.json]
+        [--rounds 5] [--threads 2] [--naive] [--db-root DIR] [--out benchmarks/results/host_latency.json]
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ def bench_net(name, args, work: Path) -> dict:
     if args.naive:
         variants.insert(0, ("tvm_naive", {"schedules": False}))
     for key, kw in variants:
-        db = work / f"db-{name}-{kw.get('trials', 0)}" if kw.get("trials") else None
+        root = args.db_root or work  # a kept --db-root makes a rerun resume (nothing left to measure)
+        db = root / f"db-{name}-{kw.get('trials', 0)}" if kw.get("trials") else None
         print(f"{name}: preparing {key}", flush=True)
         engines[key], m = tvm_variant(onnx_path, work / f"{name}-{key}", db=db, **kw,
                                       log=lambda msg: print(f"  {msg}", flush=True) if args.verbose else None)
@@ -153,6 +154,8 @@ def main():
     ap.add_argument("--nets", default="mobilenet_v2,resnet18")
     ap.add_argument("--trials", default="500,2000", help="Comma list of tuning budgets; 0 or '' for none.")
     ap.add_argument("--naive", action="store_true", help="Also time TVM without edgecls' schedules (slow).")
+    ap.add_argument("--db-root", type=Path, default=None,
+                    help="Keep the tuning databases here (one per net and budget); default: a temp dir.")
     ap.add_argument("--verbose", "-v", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/host_latency.json"))
     args = ap.parse_args()

@@ -6,6 +6,7 @@ Budgets are tiny (a few measurements per kernel): these check the plumbing, not 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -114,6 +115,18 @@ def test_time_budget_and_missing_database(tmp_path):
     assert res.stopped == "time budget" and res.measured == 0
     _, stats = tvm_tuning.apply_database(mod, TARGET, tmp_path / "nothing-here")
     assert stats == {"tasks": 1, "hit": 0, "missed": 1}
+
+
+def test_early_stopping_ends_a_kernel_and_stays_ended(tmp_path):
+    """A kernel whose search stops gaining is left with its quota unspent, and a rerun with the
+    same budget does not reopen it (a larger budget would)."""
+    _, mod = _onnx(tmp_path, convs=1)
+    res = tvm_tuning.tune(mod, TARGET, tmp_path / "db", trials=200, early_stopping=1)
+    assert res.stopped is None and 1 < res.measured < 200, res
+    ledger = json.loads((res.db_dir / "edgecls-tasks.json").read_text())
+    assert any(e.get("converged_at_quota") == 200 for e in ledger.values()), ledger
+    again = tvm_tuning.tune(mod, TARGET, tmp_path / "db", trials=200, early_stopping=1)
+    assert again.measured == 0 and all(t.skipped for t in again.tasks)
 
 
 def _group_alive(pgid: int, wait_s: float = 10.0) -> list[int]:

@@ -17,6 +17,8 @@ from edgecls.commands.options import boards_option, ssh_config_option, targets_d
 @click.option("--trials", default=2000, show_default=True, type=click.IntRange(1),
               help="Measurements in all, shared out over the model's kernels (heaviest first).")
 @click.option("--time-budget", default=None, metavar="DURATION", help="Stop after e.g. 90s, 30m or 2h (between batches).")
+@click.option("--early-stopping", default=None, type=click.IntRange(1), metavar="N",
+              help="End a kernel's search after N measurements without a 1%% gain; its share goes unspent.")
 @click.option("--board", "-b", "boards", multiple=True, metavar="NAME",
               help="Measure on this board (TVM RPC server over SSH) instead of here; repeat for a fleet "
                    "of boards of the target, shared through TVM's RPC tracker.")
@@ -29,7 +31,7 @@ from edgecls.commands.options import boards_option, ssh_config_option, targets_d
 @boards_option
 @ssh_config_option
 @targets_dir_option
-def tune(model, target, trials, time_budget, boards, fleet, tuning_db, layout, input_shape, as_json, inventory,
+def tune(model, target, trials, time_budget, early_stopping, boards, fleet, tuning_db, layout, input_shape, as_json, inventory,
          ssh_config, targets_dir):
     """Autotune MODEL's kernels for a target (MetaSchedule). Resumable: Ctrl-C keeps what was
     measured, and a second run only measures kernels short of their share of --trials. Then
@@ -41,14 +43,16 @@ def tune(model, target, trials, time_budget, boards, fleet, tuning_db, layout, i
     from edgecls.report.console import console, tuning_table
     out = Console(stderr=True) if as_json else console  # --json: stdout holds the JSON only
     req = TuneRequest(model=model, target=target, trials=trials, time_budget_s=parse_duration(time_budget),
-                      db_dir=tuning_db, boards=tuple(boards), fleet=fleet, inventory=inventory, ssh_config=ssh_config, layout=layout,
+                      early_stopping=early_stopping, db_dir=tuning_db, boards=tuple(boards), fleet=fleet,
+                      inventory=inventory, ssh_config=ssh_config, layout=layout,
                       input_shape=parse_shape(input_shape), targets_dir=targets_dir)
 
     def progress(d):
         if d.get("event") == "task":
             best = f"{d['best_s'] * 1e3:.3f} ms" if d.get("best_s") else "-"
             gf = f", {d['gflops']:.1f} GFLOPS" if d.get("gflops") else ""
-            done = " (had its share already)" if d.get("skipped") else f", {d.get('measured', 0)} measured"
+            done = " (had its share already)" if d.get("skipped") else f", {d.get('measured', 0)} measured" + (
+                " (early stopping: no gain)" if d.get("converged") else "")
             out.print(f"[dim][{d.get('index', 0) + 1}/{d.get('of', '?')}] {d.get('task', '?')}: best {best}{gf}"
                           f"{done}[/dim]", highlight=False)
 

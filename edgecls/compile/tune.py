@@ -38,6 +38,7 @@ class TuneRequest:
     target: str
     trials: int = 2000
     time_budget_s: float | None = None
+    early_stopping: int | None = None  # measurements without a 1 % gain that end a kernel's search
     db_dir: Path | None = None  # default_tuning_db()
     boards: tuple[str, ...] = ()  # measure on these boards (inventory names) instead of here
     fleet: bool = False  # measure on every inventory board of the target
@@ -108,7 +109,7 @@ def tune_model(req: TuneRequest, log=lambda msg: None, progress=None) -> dict:
         + (f", at most {req.time_budget_s:.0f} s" if req.time_budget_s else "") + f"; database {db_dir}")
     t0 = time.perf_counter()
     result = tvm_tuning.tune(graph.mod, graph.tvm_target, db_dir, trials=req.trials,
-                             time_budget_s=req.time_budget_s, runner=runner,
+                             time_budget_s=req.time_budget_s, early_stopping=req.early_stopping, runner=runner,
                              progress=progress or (lambda d: None))
     ms = lambda s: round(s * 1e3, 6) if s else None  # noqa: E731
     # RPC sessions each board served (one per measurement): how the work spread over a fleet.

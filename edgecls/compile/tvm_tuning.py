@@ -36,14 +36,12 @@ import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecls.compile import tvm_measure
+from edgecls.compile import tvm_measure, tvm_search
 from edgecls.compile.tvm_adapter import _import_tvm, count_ops, run_graph_passes
 from edgecls.errors import EdgeclsError
 
@@ -196,33 +194,6 @@ def apply_database(mod, tvm_target: dict, db_dir: Path, *, layout: str | None = 
 # --------------------------------------------------------------------------- tuning
 
 
-def _space(ms):
-    # Explicit lists: "from-target" picks intrinsic rules for VNNI/AVX-512/ARM dotprod targets
-    # (the 70 s tensor_intrin registration), and RewriteLayout is left out (see the top).
-    return ms.space_generator.PostOrderApply(
-        sch_rules=ms.schedule_rule.ScheduleRule.create("llvm"),
-        postprocs=[ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteParallelVectorizeUnroll(),
-                   ms.postproc.RewriteReductionBlock()],
-        mutator_probs=ms.mutator.Mutator.create("llvm"))
-
-
-@contextlib.contextmanager
-def _no_tensor_intrin():
-    """TuneContext.__init__ imports tvm.s_tir.tensor_intrin unconditionally: ~250 TVMScript
-    functions, each parsed with inspect.stack(), whose cost grows with sys.modules: 70 s alone,
-    180 s measured with torch loaded. No rule here uses an intrinsic, so a stub stands in for
-    the length of the constructor (a real import elsewhere in the process is not affected)."""
-    name = "tvm.s_tir.tensor_intrin"
-    stub = name not in sys.modules
-    if stub:
-        sys.modules[name] = types.ModuleType(name)
-    try:
-        yield
-    finally:
-        if stub:
-            sys.modules.pop(name, None)
-
-
 @contextlib.contextmanager
 def _ctrl_c(flag: list):
     """First Ctrl-C: set `flag`, stop after the running batch (raising inside MetaSchedule's C++
@@ -275,18 +246,11 @@ def _db_lock(d: Path, stop):
         os.close(fd)  # releases the lock
 
 
-def _cost_model(ms, cores: int):
-    try:
-        import xgboost  # noqa: F401
-        return ms.cost_model.XGBModel(num_tuning_cores=cores, adaptive_training=True)
-    except ImportError:  # tuning still works, the search is just blind
-        log.warning("xgboost not installed: MetaSchedule searches with a random cost model")
-        return ms.cost_model.RandomModel()
-
 
 def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: float | None = None,
          runner: str | RpcSpec | list[RpcSpec] = "local", progress=lambda d: None,
-         layout: str | None = None, trials_per_batch: int = 8, seed: int = 0) -> TuneResult:
+         layout: str | None = None, trials_per_batch: int = 8, seed: int = 0,
+         early_stopping: int | None = None) -> TuneResult:
     """Tune the kernels of `mod` (run_graph_passes output, or an imported module, then `layout`)
     with about `trials` measurements in all, appending records to db_dir/<target-key>/.
     runner: "local", an RpcSpec (a board), or a list of them (a fleet: tvm_measure.measurer).
@@ -294,7 +258,9 @@ def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: flo
 
     Each kernel gets a quota of ceil(trials / kernels) measurements, its zero-trial schedule
     first; kernels with their quota are skipped; heavy kernels (FLOPs) go first. The time budget
-    and Ctrl-C stop between batches, keeping every record written so far. progress(dict) is
+    and Ctrl-C stop between batches, keeping every record written so far. early_stopping=N ends
+    a kernel's search after N measurements without a 1 % gain (its quota is not re-opened until
+    a larger --trials gives it a larger one). progress(dict) is
     called after each batch ("event": "batch") and each kernel ("event": "task").
     """
     tvm = _import_tvm()
@@ -332,10 +298,15 @@ def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: flo
             t = current["task"]
             t["measured"] += len(runner_results)
             ok = [x for x in (_valid_s(r) for r in runner_results) if x is not None]
+            gain = bool(ok) and (t["best_s"] is None or min(ok) < 0.99 * t["best_s"])
+            t["stale"] = 0 if gain else t.get("stale", 0) + len(runner_results)
             t["best_s"] = min([x for x in (t["best_s"], *ok) if x is not None], default=None)
             progress({"event": "batch", **t})
             if stop():  # not terminate_task: the scheduler may terminate it too, and then aborts
                 raise _Stopped(stop())
+            if early_stopping and t["stale"] >= early_stopping:
+                t["converged"] = True
+                raise _Stopped("early stopping")
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_ctrl_c(interrupted))
@@ -348,7 +319,7 @@ def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: flo
         ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
         # A fleet's tracker key: the target key (no ':' or space, which TVM's keys cannot hold).
         builder, measure = stack.enter_context(tvm_measure.measurer(runner, evaluator, d.name, result.rpc))
-        cost_model = _cost_model(ms, cores)
+        cost_model = tvm_search.cost_model(ms, cores)
         for index, (name, norm) in enumerate(kernels):
             wl, key = db.commit_workload(norm), ms.utils.shash2hex(norm)
             entry = ledger.setdefault(key, {"name": name, "flops": flops[name], "measured": 0})
@@ -356,7 +327,8 @@ def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: flo
             task = current["task"] = {"task": name, "index": index, "of": len(kernels), "flops": flops[name],
                                       "measured": 0, "best_s": _valid_s(top[0]) if top else None,
                                       "zero_trial_s": entry.get("zero_trial_s")}
-            skipped = entry["measured"] >= quota or entry.get("exhausted", False)
+            skipped = entry["measured"] >= quota or entry.get("exhausted", False) \
+                or entry.get("converged_at_quota", 0) >= quota
             try:
                 if not skipped and "zero_trial_s" not in entry and not stop():
                     sch = rule_schedule(norm, simd_lanes(tvm_target))[0]
@@ -369,8 +341,8 @@ def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: flo
                     task["best_s"] = min([x for x in (task["best_s"], task["zero_trial_s"]) if x], default=None)
                 left = quota - entry["measured"] - task["measured"]
                 if not skipped and left > 0 and not stop():
-                    with _no_tensor_intrin():
-                        ctx = ms.TuneContext(mod=norm, target=target, space_generator=_space(ms),
+                    with tvm_search.no_tensor_intrin():
+                        ctx = ms.TuneContext(mod=norm, target=target, space_generator=tvm_search.space(ms),
                                              search_strategy=ms.search_strategy.EvolutionarySearch(
                                                  population_size=64, init_min_unmeasured=16, genetic_num_iters=2),
                                              task_name=name, rand_state=seed + index, num_threads=cores)
@@ -383,11 +355,13 @@ def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: flo
                                                          ms.measure_callback.UpdateCostModel(), _Budget()],
                                       task_scheduler="round-robin")
                     except Exception:  # _Stopped (or a Ctrl-C) comes back through C++ wrapped
-                        if not stop():
+                        if not stop() and not task.get("converged"):
                             raise
                     if len(interrupted) > 1:
                         raise KeyboardInterrupt
-                    if not stop() and quota - entry["measured"] - task["measured"] > 0:
+                    if task.get("converged"):
+                        entry["converged_at_quota"] = quota
+                    elif not stop() and quota - entry["measured"] - task["measured"] > 0:
                         entry["exhausted"] = True  # the search found no more new candidates
             finally:  # also on a second Ctrl-C: the ledger matches the records written
                 entry["measured"] += task["measured"]
