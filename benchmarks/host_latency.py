@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -84,13 +85,23 @@ def litert_engine(model, x, work: Path, threads: int):
 
 
 def tvm_variant(onnx_path: Path, out: Path, *, schedules=True, trials=0, db: Path | None = None,
-                log=lambda m: None) -> tuple[object, dict]:
-    """Compile one TVM variant (tuning first when trials > 0); returns (callable, manifest)."""
+                seed_db: Path | None = None, log=lambda m: None) -> tuple[object, dict]:
+    """Compile one TVM variant (tuning first when trials > 0); returns (callable, manifest).
+    seed_db: the next smaller budget's database, copied in first: tuning resumes from it, so the
+    2000-trial run spends 1500 new measurements on top of the 500-trial run's (same records)."""
     t0 = time.perf_counter()
-    req = CompileRequest(model=onnx_path, target="x86-host", out_dir=out, schedules=schedules)
+    req = CompileRequest(model=onnx_path, target="x86-host", out_dir=out, schedules=schedules,
+                         tuning_db="none")  # zero-trial and naive: no database at all
+    if trials and seed_db is not None and seed_db.exists() and not db.exists():
+        shutil.copytree(seed_db, db)
     if trials:
         from edgecls.compile.tune import TuneRequest, tune_model
-        tune_model(TuneRequest(model=onnx_path, target="x86-host", trials=trials, db_dir=db), log=log)
+        def progress(d):
+            if d.get("event") == "task":
+                log(f"[{d['index'] + 1}/{d['of']}] {d['task']}: {d.get('measured', 0)} measured, best "
+                    f"{(d.get('best_s') or 0) * 1e3:.3f} ms (zero-trial {(d.get('zero_trial_s') or 0) * 1e3:.3f})")
+        tune_model(TuneRequest(model=onnx_path, target="x86-host", trials=trials, db_dir=db), log=log,
+                   progress=progress)
         req.tuning_db = db
     art = compile_artifact(req)
     manifest = json.loads((art / "manifest.json").read_text())
@@ -120,7 +131,9 @@ def bench_net(name, args, work: Path) -> dict:
         root = args.db_root or work  # a kept --db-root makes a rerun resume (nothing left to measure)
         db = root / f"db-{name}-{kw.get('trials', 0)}" if kw.get("trials") else None
         print(f"{name}: preparing {key}", flush=True)
-        engines[key], m = tvm_variant(onnx_path, work / f"{name}-{key}", db=db, **kw,
+        smaller = [t for t in args.trials if t and t < kw.get("trials", 0)]
+        seed_db = root / f"db-{name}-{max(smaller)}" if smaller and db else None
+        engines[key], m = tvm_variant(onnx_path, work / f"{name}-{key}", db=db, seed_db=seed_db, **kw,
                                       log=lambda msg: print(f"  {msg}", flush=True) if args.verbose else None)
         info[key] = {"prepare_s": m["bench_prepare_s"], "schedules": m["stats"].get("schedules"),
                      "tuning": m["stats"].get("tuning"), "verify_max_abs_diff": m["verification"].get("max_abs_diff")}

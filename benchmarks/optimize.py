@@ -56,11 +56,14 @@ def engines_for(name, model, onnx_path, x, calib, work: Path, threads: int):
     sess = onnx_session(onnx_path, threads=threads)
     iname = sess.get_inputs()[0].name
     engines = {"onnxruntime": lambda a: sess.run(None, {iname: a})}
-    art = compile_artifact(CompileRequest(model=onnx_path, target="x86-host", out_dir=work / f"art-{name}"))
+    # tuning_db="none": zero-trial builds only; a user's database (records measured elsewhere, or
+    # for other kernels) must not leak into this comparison.
+    art = compile_artifact(CompileRequest(model=onnx_path, target="x86-host", out_dir=work / f"art-{name}",
+                                          tuning_db="none"))
     engines["tvm"] = tvm_adapter.load_host_library(art / "model.so")
     if model is None:  # QDQ int8: also the integer-kernel build
         art = compile_artifact(CompileRequest(model=onnx_path, target="x86-host", out_dir=work / f"art-{name}-intk",
-                                              integer_kernels=True))
+                                              integer_kernels=True, tuning_db="none"))
         engines["tvm_intk"] = tvm_adapter.load_host_library(art / "model.so")
     try:
         from edgecls.export.tflite import export_tflite, run_tflite
