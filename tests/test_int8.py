@@ -1,6 +1,8 @@
 """Integer compute for QDQ int8 models (edgecls.compile.tvm_int8): real ORT-quantized digits demo,
 the rewrite checked on the IR, then a real x86 build compared with ONNX Runtime's exact QDQ
-semantics (graph optimisations off) over the validation split.
+semantics (graph optimisations off) over the validation split. The widening multiply-accumulate
+kernels (tvm_int8_schedules) are checked bit for bit against the plain integer rule, on x86 and
+on rk3399 under qemu, and in the machine code they compile to.
 """
 
 from __future__ import annotations
@@ -9,9 +11,13 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import needs_aarch64
+from edgecls.artifact.execute import run_runner
 from edgecls.artifact.reference import onnx_session
 from edgecls.compile import tvm_adapter as ta
+from edgecls.compile import tvm_int8_schedules as tis
 from edgecls.compile.tvm_int8 import int8_summary, quantize_int8
+from edgecls.pipeline import CompileRequest, compile_artifact
 from edgecls.data import digits_dataset, split
 from edgecls.optimize.quantize import ptq_onnx
 from edgecls.targets import get_target
@@ -65,16 +71,22 @@ def test_rewrite_keeps_int8_weights_and_int32_products(qdq):
 
 @pytest.fixture(scope="module")
 def builds(qdq, tmp_path_factory):
-    """Both builds of the QDQ file through the real pipeline passes (NHWC, rule schedules)."""
+    """Builds of the QDQ file through the real pipeline passes (NHWC, rule schedules): True the
+    integer kernels, False the float QDQ graph, "plain" the integer kernels without the widening
+    intrinsics (the rule tvm_int8_schedules refines)."""
     tgt = get_target("x86-host")
     tt = ta.resolve_target(tgt.tvm)
     out = {}
-    for int8 in (True, False):
+    for key, int8 in ((True, True), (False, False), ("plain", True)):
         fused, records = ta.run_graph_passes(_import(qdq[0]), tt, "NHWC", int8=int8)
         assert (records[0].name == "QuantizeInt8") == int8
-        lib = tmp_path_factory.mktemp("lib") / f"int8-{int8}.so"
-        _, sched = ta.build(fused, tt, lib, tgt.compiler)
-        out[int8] = {"lib": lib, "sched": sched, "kernels": ta.kernel_stats(fused)}
+        lib = tmp_path_factory.mktemp("lib") / f"int8-{key}.so"
+        if key == "plain":
+            with tis.widening_disabled():
+                _, sched = ta.build(fused, tt, lib, tgt.compiler)
+        else:
+            _, sched = ta.build(fused, tt, lib, tgt.compiler)
+        out[key] = {"lib": lib, "sched": sched, "kernels": ta.kernel_stats(fused)}
     return out
 
 
@@ -104,3 +116,58 @@ def test_int8_kernels_fuse_schedule_and_shrink(builds):
     assert i8["sched"]["unscheduled"] <= f["sched"]["unscheduled"]
     # Weights stay int8 in the library: well under half the float build.
     assert i8["lib"].stat().st_size < 0.5 * f["lib"].stat().st_size
+
+
+# --------------------------------------------------------------------------- widening kernels
+
+# DigitsCNN's integer kernels: 4 regular conv2d, 1 depthwise and the classifier matmul. The
+# intrinsic takes 3: not the first conv (3 RGB input channels: odd, no pairs), not the depthwise
+# (no input-channel reduction), not the matmul (10 classes: vectors of 2, not 8 or 4).
+WIDENED = 3
+
+
+def test_widening_kernels_are_bit_exact_on_x86(builds, val):
+    x = val[0]
+    got = ta.run_host_library(builds[True]["lib"], x)
+    want = ta.run_host_library(builds["plain"]["lib"], x)
+    assert np.array_equal(got, want)  # integer accumulation: no tolerance
+    # Same kernels, same rule: the intrinsic only replaces the innermost step.
+    assert builds[True]["sched"] == builds["plain"]["sched"]
+
+
+def test_widening_kernels_compile_to_pmaddwd_on_int16_pairs(builds):
+    """vpmaddwd on 16 int16 lanes fed by byte-to-word widening of the interleaved weight rows
+    (vpunpcklbw + vpmovsxbw). LLVM also emits vpmaddwd for the plain rule, but on dwords
+    (vpmovsxbd: 8 MACs per instruction), so both marks are needed to tell them apart."""
+    widened = tis.widened_kernels(builds[True]["lib"], "avx2")
+    assert len(widened) == WIDENED, widened
+    assert not tis.widened_kernels(builds["plain"]["lib"], "avx2")
+
+
+def test_widening_isa_follows_the_target():
+    tvm = ta._import_tvm()
+    assert tis.widening_isa(4) == "neon"  # NEON targets (all aarch64 in targets/)
+    with tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}):
+        assert tis.widening_isa(8) == "neon"
+    with tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"}):  # SSE2 only: no vpmaddwd ymm
+        assert tis.widening_isa(8) is None
+    with tvm.target.Target({"kind": "llvm", "mcpu": "znver3"}):
+        assert tis.widening_isa(8) == "avx2"
+
+
+@needs_aarch64
+def test_rk3399_widening_build_matches_x86_under_qemu(qdq, builds, val, tmp_path):
+    """The rk3399 artifact (NEON smull/mul + sadalp), run by its own runner under qemu, gives the
+    x86 build's outputs exactly."""
+    art = compile_artifact(CompileRequest(model=qdq[0], target="rk3399", out_dir=tmp_path / "art",
+                                          integer_kernels=True, tflite="no"))
+    x = val[0][:3]
+    want = ta.run_host_library(builds[True]["lib"], x)
+    for i in range(len(x)):
+        np.save(tmp_path / "x.npy", x[i:i + 1])
+        run_runner(art, tmp_path / "x.npy", emulate=True, output_path=tmp_path / "y.npy")
+        assert np.array_equal(np.load(tmp_path / "y.npy"), want[i:i + 1])
+    # int8 activations: smull.8b; uint8: both widened, mul.8h. Then sadalp into int32.
+    act = "smull" if "int8" == str(qdq[0]).split(".")[-2] else "mul"
+    widened = tis.widened_kernels(art / "model.so", "neon", "aarch64-linux-gnu-objdump", extra=(act,))
+    assert len(widened) == WIDENED, widened

@@ -233,6 +233,8 @@ def quantize_int8(mod, stats: dict | None = None):
     from tvm import relax
     from tvm.relax.dpl import rewrite_call
 
+    from edgecls.compile.tvm_int8_schedules import register_intrinsics
+    register_intrinsics()  # before a tuning record of these kernels is replayed (tvm_int8_schedules)
     stats = {} if stats is None else stats
     for key in ("conv2d", "matmul", "float_out", "relu", "skipped"):
         stats.setdefault(key, 0)

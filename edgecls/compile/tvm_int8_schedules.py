@@ -1,0 +1,318 @@
+"""Widening int8 multiply-accumulate for the integer conv2d/matmul kernels of tvm_int8.
+
+tvm_schedules' reduction rule vectorizes an int8 x int8 -> int32 kernel like a float one: one
+input channel at a time, each operand extended to int32 lanes, so a multiply does one MAC per
+32-bit lane: 8 per instruction on AVX2 (LLVM picks vpmaddwd on dwords or vpmulld), 4 on NEON
+(smlal by lane). This module keeps that rule's loop nest (register tile, fused epilogue,
+parallel tiles, packed weights) and only re-blocks its innermost step: two consecutive input
+channels (k, k+1) x one vector of output channels become one widening multiply-accumulate, a
+TIR tensor intrinsic that does two MACs per 32-bit lane:
+
+* x86 (AVX2): vpmaddwd. The activation pair (x_k, x_k+1) is widened to int16 and broadcast to
+  every 32-bit lane (vpshufb of a broadcast load, two pairs per call), the two weight rows
+  w[k, o:o+8], w[k+1, o:o+8] are interleaved and sign-extended to int16 ([w_k,o0 w_k+1,o0
+  w_k,o1 ...]); vpmaddwd gives per lane x_k*w_k,o + x_k+1*w_k+1,o in int32: 16 MACs per
+  instruction, exact (|each sum| < 2^16).
+  Not vpmaddubsw: its u8 x s8 pair sums saturate at int16 (2*255*128 > 32767), so the result
+  would depend on the data.
+* aarch64 NEON (ARMv8.0, no dotprod: rk3399, rpi4), 4 output channels x 2: the interleaved rows
+  times the duplicated pair give 8 int16 products (exact: |x*w| <= 255*128 < 2^15), smull.8b for
+  int8 activations, mul.8h of the widened operands for uint8; sadalp adds each pair, widened,
+  into the int32 accumulators. 8 MACs per multiply where LLVM's code for the plain rule
+  (smlal by lane) does 4.
+
+The weights stay the int8 constants tvm_int8 made, in the rule's layout (HWIO, blocked by the
+tile's channels by tvm_prepack): the two rows are interleaved in registers, once per k-pair and
+vector, and reused by every row of the register tile. (A pair-interleaved constant would save
+those 2-3 shuffles; tvm_prepack's constant repacking only knows its own blocking so far.)
+
+Which kernels: regular conv2d (including 1x1) and dense whose innermost reduction is an input
+channel of even extent and whose output channels fill the vectors (8 on AVX2, 4 on NEON).
+Depthwise convs keep the plain rule: with no input-channel reduction, the pair would be two
+taps whose activations also change per channel, so both operands need interleaving in
+registers, as many shuffles as the plain code's multiplies save. So do odd channel counts (the
+RGB stem conv).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import subprocess
+
+from edgecls.compile import tvm_schedules as ts
+from edgecls.compile.tvm_adapter import _import_tvm
+
+ACT_DTYPES = ("int8", "uint8")
+_LANES = {"avx2": 8, "neon": 4}  # output channels per intrinsic call
+# Input channels per call, the widest dividing the kernel's count first. AVX2 takes 4 (2 pairs):
+# one 4-byte broadcast load per tile row and a vpshufb per pair, where a single pair costs a
+# 16-bit broadcast + widening (two shuffle uops per row and pair, on Zen 3's two shuffle pipes:
+# the bound of those loops). Measured on MobileNetV2's 1x1 convs, 2 threads: 14x14x96->576
+# 0.93 -> 0.69 ms, 7x7x320->1280 0.43 -> 0.34 ms. 8 (4 pairs) spilled the tile (4 masks + 4
+# weight vectors + 7 accumulators > 16 ymm) and measured no better. NEON's ld1r duplicates a
+# pair as it loads: one pair per call.
+_K = {"avx2": (4, 2), "neon": (2,)}
+_enabled = [True]
+
+
+@contextlib.contextmanager
+def widening_disabled():
+    """Schedule int8 kernels with the plain rule only (the reference the tests and
+    benchmarks/int8.py compare the intrinsics with)."""
+    _enabled[0] = False
+    try:
+        yield
+    finally:
+        _enabled[0] = True
+
+
+# --------------------------------------------------------------------------- tensor intrinsics
+
+
+def _pair_broadcast(A, act: str, lanes: int):
+    """The byte pair (x_k, x_k+1) repeated `lanes` times (one 16-bit broadcast: vpbroadcastw,
+    ld1r .4h), as a vector of 2 * lanes bytes."""
+    from tvm import tirx
+    pair = tirx.reinterpret("int16", A.vload([tirx.IntImm("int64", 0)], f"{act}x2"))
+    return tirx.reinterpret(f"{act}x{2 * lanes}", tirx.Broadcast(pair, lanes))
+
+
+def _pairs_widened_avx2(A, act: str, pairs: int):
+    """Per pair j, (x_2j, x_2j+1) widened to int16 and repeated 8 times (int16x16), from one
+    broadcast load of the 2 * pairs bytes and one vpshufb per pair that moves the pair's bytes
+    into 16-bit lanes: zero-extended for uint8 (-128 in the mask writes a zero byte); for int8
+    into the high bytes, then an arithmetic shift by 8 sign-extends. (Written as plain shuffles,
+    LLVM turns this back into a 16-bit broadcast load + widening per pair: two shuffle uops.)"""
+    from tvm import tirx
+    raw = tirx.reinterpret(f"int{16 * pairs}", A.vload([tirx.IntImm("int64", 0)], f"{act}x{2 * pairs}"))
+    src = tirx.reinterpret("int8x32", tirx.Broadcast(raw, 16 // pairs))
+    out = []
+    for j in range(pairs):
+        word = [2 * j, -128, 2 * j + 1, -128] if act == "uint8" else [-128, 2 * j, -128, 2 * j + 1]
+        mask = tirx.Shuffle([tirx.IntImm("int8", b) for b in word * 8], list(range(32)))
+        picked = tirx.reinterpret("int16x16",
+                                  tirx.call_llvm_pure_intrin("int8x32", "llvm.x86.avx2.pshuf.b", src, mask))
+        out.append(picked if act == "uint8" else picked >> tirx.Broadcast(tirx.IntImm("int16", 8), 16))
+    return out
+
+
+def _rows_interleaved(B, lanes: int, j: int = 0):
+    """[w_2j,o0 w_2j+1,o0 w_2j,o1 ...]: weight rows 2j and 2j+1 zipped, as 2 * lanes int8."""
+    from tvm import tirx
+    rows = [B.vload([tirx.IntImm("int64", r), tirx.IntImm("int64", 0)], f"int8x{lanes}")
+            for r in (2 * j, 2 * j + 1)]
+    return tirx.Shuffle(rows, [c for i in range(lanes) for c in (i, i + lanes)])
+
+
+def _avx2_mac(A, B, act: str, pairs: int):
+    # Per pair, vpmaddwd of the widened pair and the widened interleaved rows:
+    # x_k*w_k,o + x_k+1*w_k+1,o per int32 lane, exact (|each sum| < 2^16).
+    from tvm import tirx
+    xs = [tirx.Cast("int16x16", _pair_broadcast(A, act, 8))] if pairs == 1 else _pairs_widened_avx2(A, act, pairs)
+    out = None
+    for j, x in enumerate(xs):
+        mac = tirx.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", x,
+                                         tirx.Cast("int16x16", _rows_interleaved(B, 8, j)))
+        out = mac if out is None else out + mac
+    return out
+
+
+def _neon_mac(A, B, act: str, pairs: int):
+    # 8 int16 products of the duplicated pair and the interleaved rows, exact (|x*w| <= 255*128
+    # < 2^15): int8 by smull.8b (widens and multiplies in one); uint8 (255 is no int8) widened to
+    # int16 first and multiplied in int16 (mul.8h). saddlp + the add (LLVM: sadalp) sums each
+    # pair, widened, into its channel's int32. 8 MACs per multiply where the plain rule's smlal
+    # by lane does 4. One pair per call: ld1r loads the pair already duplicated.
+    from tvm import tirx
+    x, w = _pair_broadcast(A, act, 4), _rows_interleaved(B, 4)
+    if act == "int8":
+        prod = tirx.call_llvm_pure_intrin("int16x8", "llvm.aarch64.neon.smull.v8i16", x, w)
+    else:
+        prod = tirx.Cast("int16x8", x) * tirx.Cast("int16x8", w)
+    return tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16", prod)
+
+
+def _prim_func(lanes: int, act: str, k: int, mac=None):
+    """The intrinsic's description (mac None) or implementation, over the same buffers: A k
+    contiguous activations, B k rows of the weight (any row stride: HWIO, or blocked by
+    tvm_prepack), C the tile accumulator in tvm_schedules.ACC_SCOPE, as the rule leaves it.
+
+    Description: C[i] += A[r] * B[r, i], i < lanes (the vectorized output channels, so the loop
+    is vectorized, as the rule leaves it, or the pattern does not match), r < k.
+    Implementation: C[0:lanes] += mac(A, B), one expression (named temporaries would each become
+    a buffer in TVMScript)."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def func(a: T.handle, b: T.handle, c: T.handle) -> None:
+        s0 = T.int64()
+        A = T.match_buffer(a, (T.int64(k),), act, offset_factor=1)
+        B = T.match_buffer(b, (T.int64(k), T.int64(lanes)), "int8", offset_factor=1, strides=[s0, T.int64(1)])
+        C = T.match_buffer(c, (T.int64(lanes),), "int32", offset_factor=1, scope=ts.ACC_SCOPE)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:k], B[0:k, 0:lanes])
+            T.writes(C[0:lanes])
+            if mac is None:
+                for i in T.vectorized(T.int64(lanes)):
+                    for r in T.serial(T.int64(k)):
+                        with T.sblock("update"):
+                            vi, vr = T.axis.remap("SR", [i, r])
+                            C[vi] = C[vi] + T.Cast("int32", A[vr]) * T.Cast("int32", B[vr, vi])
+            else:
+                C[T.ramp(T.int64(0), 1, lanes)] = C[T.ramp(T.int64(0), 1, lanes)] + mac(A, B, act, k // 2)
+
+    return func
+
+
+@functools.cache
+def intrin_name(isa: str, act: str, k: int = 2) -> str:
+    """Register (once) and name the widening intrinsic for an ISA, activation dtype and number
+    of input channels per call (k: 2, or 4 on AVX2)."""
+    _import_tvm()
+    from tvm.s_tir import TensorIntrin
+
+    name = f"edgecls_{isa}_widening_mac_{act}_k{k}"
+    lanes, mac = _LANES[isa], (_avx2_mac if isa == "avx2" else _neon_mac)
+    TensorIntrin.register(name, _prim_func(lanes, act, k), _prim_func(lanes, act, k, mac), override=True)
+    return name
+
+
+def register_intrinsics() -> None:
+    """Register every intrinsic of this module. A schedule trace that tensorizes with one (a
+    zero-trial record of the tuning database) can only be replayed once it is registered: the
+    integer rewrite calls this, so any integer-kernel compile can replay such records."""
+    for isa, ks in _K.items():
+        for act in ACT_DTYPES:
+            for k in ks:
+                intrin_name(isa, act, k)
+
+
+# --------------------------------------------------------------------------- target
+
+
+def widening_isa(lanes: int) -> str | None:
+    """Which intrinsic the target of a schedule can run: "avx2", "neon" or None.
+
+    rule_schedule only knows the target's fp32 SIMD width (tvm_schedules.simd_lanes), so a
+    target context, when one is active, decides; otherwise lanes == 4 means NEON (every NEON
+    target of edgecls is aarch64, targets/*.toml) and 8/16 means the x86 host target, which
+    edgecls always resolves to this machine's CPU: its AVX2 is asked of LLVM.
+    """
+    tvm = _import_tvm()
+    from tvm.target import codegen
+
+    target = tvm.target.Target.current(allow_none=True)
+    if target is not None and target.kind.name == "llvm":
+        triple = str(target.attrs.get("mtriple", ""))
+        if triple.startswith("aarch64"):
+            return "neon"
+        if triple and not triple.startswith("x86"):
+            return None
+        return "avx2" if codegen.target_has_features("avx2", target) else None
+    if lanes == 4:
+        return "neon"
+    host = tvm.target.Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())})
+    return "avx2" if lanes >= 8 and codegen.target_has_features("avx2", host) else None
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def _int8_operands(stmt):
+    """(activation region, weight region) of an int8 x int8 -> int32 reduction, or raise."""
+    out = ts._buffer(stmt.writes[0])
+    if str(out.dtype) != "int32":
+        raise ts.NotRecognised("not an int32 accumulation")
+    reads = [r for r in stmt.reads if not ts._buffer(r).same_as(out)]
+    if len(reads) != 2 or {str(ts._buffer(r).dtype) for r in reads} - set(ACT_DTYPES):
+        raise ts.NotRecognised("not an int8/uint8 x int8 product")
+    return reads
+
+
+def _pair_loop(sch, block):
+    """(index in the block's loops, activation dtype) of the innermost reduction iterator k, when
+    it indexes the activation's innermost dimension and the weight's second-innermost one
+    (NHWC x HWIO, or [.., K] x [K, N])."""
+    tvm = _import_tvm()
+    stmt = sch.get(block)
+    vec_var = stmt.writes[0].region[-1].min
+    # The weight: the read whose innermost index follows the vector axis (HWIO's O, or O % B once
+    # tvm_prepack has blocked it by the tile's channels).
+    weight = next((r for r in _int8_operands(stmt) if ts._uses(r.region[-1].min, vec_var)), None)
+    act = next((r for r in _int8_operands(stmt) if r is not weight), None)
+    if weight is None or act is None or len(weight.region) < 2 or str(ts._buffer(weight).dtype) != "int8":
+        raise ts.NotRecognised("no int8 weight along the vector axis")
+    k = act.region[-1].min
+    if not weight.region[-2].min.same_as(k):
+        raise ts.NotRecognised("activation and weight do not share the innermost reduction")
+    loops = sch.get_loops(block)
+    realize = sch.get(loops[-1]).body
+    for iv, value in zip(realize.block.iter_vars, realize.iter_values):
+        if iv.var.same_as(k) and iv.iter_type == tvm.tirx.IterVar.CommReduce:
+            for i, lp in enumerate(loops):
+                if sch.get(lp).loop_var.same_as(value):
+                    return i, str(ts._buffer(act).dtype)
+    raise ts.NotRecognised("the pair iterator is not a plain loop")
+
+
+def schedule_widening(sch, block, lanes: int) -> str:
+    """tvm_schedules' reduction rule with the widening intrinsic as its innermost step.
+
+    Raises NotRecognised for anything that is not an int8/uint8 x int8 -> int32 reduction or
+    runs on a target without an intrinsic here (rule_schedule then tries the plain rule);
+    depthwise kernels get the plain rule from here.
+    """
+    _int8_operands(sch.get(block))
+    isa = widening_isa(lanes) if _enabled[0] else None
+    if isa is None:
+        raise ts.NotRecognised("no widening int8 intrinsic for this target")
+    name = ts._name(sch, block)
+    kind = ts._schedule_reduction(sch, block, _LANES[isa])
+    if kind not in ("conv2d", "dense"):
+        return kind
+    update = sch.get_sblock(name + "_update")
+    loops = sch.get_loops(update)
+    at, act = _pair_loop(sch, update)
+    k = next((k for k in _K[isa] if ts._extent(sch, loops[at]) % k == 0), None)
+    if k is None or ts._extent(sch, loops[-1]) != _LANES[isa]:
+        raise ts.NotRecognised("odd input channels or a vector narrower than the intrinsic")
+    # [.., ci, rows (unrolled), vectors (unrolled), lanes] -> [.., ci/k, rows, vectors, lanes, k]
+    k_o, k_i = sch.split(loops[at], [None, k])
+    sch.reorder(k_o, *loops[at + 1:], k_i)
+    sch.tensorize(sch.get_loops(update)[-2], intrin_name(isa, act, k))
+    return kind
+
+
+# --------------------------------------------------------------------------- machine code
+
+# What a widened kernel's machine code has and the plain rule's has not. LLVM lowers the plain
+# int32 multiply of extended bytes to vpmaddwd too (on dwords: vpmovsxbd/vpmovzxbd, 8 MACs), so
+# on x86 the mark is the int16 pairs: byte-to-word widening of the interleaved weight rows.
+ASM_MARKS = {"avx2": ("vpmaddwd", "vpmovsxbw", "vpunpcklbw"), "neon": ("sadalp",)}
+
+
+def kernel_mnemonics(lib, objdump: str = "objdump") -> dict[str, set[str]]:
+    """Instruction mnemonics of every function of a shared library, from its disassembly."""
+    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True,
+                          check=True).stdout
+    funcs: dict[str, set[str]] = {}
+    ops: set[str] = set()
+    for line in text.splitlines():
+        head = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if head:
+            ops = funcs.setdefault(head.group(1), set())
+            continue
+        fields = line.split("\t")
+        if len(fields) > 1 and fields[0].strip().endswith(":") and fields[1].split():
+            ops.add(fields[1].split()[0])
+    return funcs
+
+
+def widened_kernels(lib, isa: str, objdump: str = "objdump", extra: tuple[str, ...] = ()) -> list[str]:
+    """conv2d/matmul kernels of a built model.so whose code carries the widening marks of `isa`
+    (plus `extra` mnemonics): the proof that the tensorization did not fall back."""
+    need = set(ASM_MARKS[isa]) | set(extra)
+    return sorted(f for f, ops in kernel_mnemonics(lib, objdump).items()
+                  if ("conv2d" in f or "matmul" in f) and f.endswith("_compute_") and need <= ops)
