@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engines import litert_engine  # noqa: E402
 from edgecls.artifact.reference import onnx_session  # noqa: E402
 from edgecls.compile import tvm_adapter  # noqa: E402
 from edgecls.models import MobileNetV2, ResNet18  # noqa: E402
@@ -65,23 +67,13 @@ def timed(fn, x, n):
     return out
 
 
-def litert_engine(model, x, work: Path, threads: int):
+def litert_fp32(model, x, work: Path, threads: int):
+    """LiteRT (XNNPACK, its default CPU delegate) on the fp32 .tflite litert-torch makes of model."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
-
         from edgecls.export.tflite import export_tflite
+        return litert_engine(export_tflite(model, x, work / "model.tflite").path, threads)
     except ImportError:
         return None
-    path = export_tflite(model, x, work / "model.tflite").path
-    interp = Interpreter(model_path=str(path), num_threads=threads)  # XNNPACK is LiteRT's default CPU delegate
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
-
-    def run(a):
-        interp.set_tensor(inp, a)
-        interp.invoke()
-        return interp.get_tensor(out)
-    return run
 
 
 def tvm_variant(onnx_path: Path, out: Path, *, schedules=True, trials=0, db: Path | None = None,
@@ -120,7 +112,7 @@ def bench_net(name, args, work: Path) -> dict:
     sess = onnx_session(onnx_path, threads=args.threads)
     in_name = sess.get_inputs()[0].name
     engines = {"onnxruntime": lambda a: sess.run(None, {in_name: a}), "torch": lambda a: model(torch.from_numpy(a))}
-    lite = litert_engine(model, x, work, args.threads)
+    lite = litert_fp32(model, x, work, args.threads)
     if lite:
         engines["litert"] = lite
     info = {}

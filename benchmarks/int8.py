@@ -37,6 +37,8 @@ import onnx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engines import litert_engine, ort_engine  # noqa: E402
 from edgecls.artifact.reference import onnx_session  # noqa: E402
 from edgecls.compile import tvm_adapter as ta  # noqa: E402
 from edgecls.compile import tvm_int8_schedules as tis  # noqa: E402
@@ -76,42 +78,6 @@ def tvm_engine(onnx_path: Path, shape, out: Path, int8: bool, widening: bool = T
     if int8:
         info["widened_kernels"] = len(tis.widened_kernels(out, "avx2"))
     return info, ta.load_host_library(out)
-
-
-def litert_engine(path: Path, threads: int):
-    """A kept interpreter (XNNPACK, `threads`); an int8 model's input is quantized once, outside
-    the timed call, and its output dequantized."""
-    from ai_edge_litert.interpreter import Interpreter
-    interp = Interpreter(model_path=str(path), num_threads=threads)
-    interp.allocate_tensors()
-    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
-    cache: dict = {}
-
-    def run(x: np.ndarray) -> np.ndarray:
-        key = id(x)
-        if key not in cache:
-            xi = x
-            if np.issubdtype(inp["dtype"], np.integer):
-                s, z = inp["quantization"]
-                info = np.iinfo(inp["dtype"])
-                xi = np.clip(np.round(x / s + z), info.min, info.max)
-            cache.clear()
-            cache[key] = np.ascontiguousarray(xi.astype(inp["dtype"]))
-        interp.set_tensor(inp["index"], cache[key])
-        interp.invoke()
-        o = interp.get_tensor(outp["index"])
-        if np.issubdtype(o.dtype, np.integer):
-            s, z = outp["quantization"]
-            o = (o.astype(np.float32) - z) * s
-        return o
-
-    return run
-
-
-def ort_engine(path: Path, threads: int):
-    sess = onnx_session(path, threads=threads)
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})[0]
 
 
 def engines_for(name: str, work: Path, size: int, threads: int, seed: int):
