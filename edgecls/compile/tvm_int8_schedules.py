@@ -41,6 +41,7 @@ import functools
 import re
 import subprocess
 
+from edgecls.compile import tir_helpers as th
 from edgecls.compile import tvm_schedules as ts
 from edgecls.compile.tvm_adapter import _import_tvm
 
@@ -222,11 +223,11 @@ def widening_isa(lanes: int) -> str | None:
 
 def _int8_operands(stmt):
     """(activation region, weight region) of an int8 x int8 -> int32 reduction, or raise."""
-    out = ts._buffer(stmt.writes[0])
+    out = th.buffer(stmt.writes[0])
     if str(out.dtype) != "int32":
         raise ts.NotRecognised("not an int32 accumulation")
-    reads = [r for r in stmt.reads if not ts._buffer(r).same_as(out)]
-    if len(reads) != 2 or {str(ts._buffer(r).dtype) for r in reads} - set(ACT_DTYPES):
+    reads = [r for r in stmt.reads if not th.buffer(r).same_as(out)]
+    if len(reads) != 2 or {str(th.buffer(r).dtype) for r in reads} - set(ACT_DTYPES):
         raise ts.NotRecognised("not an int8/uint8 x int8 product")
     return reads
 
@@ -240,9 +241,9 @@ def _pair_loop(sch, block):
     vec_var = stmt.writes[0].region[-1].min
     # The weight: the read whose innermost index follows the vector axis (HWIO's O, or O % B once
     # tvm_prepack has blocked it by the tile's channels).
-    weight = next((r for r in _int8_operands(stmt) if ts._uses(r.region[-1].min, vec_var)), None)
+    weight = next((r for r in _int8_operands(stmt) if th.uses(r.region[-1].min, vec_var)), None)
     act = next((r for r in _int8_operands(stmt) if r is not weight), None)
-    if weight is None or act is None or len(weight.region) < 2 or str(ts._buffer(weight).dtype) != "int8":
+    if weight is None or act is None or len(weight.region) < 2 or str(th.buffer(weight).dtype) != "int8":
         raise ts.NotRecognised("no int8 weight along the vector axis")
     k = act.region[-1].min
     if not weight.region[-2].min.same_as(k):
@@ -253,7 +254,7 @@ def _pair_loop(sch, block):
         if iv.var.same_as(k) and iv.iter_type == tvm.tirx.IterVar.CommReduce:
             for i, lp in enumerate(loops):
                 if sch.get(lp).loop_var.same_as(value):
-                    return i, str(ts._buffer(act).dtype)
+                    return i, str(th.buffer(act).dtype)
     raise ts.NotRecognised("the pair iterator is not a plain loop")
 
 
@@ -268,15 +269,15 @@ def schedule_widening(sch, block, lanes: int) -> str:
     isa = widening_isa(lanes) if _enabled[0] else None
     if isa is None:
         raise ts.NotRecognised("no widening int8 intrinsic for this target")
-    name = ts._name(sch, block)
-    kind = ts._schedule_reduction(sch, block, _LANES[isa])
+    name = th.name(sch, block)
+    kind = ts.schedule_reduction(sch, block, _LANES[isa])
     if kind not in ("conv2d", "dense"):
         return kind
     update = sch.get_sblock(name + "_update")
     loops = sch.get_loops(update)
     at, act = _pair_loop(sch, update)
-    k = next((k for k in _K[isa] if ts._extent(sch, loops[at]) % k == 0), None)
-    if k is None or ts._extent(sch, loops[-1]) != _LANES[isa]:
+    k = next((k for k in _K[isa] if th.extent(sch, loops[at]) % k == 0), None)
+    if k is None or th.extent(sch, loops[-1]) != _LANES[isa]:
         raise ts.NotRecognised("odd input channels or a vector narrower than the intrinsic")
     # [.., ci, rows (unrolled), vectors (unrolled), lanes] -> [.., ci/k, rows, vectors, lanes, k]
     k_o, k_i = sch.split(loops[at], [None, k])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 
+from edgecls.compile import tir_helpers as th
 from edgecls.compile.tvm_adapter import _import_tvm
 from edgecls.compile.tvm_prepack import pack_last_axis
 
@@ -74,64 +75,6 @@ def simd_lanes(tvm_target: dict) -> int:
     return 8
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _root(sch):
-    return sch.get_sblock(sch.mod["main"].body.block.name_hint)
-
-
-def _name(sch, block) -> str:
-    return sch.get(block).name_hint
-
-
-def _is_reduction(sch, block) -> bool:
-    tvm = _import_tvm()
-    return any(iv.iter_type == tvm.tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
-
-
-def _uses(expr, var) -> bool:
-    tvm = _import_tvm()
-    return any(v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(expr))
-
-
-def _buffer(region):
-    # 0.27 made block read/write regions tvm.ir.TensorRegion (buffer under .source).
-    return region.source if hasattr(region, "source") else region.buffer
-
-
-def _extent(sch, loop) -> int:
-    return int(sch.get(loop).extent)
-
-
-def _pow2_lanes(extent: int, lanes: int) -> int:
-    """Largest power of two <= lanes dividing extent: a split that never needs a tail."""
-    while lanes > 1 and extent % lanes:
-        lanes //= 2
-    return lanes
-
-
-def _inline_all_but_outputs(sch, keep: set[str]) -> None:
-    """compute_inline every block that does not write a function output (padding, the
-    intermediate steps of an epilogue chain). A block that cannot be inlined stays."""
-    outputs = {_name(sch, b) for b in sch.get_output_blocks(_root(sch))}
-    for block in list(sch.get_child_blocks(_root(sch))):
-        name = _name(sch, block)
-        if name in keep or name in outputs:
-            continue
-        try:
-            sch.compute_inline(block)
-        except Exception:  # noqa: BLE001, S110  (ScheduleError: the caller checks what is left)
-            pass
-
-
-def _work(sch, block) -> int:
-    n = 1
-    for loop in sch.get_loops(block):
-        n *= _extent(sch, loop)
-    return n
-
-
 # --------------------------------------------------------------------------- reduction rule
 
 
@@ -145,16 +88,16 @@ def _analyse(sch, block):
     if len(loops) != len(iters) or len(stmt.writes) != 1:
         raise NotRecognised("loop nest is not one loop per block iterator")
     for loop, iv in zip(loops, iters):
-        if _extent(sch, loop) != int(iv.dom.extent):
+        if th.extent(sch, loop) != int(iv.dom.extent):
             raise NotRecognised("loop extents differ from iterator domains")
     spatial = [i for i, iv in enumerate(iters) if iv.iter_type == tvm.tirx.IterVar.DataPar]
     out_idx = [r.min for r in stmt.writes[0].region]
     vec = next((i for i in spatial if iters[i].var.same_as(out_idx[-1])), None)
     if vec is None:
         raise NotRecognised("the output's innermost index is not a plain spatial iterator")
-    out_buf = _buffer(stmt.writes[0])
-    reads = [r for r in stmt.reads if not _buffer(r).same_as(out_buf)]
-    operand = next((r for r in reads if r.region and _uses(r.region[-1].min, iters[vec].var)
+    out_buf = th.buffer(stmt.writes[0])
+    reads = [r for r in stmt.reads if not th.buffer(r).same_as(out_buf)]
+    operand = next((r for r in reads if r.region and th.uses(r.region[-1].min, iters[vec].var)
                     and r.region[-1].min.same_as(iters[vec].var)), None)
     if operand is None:
         # e.g. NCHW/OIHW: no operand is contiguous along the output's innermost axis, so vector
@@ -166,11 +109,11 @@ def _analyse(sch, block):
         # A spatial axis the vector operand does not depend on: each loaded vector is reused
         # for every position of that axis. Prefer the output's second-innermost (conv width).
         free = [i for i in spatial if i != vec and int(iters[i].dom.extent) > 1
-                and not any(_uses(r.min, iters[i].var) for r in operand.region)]
+                and not any(th.uses(r.min, iters[i].var) for r in operand.region)]
         second = [i for i in free if len(out_idx) > 1 and iters[i].var.same_as(out_idx[-2])]
         reg = (second or free or [None])[0]
-    reads_with_vec = sum(1 for r in reads if any(_uses(x.min, iters[vec].var) for x in r.region))
-    return loops, iters, spatial, vec, reg, len(out_idx), reads_with_vec, len(reads), _buffer(operand)
+    reads_with_vec = sum(1 for r in reads if any(th.uses(x.min, iters[vec].var) for x in r.region))
+    return loops, iters, spatial, vec, reg, len(out_idx), reads_with_vec, len(reads), th.buffer(operand)
 
 
 def _classify(name: str, ndim: int, reads_with_vec: int, n_reads: int) -> str:
@@ -187,12 +130,12 @@ def _is_padding(sch, block) -> bool:
     stmt = sch.get(block)
     if len(stmt.writes) != 1 or len(stmt.reads) != 1:
         return False
-    out, src = _buffer(stmt.writes[0]), _buffer(stmt.reads[0])
+    out, src = th.buffer(stmt.writes[0]), th.buffer(stmt.reads[0])
     return [int(d) for d in out.shape] != [int(d) for d in src.shape]
 
 
-def _schedule_reduction(sch, block, lanes: int) -> str:
-    main = _name(sch, block)
+def schedule_reduction(sch, block, lanes: int) -> str:
+    main = th.name(sch, block)
     loops, iters, spatial, vec, reg, ndim, rwv, nreads, operand = _analyse(sch, block)
     kind = _classify(main, ndim, rwv, nreads)
     # Padding inlined into the conv puts a bounds check on every load of the inner loop (and
@@ -202,11 +145,11 @@ def _schedule_reduction(sch, block, lanes: int) -> str:
     # A first conv over RGB (3 input channels) is the exception: its 27 taps per output are too
     # few to pay for a separate pass over the image (measured 1.07 -> 0.65 ms inlined, 224x224).
     if kind not in INLINE_PAD_KINDS and int(operand.shape[-2]) > INLINE_PAD_MAX_CIN:
-        keep |= {_name(sch, p) for p in sch.get_producers(block) if _is_padding(sch, p)}
-    _inline_all_but_outputs(sch, keep=keep)
-    root = _root(sch)
+        keep |= {th.name(sch, p) for p in sch.get_producers(block) if _is_padding(sch, p)}
+    th.inline_all_but_outputs(sch, keep=keep)
+    root = th.root(sch)
     children = sch.get_child_blocks(root)
-    names = [_name(sch, b) for b in children]
+    names = [th.name(sch, b) for b in children]
     producers, others = names[:names.index(main)], children[names.index(main) + 1:]
     block = sch.get_sblock(main)
     if len(others) > 1:
@@ -224,7 +167,7 @@ def _schedule_reduction(sch, block, lanes: int) -> str:
         epilogue = sch.cache_write(block, 0, ACC_SCOPE)
 
     vext = int(iters[vec].dom.extent)
-    vl = _pow2_lanes(vext, lanes)
+    vl = th.pow2_lanes(vext, lanes)
     rext = int(iters[reg].dom.extent) if reg is not None else 1
     # Register tile rb x nv vectors: the most accumulators within budget, with no tail (rb
     # divides the register axis, nv*vl the vector axis); ties go to more vectors per row.
@@ -262,7 +205,7 @@ def _schedule_reduction(sch, block, lanes: int) -> str:
     # input and the HWIO weight sequentially. Inside: rb rows x nv vectors, all registers.
     sch.reorder(*outer, *reduce_loops, *inner)
     tile = sch.fuse(*outer)
-    if _work(sch, block) >= PARALLEL_MIN_WORK and _extent(sch, tile) > 1:
+    if th.work(sch, block) >= PARALLEL_MIN_WORK and th.extent(sch, tile) > 1:
         sch.parallel(tile)
     for loop in inner[:-1]:
         sch.unroll(loop)
@@ -291,7 +234,7 @@ def _vectorize_tail(sch, block, skip: int, lanes: int) -> None:
     if not loops:
         return
     last = loops[-1]
-    ext = _extent(sch, last)
+    ext = th.extent(sch, last)
     if lanes > 1 and ext % lanes == 0:
         if ext > lanes:
             o, last = sch.split(last, [None, lanes])
@@ -302,7 +245,7 @@ def _vectorize_tail(sch, block, skip: int, lanes: int) -> None:
     else:
         loops = loops[:-1]
     for loop in loops:
-        if _extent(sch, loop) <= 16:
+        if th.extent(sch, loop) <= 16:
             sch.unroll(loop)
 
 
@@ -314,9 +257,9 @@ def _schedule_injective_block(sch, block, lanes: int) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
-    work = _work(sch, block)
+    work = th.work(sch, block)
     last = loops[-1]
-    vl = _pow2_lanes(_extent(sch, last), lanes)
+    vl = th.pow2_lanes(th.extent(sch, last), lanes)
     outer = list(loops[:-1])
     if vl > 1:
         o, i = sch.split(last, [None, vl])
@@ -325,14 +268,14 @@ def _schedule_injective_block(sch, block, lanes: int) -> None:
     else:
         outer.append(last)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    if work >= PARALLEL_MIN_WORK and _extent(sch, fused) > 1:
+    if work >= PARALLEL_MIN_WORK and th.extent(sch, fused) > 1:
         sch.parallel(fused)
 
 
 def _schedule_injective(sch, lanes: int) -> str:
     """No reduction (elementwise, transpose, reshape, standalone pad): inline, then each block."""
-    _inline_all_but_outputs(sch, keep=set())
-    for block in sch.get_child_blocks(_root(sch)):
+    th.inline_all_but_outputs(sch, keep=set())
+    for block in sch.get_child_blocks(th.root(sch)):
         _schedule_injective_block(sch, block, lanes)
     return "generic"
 
@@ -341,10 +284,10 @@ def _schedule_reductions_parallel(sch) -> str:
     """Other reductions (several per function, a scalar result): parallel over each block's
     leading spatial loops. Raises NotRecognised when that changes nothing."""
     tvm = _import_tvm()
-    _inline_all_but_outputs(sch, keep={_name(sch, b) for b in sch.get_child_blocks(_root(sch))
-                                       if _is_reduction(sch, b)})
+    th.inline_all_but_outputs(sch, keep={th.name(sch, b) for b in sch.get_child_blocks(th.root(sch))
+                                       if th.is_reduction(sch, b)})
     changed = False
-    for block in sch.get_child_blocks(_root(sch)):
+    for block in sch.get_child_blocks(th.root(sch)):
         loops = sch.get_loops(block)
         iters = sch.get(block).iter_vars
         if len(loops) != len(iters):
@@ -354,9 +297,9 @@ def _schedule_reductions_parallel(sch) -> str:
             if iv.iter_type != tvm.tirx.IterVar.DataPar:
                 break
             lead.append(loop)
-        if lead and _work(sch, block) >= PARALLEL_MIN_WORK:
+        if lead and th.work(sch, block) >= PARALLEL_MIN_WORK:
             fused = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-            if _extent(sch, fused) > 1:
+            if th.extent(sch, fused) > 1:
                 sch.parallel(fused)
                 changed = True
     if not changed:
@@ -373,12 +316,12 @@ def rule_schedule(func, lanes: int):
     The trace is what tvm_tuning stores as the zero-trial record of a kernel."""
     from tvm import s_tir
     probe = s_tir.Schedule(func)
-    reductions = [_name(probe, b) for b in probe.get_child_blocks(_root(probe)) if _is_reduction(probe, b)]
+    reductions = [th.name(probe, b) for b in probe.get_child_blocks(th.root(probe)) if th.is_reduction(probe, b)]
     attempts = []
     if len(reductions) == 1:
         from edgecls.compile.tvm_int8_schedules import schedule_widening  # int8 x int8 -> int32 only
         attempts.append(lambda s: schedule_widening(s, s.get_sblock(reductions[0]), lanes))
-        attempts.append(lambda s: _schedule_reduction(s, s.get_sblock(reductions[0]), lanes))
+        attempts.append(lambda s: schedule_reduction(s, s.get_sblock(reductions[0]), lanes))
     if reductions:
         attempts.append(_schedule_reductions_parallel)
     else:
