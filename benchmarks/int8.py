@@ -10,15 +10,18 @@ all alike):
   litert_fp32 / litert_int8  LiteRT (XNNPACK), converted from the torch module; int8 = full int8
                              from litert-torch's PT2E quantizer (edgecls.export.tflite)
 
-No MetaSchedule-tuned variant: tuning the ~30 int8 kernels of one net takes hours here, and the
-widening intrinsic is in the zero-trial rule, not in MetaSchedule's search space.
+  tvm_int8_tuned  with --trials N: `edgecls tune --integer-kernels` (MetaSchedule, N trials) into
+                  a fresh database, then the same build with its records. The zero-trial widening
+                  schedule is each kernel's baseline record; MetaSchedule's own candidates cannot
+                  use the intrinsic (not in its search space), so a tuned kernel only replaces it
+                  where a plain schedule measured faster.
 
 Random weights with non-trivial BN, calibrated on random images: latency does not depend on the
 values. Prints ratios against LiteRT int8 (the issue's goal: TVM int8 <= 0.8x) and ORT fp32.
 Not a test: run it on a quiet machine (it reports the load average it saw).
 
     .venv/bin/python benchmarks/int8.py [--size 224] [--rounds 5] [--iters 10] [--threads 2]
-        [--nets mobilenet_v2,resnet18] [--out benchmarks/results/int8.json]
+        [--nets mobilenet_v2,resnet18] [--trials 0] [--out benchmarks/results/int8.json]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from engines import litert_engine, ort_engine  # noqa: E402
 from edgecls.artifact.reference import onnx_session  # noqa: E402
 from edgecls.compile import tvm_adapter as ta  # noqa: E402
 from edgecls.compile import tvm_int8_schedules as tis  # noqa: E402
+from edgecls.compile.tune import TuneRequest, tune_model  # noqa: E402
 from edgecls.export.tflite import export_tflite  # noqa: E402
 from edgecls.models import MobileNetV2, ResNet18  # noqa: E402
 from edgecls.optimize.quantize import ptq_onnx  # noqa: E402
@@ -62,15 +66,16 @@ def randomized(net: torch.nn.Module, seed: int) -> torch.nn.Module:
     return net.eval()
 
 
-def tvm_engine(onnx_path: Path, shape, out: Path, int8: bool, widening: bool = True):
-    """(info, callable) of an x86-host build through the pipeline's passes (NHWC, rule schedules)."""
+def tvm_engine(onnx_path: Path, shape, out: Path, int8: bool, widening: bool = True, tuning_db=None):
+    """(info, callable) of an x86-host build through the pipeline's passes (NHWC, rule schedules,
+    a tuning database's records first when given)."""
     tgt = get_target("x86-host")
     tt = ta.resolve_target(tgt.tvm)
     model = onnx.load(str(onnx_path))
     t0 = time.perf_counter()
     fused, _ = ta.run_graph_passes(ta.import_onnx(model, model.graph.input[0].name, shape), tt, "NHWC", int8=int8)
     if widening:
-        _, sched = ta.build(fused, tt, out, tgt.compiler)
+        _, sched = ta.build(fused, tt, out, tgt.compiler, tuning_db=tuning_db)
     else:
         with tis.widening_disabled():
             _, sched = ta.build(fused, tt, out, tgt.compiler)
@@ -80,7 +85,7 @@ def tvm_engine(onnx_path: Path, shape, out: Path, int8: bool, widening: bool = T
     return info, ta.load_host_library(out)
 
 
-def engines_for(name: str, work: Path, size: int, threads: int, seed: int):
+def engines_for(name: str, work: Path, size: int, threads: int, seed: int, trials: int = 0):
     torch.manual_seed(seed)
     net = randomized(NETS[name](num_classes=1000), seed + 1)
     shape = (1, 3, size, size)
@@ -96,6 +101,17 @@ def engines_for(name: str, work: Path, size: int, threads: int, seed: int):
                                          ("tvm_int8_plain", qdq, True, False)):
         info[engine], runs[engine] = tvm_engine(path, shape, work / f"{name}.{engine}.so", int8, widening)
         print(name, engine, info[engine], flush=True)
+    if trials:
+        db = work / f"db-{name}"
+        t0 = time.perf_counter()
+        tuned = tune_model(TuneRequest(model=qdq, target="x86-host", trials=trials, db_dir=db, integer_kernels=True,
+                                       input_shape=shape))
+        info["tvm_int8_tuned"], runs["tvm_int8_tuned"] = tvm_engine(qdq, shape, work / f"{name}.tuned.so", True,
+                                                                   tuning_db=db)
+        info["tvm_int8_tuned"].update(tune_s=round(time.perf_counter() - t0, 1), measured=tuned["measured"],
+                                      kernels_tuned_faster=sum(1 for t in tuned["tasks"] if t["best_ms"] and
+                                                               t["zero_trial_ms"] and t["best_ms"] < t["zero_trial_ms"]))
+        print(name, "tvm_int8_tuned", info["tvm_int8_tuned"], flush=True)
     runs["ort_fp32"], runs["ort_int8"] = ort_engine(fp32, threads), ort_engine(qdq, threads)
     try:
         t0 = time.perf_counter()
@@ -116,6 +132,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--nets", default="mobilenet_v2,resnet18")
+    ap.add_argument("--trials", type=int, default=0, help="Also tune the int8 kernels (MetaSchedule) with N trials.")
     ap.add_argument("--out", default="benchmarks/results/int8.json")
     args = ap.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
@@ -126,7 +143,7 @@ def main() -> None:
                      "cpu": ta._import_tvm().target.codegen.llvm_get_system_cpu(), "nets": {}}
     table, inputs = {}, {}
     for i, name in enumerate(nets):
-        runs, info, qdq, shape = engines_for(name, work, args.size, args.threads, seed=10 * i)
+        runs, info, qdq, shape = engines_for(name, work, args.size, args.threads, seed=10 * i, trials=args.trials)
         results["nets"][name] = info
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
         inputs[name] = x

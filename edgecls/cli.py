@@ -127,8 +127,9 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--from-report", "from_reports", multiple=True, type=click.Path(path_type=Path),
               help="Bench report(s) or folder(s) for --backend auto (repeatable).")
 @click.option("--integer-kernels/--float-kernels", default=False, show_default=True,
-              help="QDQ int8 models: int8 x int8 -> int32 conv/matmul with int8 weights (3.3x smaller "
-                   "model.so) instead of float compute. Not yet faster on AVX2 (no widening-MAC schedule).")
+              help="QDQ int8 models: exact int8 x int8 -> int32 conv/matmul with int8 weights (3.3x smaller "
+                   "model.so) instead of float compute: widening MACs on NEON and AVX2 (x86 without VNNI: "
+                   "about fp32 speed, see benchmarks/mac_ceiling.py).")
 @click.option("--batch-sizes", default="1", show_default=True, metavar="1,2,4,8",
               help="Also build these static batch sizes (model_bN.so each) for `bench --batch`.")
 @click.option("--tuning-db", default=None, metavar="DIR",

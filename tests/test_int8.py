@@ -7,6 +7,8 @@ on rk3399 under qemu, and in the machine code they compile to.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -67,6 +69,17 @@ def test_rewrite_keeps_int8_weights_and_int32_products(qdq):
     with ta._target(tt):
         folded = ta._import_tvm().relax.transform.FoldConstant()(mod)
     assert int8_summary(folded)["const_bytes"].get("float32", 0) < 4 * 1000
+    # Regular convs and the matmul read int16(x_q) - z_x (the widening kernels' input); the
+    # depthwise conv keeps the 8-bit input. The RGB conv got a zero 4th channel to pair up.
+    relax = ta._import_tvm().relax
+    inputs = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: inputs.append(
+        (e.op.name, str(e.args[0].ty.dtype), int(e.args[1].ty.shape[1]), int(e.attrs.groups) if "conv" in e.op.name
+         else 1)) if isinstance(e, relax.Call) and getattr(e.op, "name", "") in ("relax.nn.conv2d", "relax.matmul") else None)
+    act = qdq[0].name.split(".")[-2]
+    assert sorted(dt for _, dt, _, g in inputs if g == 1) == ["int16"] * 5
+    assert [dt for _, dt, _, g in inputs if g > 1] == [act]
+    assert inputs[0][:3] == ("relax.nn.conv2d", "int16", 4)
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +134,9 @@ def test_int8_kernels_fuse_schedule_and_shrink(builds):
 # --------------------------------------------------------------------------- widening kernels
 
 # DigitsCNN's integer kernels: 4 regular conv2d, 1 depthwise and the classifier matmul. The
-# intrinsic takes 3: not the first conv (3 RGB input channels: odd, no pairs), not the depthwise
-# (no input-channel reduction), not the matmul (10 classes: vectors of 2, not 8 or 4).
-WIDENED = 3
+# intrinsic takes the 4 convs (the first one's 3 RGB channels padded to 4 by tvm_int8), not the
+# depthwise (no input-channel reduction), not the matmul (10 classes: vectors of 2, not 8 or 4).
+WIDENED = 4
 
 
 def test_widening_kernels_are_bit_exact_on_x86(builds, val):
@@ -138,9 +151,12 @@ def test_widening_kernels_are_bit_exact_on_x86(builds, val):
 def test_widening_kernels_compile_to_pmaddwd_on_int16_pairs(builds):
     """vpmaddwd on 16 int16 lanes fed by byte-to-word widening of the interleaved weight rows
     (vpunpcklbw + vpmovsxbw). LLVM also emits vpmaddwd for the plain rule, but on dwords
-    (vpmovsxbd: 8 MACs per instruction), so both marks are needed to tell them apart."""
-    widened = tis.widened_kernels(builds[True]["lib"], "avx2")
+    (vpmovsxbd: 8 MACs per instruction), so both marks are needed to tell them apart. The int16
+    activation pair is one 32-bit broadcast (vpbroadcastd), no shuffle per pair (vpshufb)."""
+    widened = tis.widened_kernels(builds[True]["lib"], "avx2", extra=("vpbroadcastd",))
     assert len(widened) == WIDENED, widened
+    funcs = tis.kernel_mnemonics(builds[True]["lib"])
+    assert not any("vpshufb" in funcs[f] for f in widened), widened
     assert not tis.widened_kernels(builds["plain"]["lib"], "avx2")
 
 
@@ -167,7 +183,23 @@ def test_rk3399_widening_build_matches_x86_under_qemu(qdq, builds, val, tmp_path
         np.save(tmp_path / "x.npy", x[i:i + 1])
         run_runner(art, tmp_path / "x.npy", emulate=True, output_path=tmp_path / "y.npy")
         assert np.array_equal(np.load(tmp_path / "y.npy"), want[i:i + 1])
-    # int8 activations: smull.8b; uint8: both widened, mul.8h. Then sadalp into int32.
-    act = "smull" if "int8" == str(qdq[0]).split(".")[-2] else "mul"
-    widened = tis.widened_kernels(art / "model.so", "neon", "aarch64-linux-gnu-objdump", extra=(act,))
+    # The centered int16 activation times the widened weights (mul.8h), sadalp into int32.
+    widened = tis.widened_kernels(art / "model.so", "neon", "aarch64-linux-gnu-objdump", extra=("mul",))
     assert len(widened) == WIDENED, widened
+
+
+def test_tune_integer_kernels_then_compile_replays_them(qdq, builds, val, tmp_path):
+    """`tune --integer-kernels` tunes the int32-accumulating kernels (the zero-trial widening
+    record is each one's baseline) and `compile --integer-kernels` replays every record: integer
+    results equal the zero-trial build's exactly, whatever schedule won."""
+    from edgecls.compile.tune import TuneRequest, tune_model
+    summary = tune_model(TuneRequest(model=qdq[0], target="x86-host", trials=16, db_dir=tmp_path / "db",
+                                     integer_kernels=True))
+    convs = [t for t in summary["tasks"] if "conv2d" in t["name"]]
+    assert len(convs) == 5 and all(t["zero_trial_ms"] and t["best_ms"] <= t["zero_trial_ms"] for t in convs)
+    art = compile_artifact(CompileRequest(model=qdq[0], target="x86-host", out_dir=tmp_path / "art",
+                                          integer_kernels=True, tflite="no", tuning_db=tmp_path / "db"))
+    tuning = json.loads((art / "manifest.json").read_text())["stats"]["tuning"]
+    assert tuning["hit"] == tuning["tasks"] == len(summary["tasks"]) and tuning["missed"] == 0
+    x = val[0][:50]
+    assert np.array_equal(ta.run_host_library(art / "model.so", x), ta.run_host_library(builds[True]["lib"], x))

@@ -27,11 +27,14 @@ from edgecls.commands.options import boards_option, ssh_config_option, targets_d
               help="Database directory (default $EDGECLS_TUNING_DB or ~/.cache/edgecls/tuning; one per target inside).")
 @click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto", show_default=True)
 @click.option("--input-shape", default=None, metavar="N,C,H,W")
+@click.option("--integer-kernels/--float-kernels", default=False, show_default=True,
+              help="QDQ int8 models: tune the int8 x int8 -> int32 kernels of `compile --integer-kernels`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-kernel summary as JSON.")
 @boards_option
 @ssh_config_option
 @targets_dir_option
-def tune(model, target, trials, time_budget, early_stopping, boards, fleet, tuning_db, layout, input_shape, as_json, inventory,
+def tune(model, target, trials, time_budget, early_stopping, boards, fleet, tuning_db, layout, input_shape,
+         integer_kernels, as_json, inventory,
          ssh_config, targets_dir):
     """Autotune MODEL's kernels for a target (MetaSchedule). Resumable: Ctrl-C keeps what was
     measured, and a second run only measures kernels short of their share of --trials. Then
@@ -45,7 +48,8 @@ def tune(model, target, trials, time_budget, early_stopping, boards, fleet, tuni
     req = TuneRequest(model=model, target=target, trials=trials, time_budget_s=parse_duration(time_budget),
                       early_stopping=early_stopping, db_dir=tuning_db, boards=tuple(boards), fleet=fleet,
                       inventory=inventory, ssh_config=ssh_config, layout=layout,
-                      input_shape=parse_shape(input_shape), targets_dir=targets_dir)
+                      input_shape=parse_shape(input_shape), targets_dir=targets_dir,
+                      integer_kernels=integer_kernels)
 
     def progress(d):
         if d.get("event") == "task":

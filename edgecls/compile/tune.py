@@ -47,6 +47,7 @@ class TuneRequest:
     layout: str = "auto"
     input_shape: tuple[int, ...] | None = None
     targets_dir: str | None = None
+    integer_kernels: bool = False  # QDQ int8: tune the integer kernels `compile --integer-kernels` builds
 
 
 def _boards(req: TuneRequest, target) -> list:
@@ -104,7 +105,7 @@ def tune_model(req: TuneRequest, log=lambda msg: None, progress=None) -> dict:
     runner, where = _runner(req, target)
     db_dir = Path(req.db_dir or default_tuning_db()).expanduser()
     model = load_model(req.model, req.input_shape)
-    graph = fuse_model(model, target, req.layout, log)
+    graph = fuse_model(model, target, req.layout, log, req.integer_kernels)
     log(f"tuning {model.path.name} for {target.name} on {where}: {req.trials} trials"
         + (f", at most {req.time_budget_s:.0f} s" if req.time_budget_s else "") + f"; database {db_dir}")
     t0 = time.perf_counter()

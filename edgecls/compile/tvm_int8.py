@@ -16,7 +16,9 @@ into
 * zero points: weights must be symmetric (z_w = 0); the activation zero point z_x is folded into
   the int32 bias as -z_x * sum(W_q[o]) (the sum-of-weights term). That is exact only where every
   tap reads a real input, so a padded conv with z_x != 0 gets an explicit pad with value z_x
-  (real 0.0 in the quantized domain) and an unpadded conv2d.
+  (real 0.0 in the quantized domain) and an unpadded conv2d. Regular (not depthwise) convs and
+  matmuls, the widening kernels', instead read int16(x_q) - z_x: zero-padded, no correction
+  term; an odd input-channel count gets one zero channel (input and weight) to make pairs.
 * bias: an ORT int32 bias whose scale is s_x * s_w is used as is; any other (float, torchao)
   bias is rounded to int32 at scale s_x * s_w (error <= half an accumulator step).
 * requantize: float32 multiply + round-half-even, M[o] = s_x * s_w[o] / s_y (float64, then
@@ -145,6 +147,27 @@ def _bias_i32(m, p, acc_scale: np.ndarray, n_out: int) -> np.ndarray:
     return np.round(np.broadcast_to(b.reshape(-1), (n_out,)) / acc_scale).astype(np.int64)
 
 
+def _widens(m, p, is_conv: bool) -> bool:
+    """Does this conv2d/matmul get an int16 input (_int16_centered)? Regular convs and all
+    matmuls: the kernels tvm_int8_schedules widens. Depthwise convs keep the int8 input."""
+    return not is_conv or int(m[p["conv"]].attrs.groups) == 1
+
+
+def _int16_centered(x_q, z_x: int):
+    """int16(x_q) - z_x: the activation as the widening kernels read it.
+
+    The pair multiply-accumulate (vpmaddwd, NEON mul.8h) takes int16 operands: an int8/uint8
+    input had to be widened once per tile row and channel pair inside the kernel (a vpshufb, on
+    the shuffle ports that bound those loops), where an int16 input is one broadcast load per
+    pair. The cast fuses into the producer's requantize epilogue, which then writes int16.
+    Subtracting the zero point here makes the real 0.0 an int16 0: the conv pads with zeros and
+    needs no sum-of-weights correction. Exact: |x - z_x| <= 255, |w| <= 128, a pair < 2^16."""
+    from tvm import relax
+
+    x16 = relax.op.astype(x_q, "int16")
+    return relax.op.subtract(x16, relax.const(z_x, "int16")) if z_x else x16
+
+
 def _int_core(m, p, bb_const):
     """The int32 conv2d/matmul + bias of a match: (acc expr, per-channel shape, acc scale)."""
     _import_tvm()
@@ -161,9 +184,16 @@ def _int_core(m, p, bb_const):
     w_q, s_w, is_conv = _weight(m, p)
     acc_scale = s_x * s_w
     n_out = w_q.shape[0] if is_conv else w_q.shape[1]
-    # Zero-point correction: sum over everything one output channel reduces over.
+    widen = _widens(m, p, is_conv)
+    # The widening kernels take input channels in pairs: an odd count (the RGB stem conv, a
+    # pruned layer) gets a zero weight channel and a zero input channel (_int16_centered).
+    odd = widen and (w_q.shape[1] if is_conv else w_q.shape[0]) % 2 == 1
+    if odd:
+        w_q = np.pad(w_q, [(0, 0), (0, 1), (0, 0), (0, 0)] if is_conv else [(0, 1), (0, 0)])
+    # Zero-point correction: sum over everything one output channel reduces over (not needed
+    # when the int16 input has z_x subtracted already).
     w_sum = w_q.reshape(n_out, -1).sum(1, dtype=np.int64) if is_conv else w_q.sum(0, dtype=np.int64)
-    bias = _bias_i32(m, p, acc_scale, n_out) - z_x * w_sum
+    bias = _bias_i32(m, p, acc_scale, n_out) - (0 if widen else z_x) * w_sum
     if np.abs(bias).max(initial=0) >= 2 ** 31:
         raise _Skip("bias overflows int32")
     # Widest possible |acc| must fit the exactly-representable float32 range used by requantize.
@@ -174,8 +204,11 @@ def _int_core(m, p, bb_const):
     if is_conv:
         a = m[p["conv"]].attrs
         pad = [int(v) for v in a.padding]
-        data = x_q
-        if z_x != 0 and any(pad):
+        data = _int16_centered(x_q, z_x) if widen else x_q
+        if odd:  # the spatial padding goes with the channel's: an unpadded conv tensorizes
+            data = relax.op.nn.pad(data, [0, 0, 0, 1, pad[0], pad[2], pad[1], pad[3]], pad_value=0.0)
+            pad = [0, 0, 0, 0]
+        if z_x != 0 and any(pad) and not widen:
             # Padding must be the quantized value of real 0.0, i.e. z_x, for the bias correction.
             data = relax.op.nn.pad(x_q, [0, 0, 0, 0, pad[0], pad[2], pad[1], pad[3]],
                                    pad_value=float(z_x))
@@ -187,7 +220,10 @@ def _int_core(m, p, bb_const):
     else:
         if x_q.ty.ndim < 1:
             raise _Skip("matmul input rank")
-        acc = relax.op.matmul(x_q, w_const, out_dtype="int32")
+        data = _int16_centered(x_q, z_x)
+        if odd:
+            data = relax.op.nn.pad(data, [0, 0] * (x_q.ty.ndim - 1) + [0, 1], pad_value=0.0)
+        acc = relax.op.matmul(data, w_const, out_dtype="int32")
         ch_shape = (n_out,)
     if np.any(bias != 0):
         acc = relax.op.add(acc, bb_const(bias.astype(np.int32).reshape(ch_shape)))

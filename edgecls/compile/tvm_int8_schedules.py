@@ -8,18 +8,20 @@ parallel tiles, packed weights) and only re-blocks its innermost step: two conse
 channels (k, k+1) x one vector of output channels become one widening multiply-accumulate, a
 TIR tensor intrinsic that does two MACs per 32-bit lane:
 
-* x86 (AVX2): vpmaddwd. The activation pair (x_k, x_k+1) is widened to int16 and broadcast to
-  every 32-bit lane (vpshufb of a broadcast load, two pairs per call), the two weight rows
+* x86 (AVX2): vpmaddwd. The activation pair (x_k, x_k+1) in int16 is broadcast to every 32-bit
+  lane: tvm_int8 gives these kernels an int16 input (int16(x_q) - z_x, written by the producer's
+  epilogue), so that is one vpbroadcastd load per pair and tile row (an 8-bit input needs a
+  vpshufb of a broadcast load per pair and row as well: MobileNetV2 ~5 % slower), the two weight rows
   w[k, o:o+8], w[k+1, o:o+8] are interleaved and sign-extended to int16 ([w_k,o0 w_k+1,o0
   w_k,o1 ...]); vpmaddwd gives per lane x_k*w_k,o + x_k+1*w_k+1,o in int32: 16 MACs per
   instruction, exact (|each sum| < 2^16).
   Not vpmaddubsw: its u8 x s8 pair sums saturate at int16 (2*255*128 > 32767), so the result
   would depend on the data.
 * aarch64 NEON (ARMv8.0, no dotprod: rk3399, rpi4), 4 output channels x 2: the interleaved rows
-  times the duplicated pair give 8 int16 products (exact: |x*w| <= 255*128 < 2^15), smull.8b for
-  int8 activations, mul.8h of the widened operands for uint8; sadalp adds each pair, widened,
-  into the int32 accumulators. 8 MACs per multiply where LLVM's code for the plain rule
-  (smlal by lane) does 4.
+  times the duplicated pair give 8 int16 products (exact: |x*w| <= 255*128 < 2^15), mul.8h of
+  the int16 pair (ld1r .4s) and the widened weights (smull.8b for an int8 input, both widened
+  for uint8); sadalp adds each pair, widened, into the int32 accumulators. 8 MACs per multiply
+  where LLVM's code for the plain rule (smlal by lane) does 4.
 
 The weights stay the int8 constants tvm_int8 made, in the rule's layout (HWIO, blocked by the
 tile's channels by tvm_prepack): the two rows are interleaved in registers, once per k-pair and
@@ -27,11 +29,16 @@ vector, and reused by every row of the register tile. (A pair-interleaved consta
 those 2-3 shuffles; tvm_prepack's constant repacking only knows its own blocking so far.)
 
 Which kernels: regular conv2d (including 1x1) and dense whose innermost reduction is an input
-channel of even extent and whose output channels fill the vectors (8 on AVX2, 4 on NEON).
+channel of even extent (tvm_int8 pads an odd count with a zero channel) and whose output
+channels fill the vectors (8 on AVX2, 4 on NEON). The 8-bit activation intrinsics stay
+registered: records of earlier tuning databases replay with them.
 Depthwise convs keep the plain rule: with no input-channel reduction, the pair would be two
 taps whose activations also change per channel, so both operands need interleaving in
-registers, as many shuffles as the plain code's multiplies save. So do odd channel counts (the
-RGB stem conv).
+registers, as many shuffles as the plain code's multiplies save.
+
+The ceiling on this x86 host (no VNNI): vpmaddwd + vpaddd sustain ~16 exact MACs per cycle,
+below two FMA pipes' 16 fp32 MACs (benchmarks/mac_ceiling.py measures both), so on AVX2 int8
+only matches fp32 compute; the 2x of int8 is on NEON (8 MACs per mul.8h vs 4 per fmla).
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from edgecls.compile import tir_helpers as th
 from edgecls.compile import tvm_schedules as ts
 from edgecls.compile.tvm_adapter import _import_tvm
 
-ACT_DTYPES = ("int8", "uint8")
+ACT_DTYPES = ("int8", "uint8", "int16")  # int16: tvm_int8's centered input (int16(x_q) - z_x)
 _LANES = {"avx2": 8, "neon": 4}  # output channels per intrinsic call
 # Input channels per call, the widest dividing the kernel's count first. AVX2 takes 4 (2 pairs):
 # one 4-byte broadcast load per tile row and a vpshufb per pair, where a single pair costs a
@@ -72,11 +79,12 @@ def widening_disabled():
 # --------------------------------------------------------------------------- tensor intrinsics
 
 
-def _pair_broadcast(A, act: str, lanes: int):
-    """The byte pair (x_k, x_k+1) repeated `lanes` times (one 16-bit broadcast: vpbroadcastw,
-    ld1r .4h), as a vector of 2 * lanes bytes."""
+def _pair_broadcast(A, act: str, lanes: int, j: int = 0):
+    """The pair (x_2j, x_2j+1) repeated `lanes` times (one broadcast load: vpbroadcastw/d,
+    ld1r .4h/.4s), as a vector of 2 * lanes elements of the activation dtype."""
     from tvm import tirx
-    pair = tirx.reinterpret("int16", A.vload([tirx.IntImm("int64", 0)], f"{act}x2"))
+    bits = 32 if act == "int16" else 16
+    pair = tirx.reinterpret(f"int{bits}", A.vload([tirx.IntImm("int64", 2 * j)], f"{act}x2"))
     return tirx.reinterpret(f"{act}x{2 * lanes}", tirx.Broadcast(pair, lanes))
 
 
@@ -111,7 +119,12 @@ def _avx2_mac(A, B, act: str, pairs: int):
     # Per pair, vpmaddwd of the widened pair and the widened interleaved rows:
     # x_k*w_k,o + x_k+1*w_k+1,o per int32 lane, exact (|each sum| < 2^16).
     from tvm import tirx
-    xs = [tirx.Cast("int16x16", _pair_broadcast(A, act, 8))] if pairs == 1 else _pairs_widened_avx2(A, act, pairs)
+    if act == "int16":  # already widened: a 32-bit broadcast load per pair, no shuffle
+        xs = [_pair_broadcast(A, act, 8, j) for j in range(pairs)]
+    elif pairs == 1:
+        xs = [tirx.Cast("int16x16", _pair_broadcast(A, act, 8))]
+    else:
+        xs = _pairs_widened_avx2(A, act, pairs)
     out = None
     for j, x in enumerate(xs):
         mac = tirx.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", x,
@@ -130,6 +143,8 @@ def _neon_mac(A, B, act: str, pairs: int):
     x, w = _pair_broadcast(A, act, 4), _rows_interleaved(B, 4)
     if act == "int8":
         prod = tirx.call_llvm_pure_intrin("int16x8", "llvm.aarch64.neon.smull.v8i16", x, w)
+    elif act == "int16":  # |x - z_x| <= 255: the int16 product is exact as for uint8
+        prod = x * tirx.Cast("int16x8", w)
     else:
         prod = tirx.Cast("int16x8", x) * tirx.Cast("int16x8", w)
     return tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16", prod)
