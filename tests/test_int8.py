@@ -80,6 +80,13 @@ def test_rewrite_keeps_int8_weights_and_int32_products(qdq):
     assert sorted(dt for _, dt, _, g in inputs if g == 1) == ["int16"] * 5
     assert [dt for _, dt, _, g in inputs if g > 1] == [act]
     assert inputs[0][:3] == ("relax.nn.conv2d", "int16", 4)
+    # byte_pairs (an AVX2 target) and ptq_onnx's 7-bit weights: uint8 inputs (int8 ones shifted
+    # by 128), input channels in fours.
+    inputs.clear()
+    relax.analysis.post_order_visit(quantize_int8(_import(qdq[0]), byte_pairs=True)["main"], lambda e: inputs.append(
+        (str(e.args[0].ty.dtype), int(e.args[1].ty.shape[1]), int(e.attrs.groups) if "conv" in e.op.name else 1))
+        if isinstance(e, relax.Call) and getattr(e.op, "name", "") in ("relax.nn.conv2d", "relax.matmul") else None)
+    assert sorted(dt for dt, _, g in inputs if g == 1) == ["uint8"] * 5 and inputs[0][:2] == ("uint8", 4)
 
 
 @pytest.fixture(scope="module")
@@ -148,16 +155,34 @@ def test_widening_kernels_are_bit_exact_on_x86(builds, val):
     assert builds[True]["sched"] == builds["plain"]["sched"]
 
 
-def test_widening_kernels_compile_to_pmaddwd_on_int16_pairs(builds):
-    """vpmaddwd on 16 int16 lanes fed by byte-to-word widening of the interleaved weight rows
-    (vpunpcklbw + vpmovsxbw). LLVM also emits vpmaddwd for the plain rule, but on dwords
-    (vpmovsxbd: 8 MACs per instruction), so both marks are needed to tell them apart. The int16
-    activation pair is one 32-bit broadcast (vpbroadcastd), no shuffle per pair (vpshufb)."""
-    widened = tis.widened_kernels(builds[True]["lib"], "avx2", extra=("vpbroadcastd",))
+def test_widening_kernels_compile_to_byte_pairs_for_7bit_weights(builds):
+    """ptq_onnx's weights are 7-bit (reduce_range): on AVX2 every widened kernel multiplies byte
+    pairs (vpmaddubsw: u8 x s8, exact for |w| <= 64) and sums them by vpmaddwd; the 4 activation
+    bytes are one 32-bit broadcast (vpbroadcastd). LLVM never emits vpmaddubsw for the plain
+    rule (it saturates), nor int16 pairs (its vpmaddwd are on dwords)."""
+    widened = tis.widened_kernels(builds[True]["lib"], "avx2", extra=("vpmaddubsw", "vpbroadcastd"))
     assert len(widened) == WIDENED, widened
-    funcs = tis.kernel_mnemonics(builds[True]["lib"])
-    assert not any("vpshufb" in funcs[f] for f in widened), widened
     assert not tis.widened_kernels(builds["plain"]["lib"], "avx2")
+
+
+def test_full_range_weights_get_exact_int16_pairs(demo, val, tmp_path):
+    """Weights beyond [-64, 64] (reduce_range off) would saturate vpmaddubsw's int16 pair sums:
+    those kernels read int16(x_q) - z_x and multiply int16 pairs (vpmaddwd), bit-exact against
+    the plain integer rule, with no vpmaddubsw anywhere."""
+    path = tmp_path / "full.onnx"
+    ptq_onnx(demo.onnx, path, split(digits_dataset())[1].x, "minmax", reduce_range=False)
+    tgt = get_target("x86-host")
+    tt = ta.resolve_target(tgt.tvm)
+    fused, _ = ta.run_graph_passes(_import(path), tt, "NHWC", int8=True)
+    libs = {k: tmp_path / f"{k}.so" for k in ("widened", "plain")}
+    ta.build(fused, tt, libs["widened"], tgt.compiler)
+    with tis.widening_disabled():
+        ta.build(fused, tt, libs["plain"], tgt.compiler)
+    widened = tis.widened_kernels(libs["widened"], "avx2", extra=("vpmovsxbw", "vpbroadcastd"))
+    assert len(widened) == WIDENED, widened
+    assert not any("vpmaddubsw" in ops for ops in tis.kernel_mnemonics(libs["widened"]).values())
+    x = val[0][:100]
+    assert np.array_equal(ta.run_host_library(libs["widened"], x), ta.run_host_library(libs["plain"], x))
 
 
 def test_widening_isa_follows_the_target():
@@ -203,3 +228,37 @@ def test_tune_integer_kernels_then_compile_replays_them(qdq, builds, val, tmp_pa
     assert tuning["hit"] == tuning["tasks"] == len(summary["tasks"]) and tuning["missed"] == 0
     x = val[0][:50]
     assert np.array_equal(ta.run_host_library(art / "model.so", x), ta.run_host_library(builds[True]["lib"], x))
+
+
+def test_bias_beyond_int32_is_added_in_float(tmp_path):
+    """A channel whose weights are ~0 (pruned, dead) has a tiny weight scale, so its bias in
+    accumulator steps overflows int32 (ORT keeps such a bias in float). The conv stays integer,
+    that bias is added after the multiplier, and the result matches ORT's QDQ reference."""
+    import torch
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 8 * 8, 10)).eval()
+    with torch.no_grad():
+        net[0].weight[5] *= 1e-7
+        net[0].bias[5] = 2.0
+    fp32, qdq = tmp_path / "dead.onnx", tmp_path / "dead.int8.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), str(fp32), dynamo=True, external_data=False, verbose=False)
+    calib = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    ptq_onnx(fp32, qdq, calib, "minmax")
+    model = onnx.load(str(qdq))
+    stats: dict = {}
+    quantize_int8(ta.import_onnx(model, model.graph.input[0].name, (1, 3, 8, 8)), stats)
+    assert (stats["conv2d"], stats["matmul"], stats["skipped"]) == (1, 1, 0), stats
+    tgt = get_target("x86-host")
+    tt = ta.resolve_target(tgt.tvm)
+    fused, _ = ta.run_graph_passes(ta.import_onnx(model, model.graph.input[0].name, (1, 3, 8, 8)), tt, "NHWC",
+                                   int8=True)
+    ta.build(fused, tt, tmp_path / "dead.so", tgt.compiler)
+    ref = onnx_session(qdq, optimize=False)
+    x = np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    want = np.concatenate([ref.run(None, {ref.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(8)])
+    got = ta.run_host_library(tmp_path / "dead.so", x)
+    step = float(onnx.numpy_helper.to_array(next(i for i in model.graph.initializer
+                                                 if i.name == [n for n in model.graph.node
+                                                               if n.op_type == "QuantizeLinear"][-1].input[1])))
+    assert np.abs(got - want).max() <= 2 * step + 1e-6

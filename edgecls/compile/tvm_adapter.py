@@ -10,6 +10,7 @@ calls in 0.27 fail silently; each workaround below says which trap it avoids.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -234,7 +235,9 @@ def run_graph_passes(mod, tvm_target: dict, layout: str | None, fold_bn: bool = 
     plan = []
     if int8:  # QDQ conv/matmul -> integer compute (tvm_int8), before FoldConstant floats the weights
         from edgecls.compile.tvm_int8 import quantize_int8
-        plan.append(("QuantizeInt8", quantize_int8))
+        from edgecls.compile.tvm_int8_schedules import byte_pairs_target
+        # Where the target multiplies byte pairs (AVX2 vpmaddubsw), 7-bit weights keep 8-bit input.
+        plan.append(("QuantizeInt8", functools.partial(quantize_int8, byte_pairs=byte_pairs_target(tvm_target))))
     if fold_bn:
         # The default pipeline leaves BatchNormalization from non-torch exporters as separate
         # arithmetic; fold it into conv weights first (DecomposeOpsForInference does not).

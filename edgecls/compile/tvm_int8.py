@@ -16,11 +16,15 @@ into
 * zero points: weights must be symmetric (z_w = 0); the activation zero point z_x is folded into
   the int32 bias as -z_x * sum(W_q[o]) (the sum-of-weights term). That is exact only where every
   tap reads a real input, so a padded conv with z_x != 0 gets an explicit pad with value z_x
-  (real 0.0 in the quantized domain) and an unpadded conv2d. Regular (not depthwise) convs and
-  matmuls, the widening kernels', instead read int16(x_q) - z_x: zero-padded, no correction
-  term; an odd input-channel count gets one zero channel (input and weight) to make pairs.
+  (real 0.0 in the quantized domain) and an unpadded conv2d.
+* the input of regular (not depthwise) convs and matmuls is what tvm_int8_schedules' kernels
+  multiply: with byte_pairs (an AVX2 target) and weights within [-64, 64], uint8 (an int8 input
+  shifted by 128) for vpmaddubsw, channels padded to fours; otherwise int16(x_q) - z_x (zero
+  padded, no correction term) for the int16-pair kernels, channels padded to pairs. Padding
+  channels have zero weights.
 * bias: an ORT int32 bias whose scale is s_x * s_w is used as is; any other (float, torchao)
-  bias is rounded to int32 at scale s_x * s_w (error <= half an accumulator step).
+  bias is rounded to int32 at scale s_x * s_w (error <= half an accumulator step), unless it
+  would overflow the int32 accumulator: then it is added in float after the multiplier.
 * requantize: float32 multiply + round-half-even, M[o] = s_x * s_w[o] / s_y (float64, then
   float32). Chosen over a fixed-point multiplier + shift because it is what the QDQ reference
   computes (round(y / s_y)), the int32 accumulator (< 2^24 for these layers) converts exactly,
@@ -147,29 +151,49 @@ def _bias_i32(m, p, acc_scale: np.ndarray, n_out: int) -> np.ndarray:
     return np.round(np.broadcast_to(b.reshape(-1), (n_out,)) / acc_scale).astype(np.int64)
 
 
-def _widens(m, p, is_conv: bool) -> bool:
-    """Does this conv2d/matmul get an int16 input (_int16_centered)? Regular convs and all
-    matmuls: the kernels tvm_int8_schedules widens. Depthwise convs keep the int8 input."""
-    return not is_conv or int(m[p["conv"]].attrs.groups) == 1
+# Byte-pair products (AVX2 vpmaddubsw: u8 x s8, each pair summed in int16) are exact when no
+# pair sum can saturate: 2 * 255 * 64 = 32640 <= 32767, so weights within [-64, 64]. ONNX
+# Runtime's reduce_range (ptq_onnx's default) quantizes weights to exactly that range.
+BYTE_PAIR_MAX_WEIGHT = 64
 
 
-def _int16_centered(x_q, z_x: int):
-    """int16(x_q) - z_x: the activation as the widening kernels read it.
+def _input_mode(m, p, w_q: np.ndarray, is_conv: bool, byte_pairs: bool) -> tuple[str, int]:
+    """How a conv2d/matmul reads its activation, and the input-channel multiple it needs:
+    "u8" (uint8, channels in fours: the target's byte-pair kernels, 7-bit weights), "int16"
+    (int16(x_q) - z_x, channels in pairs: the widening kernels), or "raw" (the 8-bit input
+    as is: depthwise convs, which tvm_int8_schedules does not widen)."""
+    if is_conv and int(m[p["conv"]].attrs.groups) != 1:
+        return "raw", 1
+    if byte_pairs and np.abs(w_q.astype(np.int16)).max(initial=0) <= BYTE_PAIR_MAX_WEIGHT:
+        return "u8", 4
+    return "int16", 2
 
-    The pair multiply-accumulate (vpmaddwd, NEON mul.8h) takes int16 operands: an int8/uint8
-    input had to be widened once per tile row and channel pair inside the kernel (a vpshufb, on
-    the shuffle ports that bound those loops), where an int16 input is one broadcast load per
-    pair. The cast fuses into the producer's requantize epilogue, which then writes int16.
-    Subtracting the zero point here makes the real 0.0 an int16 0: the conv pads with zeros and
-    needs no sum-of-weights correction. Exact: |x - z_x| <= 255, |w| <= 128, a pair < 2^16."""
+
+def _prepared_input(x_q, z_x: int, mode: str):
+    """(activation expr, its zero point) for an input mode.
+
+    int16: int16(x_q) - z_x. The pair multiply-accumulate (vpmaddwd, NEON mul.8h) takes int16
+    operands: an 8-bit input had to be widened once per tile row and channel pair inside the
+    kernel (a vpshufb, on the shuffle ports that bound those loops), where an int16 input is one
+    broadcast load per pair. The cast fuses into the producer's requantize epilogue, which then
+    writes int16. With z_x subtracted the real 0.0 is an int16 0: zero padding, no sum-of-weights
+    correction. Exact: |x - z_x| <= 255, |w| <= 128, a pair < 2^16.
+    u8: vpmaddubsw wants the activation unsigned: an int8 one is shifted by 128 (its zero point
+    with it)."""
     from tvm import relax
 
-    x16 = relax.op.astype(x_q, "int16")
-    return relax.op.subtract(x16, relax.const(z_x, "int16")) if z_x else x16
+    if mode == "int16":
+        x16 = relax.op.astype(x_q, "int16")
+        return (relax.op.subtract(x16, relax.const(z_x, "int16")) if z_x else x16), 0
+    if mode == "u8" and _dtype(x_q) == "int8":
+        x16 = relax.op.add(relax.op.astype(x_q, "int16"), relax.const(128, "int16"))
+        return relax.op.astype(x16, "uint8"), z_x + 128
+    return x_q, z_x
 
 
-def _int_core(m, p, bb_const):
-    """The int32 conv2d/matmul + bias of a match: (acc expr, per-channel shape, acc scale)."""
+def _int_core(m, p, bb_const, byte_pairs: bool = False):
+    """The int32 conv2d/matmul + bias of a match: (acc expr, per-channel shape, acc scale, the
+    bias in real units when it must be added in float, else None)."""
     _import_tvm()
     from tvm import relax
 
@@ -180,38 +204,39 @@ def _int_core(m, p, bb_const):
     s_x, z_x = _scalar(m[p["x_s"]]), _scalar(m[p["x_z"]])
     if s_x <= 0 or z_x != int(z_x):
         raise _Skip("activation scale/zero point")
-    z_x = int(z_x)
     w_q, s_w, is_conv = _weight(m, p)
     acc_scale = s_x * s_w
     n_out = w_q.shape[0] if is_conv else w_q.shape[1]
-    widen = _widens(m, p, is_conv)
-    # The widening kernels take input channels in pairs: an odd count (the RGB stem conv, a
-    # pruned layer) gets a zero weight channel and a zero input channel (_int16_centered).
-    odd = widen and (w_q.shape[1] if is_conv else w_q.shape[0]) % 2 == 1
-    if odd:
-        w_q = np.pad(w_q, [(0, 0), (0, 1), (0, 0), (0, 0)] if is_conv else [(0, 1), (0, 0)])
-    # Zero-point correction: sum over everything one output channel reduces over (not needed
-    # when the int16 input has z_x subtracted already).
+    mode, multiple = _input_mode(m, p, w_q, is_conv, byte_pairs)
+    data, z_in = _prepared_input(x_q, int(z_x), mode)
+    # The kernels take input channels in pairs (fours): a count that is not a multiple (the RGB
+    # stem conv, a pruned layer) gets zero weight channels (and input channels of any value).
+    extra = -(w_q.shape[1] if is_conv else w_q.shape[0]) % multiple
+    if extra:
+        w_q = np.pad(w_q, [(0, 0), (0, extra), (0, 0), (0, 0)] if is_conv else [(0, extra), (0, 0)])
+    # Zero-point correction: sum over everything one output channel reduces over.
     w_sum = w_q.reshape(n_out, -1).sum(1, dtype=np.int64) if is_conv else w_q.sum(0, dtype=np.int64)
-    bias = _bias_i32(m, p, acc_scale, n_out) - (0 if widen else z_x) * w_sum
-    if np.abs(bias).max(initial=0) >= 2 ** 31:
-        raise _Skip("bias overflows int32")
-    # Widest possible |acc| must fit the exactly-representable float32 range used by requantize.
     k = w_q.reshape(n_out, -1).shape[1] if is_conv else w_q.shape[0]
+    correction = z_in * w_sum
+    bias_int = _bias_i32(m, p, acc_scale, n_out)
+    float_bias = None
+    # The widest possible |acc| + bias must fit int32. A bias far beyond the products' range (a
+    # channel whose weights pruning or training left near zero: tiny s_w, so bias / (s_x * s_w)
+    # is huge; ORT then keeps that bias in float too) is added in float in the epilogue instead.
+    if 255 * 128 * k + np.abs(bias_int - correction).max(initial=0) >= 2 ** 31:
+        float_bias, bias = bias_int * acc_scale, -correction
+    else:
+        bias = bias_int - correction
     if 255 * 128 * k + np.abs(bias).max(initial=0) >= 2 ** 31:
         raise _Skip("accumulator could overflow int32")
     w_const = bb_const(w_q)
     if is_conv:
         a = m[p["conv"]].attrs
         pad = [int(v) for v in a.padding]
-        data = _int16_centered(x_q, z_x) if widen else x_q
-        if odd:  # the spatial padding goes with the channel's: an unpadded conv tensorizes
-            data = relax.op.nn.pad(data, [0, 0, 0, 1, pad[0], pad[2], pad[1], pad[3]], pad_value=0.0)
-            pad = [0, 0, 0, 0]
-        if z_x != 0 and any(pad) and not widen:
-            # Padding must be the quantized value of real 0.0, i.e. z_x, for the bias correction.
-            data = relax.op.nn.pad(x_q, [0, 0, 0, 0, pad[0], pad[2], pad[1], pad[3]],
-                                   pad_value=float(z_x))
+        if extra or (z_in != 0 and any(pad)):
+            # Padding must be the quantized value of real 0.0, i.e. z_in, for the bias correction;
+            # with the extra channels in the same pad, the conv is unpadded and tensorizes.
+            data = relax.op.nn.pad(data, [0, 0, 0, extra, pad[0], pad[2], pad[1], pad[3]], pad_value=float(z_in))
             pad = [0, 0, 0, 0]
         acc = relax.op.nn.conv2d(data, w_const, strides=[int(v) for v in a.strides], padding=pad,
                                  dilation=[int(v) for v in a.dilation], groups=int(a.groups),
@@ -220,17 +245,18 @@ def _int_core(m, p, bb_const):
     else:
         if x_q.ty.ndim < 1:
             raise _Skip("matmul input rank")
-        data = _int16_centered(x_q, z_x)
-        if odd:
-            data = relax.op.nn.pad(data, [0, 0] * (x_q.ty.ndim - 1) + [0, 1], pad_value=0.0)
+        if extra:
+            data = relax.op.nn.pad(data, [0, 0] * (x_q.ty.ndim - 1) + [0, extra], pad_value=float(z_in))
         acc = relax.op.matmul(data, w_const, out_dtype="int32")
         ch_shape = (n_out,)
     if np.any(bias != 0):
         acc = relax.op.add(acc, bb_const(bias.astype(np.int32).reshape(ch_shape)))
-    return acc, ch_shape, acc_scale
+    if float_bias is not None:
+        float_bias = float_bias.reshape(ch_shape)
+    return acc, ch_shape, acc_scale, float_bias
 
 
-def _requantize(m, p, acc, ch_shape, acc_scale, bb_const):
+def _requantize(m, p, acc, ch_shape, acc_scale, float_bias, bb_const):
     from tvm import relax
 
     quant = m[p["quant"]]
@@ -249,6 +275,8 @@ def _requantize(m, p, acc, ch_shape, acc_scale, bb_const):
         hi = min(hi, int(np.round(_scalar(m[p["min"]].args[1]) / s_y) + z_y))
     mult = (acc_scale / s_y).astype(np.float32).reshape(ch_shape)
     y = relax.op.multiply(relax.op.astype(acc, "float32"), bb_const(mult))
+    if float_bias is not None:
+        y = relax.op.add(y, bb_const((float_bias / s_y).astype(np.float32)))
     y = relax.op.round(y)
     if z_y:
         y = relax.op.add(y, relax.const(float(z_y), "float32"))
@@ -257,10 +285,12 @@ def _requantize(m, p, acc, ch_shape, acc_scale, bb_const):
     return relax.op.astype(y, out_dtype)
 
 
-def quantize_int8(mod, stats: dict | None = None):
+def quantize_int8(mod, stats: dict | None = None, byte_pairs: bool = False):
     """Rewrite every QDQ conv2d/matmul of `main` into integer compute (see the module doc).
 
-    Run right after import, before FoldConstant. `stats` (a dict) receives the counts:
+    Run right after import, before FoldConstant. byte_pairs: the target has exact byte-pair
+    kernels for 7-bit weights (tvm_int8_schedules.byte_pairs_target). `stats` (a dict) receives
+    the counts:
     conv2d / matmul (requantized to int8/uint8), float_out (integer product, float epilogue),
     relu (a QDQ-wrapped ReLU turned into max(q, z)),
     skipped (matched, left in float: the reasons in skipped_reasons).
@@ -290,8 +320,7 @@ def quantize_int8(mod, stats: dict | None = None):
 
     def rewrite_quantized(orig, m):
         try:
-            acc, ch_shape, acc_scale = _int_core(m, p, const)
-            out = _requantize(m, p, acc, ch_shape, acc_scale, const)
+            out = _requantize(m, p, *_int_core(m, p, const, byte_pairs), const)
         except _Skip as exc:
             return skip(orig, exc)
         count(m, "quant")
@@ -301,13 +330,14 @@ def quantize_int8(mod, stats: dict | None = None):
         if p["add"] not in m:
             return orig
         try:
-            acc, ch_shape, acc_scale = _int_core(m, p, const)
+            acc, ch_shape, acc_scale, float_bias = _int_core(m, p, const, byte_pairs)
         except _Skip as exc:
             return skip(orig, exc)
         count(m, "float_out")
-        # The integer bias is inside acc already; only the scale is left.
+        # The integer bias is inside acc already; only the scale is left (and a float bias).
         scale = const(acc_scale.astype(np.float32).reshape(ch_shape))
-        return relax.op.multiply(relax.op.astype(acc, "float32"), scale)
+        y = relax.op.multiply(relax.op.astype(acc, "float32"), scale)
+        return y if float_bias is None else relax.op.add(y, const(float_bias.astype(np.float32)))
 
     def rewrite_relu(orig, m):
         q, (s_in, z_in), (s_out, z_out) = m[p["r_q"]], m[p["r_quant"]].args[1:], (m[p["r_s"]], m[p["r_z"]])

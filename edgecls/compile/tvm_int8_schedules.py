@@ -133,6 +133,21 @@ def _avx2_mac(A, B, act: str, pairs: int):
     return out
 
 
+def _avx2_byte_pairs_mac(A, B, act: str, pairs: int):
+    # 4 input channels x 8 output channels: the 4 uint8 activations broadcast to every 32-bit
+    # lane (one vpbroadcastd load), the 4 weight rows transposed to [w_k..k+3,o0  w_k..k+3,o1 ..];
+    # vpmaddubsw sums each byte pair into int16, exact only for weights within [-64, 64] (tvm_int8
+    # gives these kernels a uint8 input only then), vpmaddwd by ones sums the two pairs of a lane.
+    from tvm import tirx
+    x = tirx.reinterpret("uint8x32", tirx.Broadcast(
+        tirx.reinterpret("int32", A.vload([tirx.IntImm("int64", 0)], "uint8x4")), 8))
+    rows = [B.vload([tirx.IntImm("int64", r), tirx.IntImm("int64", 0)], "int8x8") for r in range(4)]
+    w = tirx.Shuffle(rows, [8 * r + o for o in range(8) for r in range(4)])
+    pairs16 = tirx.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", x, w)
+    ones = tirx.Broadcast(tirx.IntImm("int16", 1), 16)
+    return tirx.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs16, ones)
+
+
 def _neon_mac(A, B, act: str, pairs: int):
     # 8 int16 products of the duplicated pair and the interleaved rows, exact (|x*w| <= 255*128
     # < 2^15): int8 by smull.8b (widens and multiplies in one); uint8 (255 is no int8) widened to
@@ -189,8 +204,11 @@ def intrin_name(isa: str, act: str, k: int = 2) -> str:
     _import_tvm()
     from tvm.s_tir import TensorIntrin
 
-    name = f"edgecls_{isa}_widening_mac_{act}_k{k}"
-    lanes, mac = _LANES[isa], (_avx2_mac if isa == "avx2" else _neon_mac)
+    if isa == "avx2_byte_pairs":
+        name, lanes, mac = f"edgecls_{isa}_mac_{act}_k{k}", _LANES["avx2"], _avx2_byte_pairs_mac
+    else:
+        name = f"edgecls_{isa}_widening_mac_{act}_k{k}"
+        lanes, mac = _LANES[isa], (_avx2_mac if isa == "avx2" else _neon_mac)
     TensorIntrin.register(name, _prim_func(lanes, act, k), _prim_func(lanes, act, k, mac), override=True)
     return name
 
@@ -203,6 +221,15 @@ def register_intrinsics() -> None:
         for act in ACT_DTYPES:
             for k in ks:
                 intrin_name(isa, act, k)
+    intrin_name("avx2_byte_pairs", "uint8", 4)
+
+
+def byte_pairs_target(tvm_target: dict) -> bool:
+    """Does the target multiply byte pairs exactly for 7-bit weights (AVX2 vpmaddubsw)? Then
+    tvm_int8 keeps the uint8 input of such kernels (quantize_int8's byte_pairs)."""
+    tvm = _import_tvm()
+    with tvm.target.Target(tvm_target):
+        return widening_isa(0) == "avx2"
 
 
 # --------------------------------------------------------------------------- target
@@ -291,13 +318,16 @@ def schedule_widening(sch, block, lanes: int) -> str:
     update = sch.get_sblock(name + "_update")
     loops = sch.get_loops(update)
     at, act = _pair_loop(sch, update)
-    k = next((k for k in _K[isa] if th.extent(sch, loops[at]) % k == 0), None)
+    # A uint8 input to these kernels on AVX2 means 7-bit weights (tvm_int8's "u8" input mode):
+    # byte pairs, 4 channels per call. Otherwise int16 (or, replaying old records, 8-bit) pairs.
+    byte_pairs = isa == "avx2" and act == "uint8" and th.extent(sch, loops[at]) % 4 == 0
+    k = 4 if byte_pairs else next((k for k in _K[isa] if th.extent(sch, loops[at]) % k == 0), None)
     if k is None or th.extent(sch, loops[-1]) != _LANES[isa]:
         raise ts.NotRecognised("odd input channels or a vector narrower than the intrinsic")
     # [.., ci, rows (unrolled), vectors (unrolled), lanes] -> [.., ci/k, rows, vectors, lanes, k]
     k_o, k_i = sch.split(loops[at], [None, k])
     sch.reorder(k_o, *loops[at + 1:], k_i)
-    sch.tensorize(sch.get_loops(update)[-2], intrin_name(isa, act, k))
+    sch.tensorize(sch.get_loops(update)[-2], intrin_name("avx2_byte_pairs" if byte_pairs else isa, act, k))
     return kind
 
 
@@ -305,8 +335,10 @@ def schedule_widening(sch, block, lanes: int) -> str:
 
 # What a widened kernel's machine code has and the plain rule's has not. LLVM lowers the plain
 # int32 multiply of extended bytes to vpmaddwd too (on dwords: vpmovsxbd/vpmovzxbd, 8 MACs), so
-# on x86 the mark is the int16 pairs: byte-to-word widening of the interleaved weight rows.
-ASM_MARKS = {"avx2": ("vpmaddwd", "vpmovsxbw", "vpunpcklbw"), "neon": ("sadalp",)}
+# on x86 the mark is the int16 pairs (byte-to-word widening of the interleaved weight rows) or
+# the byte pairs (vpmaddubsw, which LLVM never picks itself: it saturates). Alternatives per ISA.
+ASM_MARKS = {"avx2": (("vpmaddwd", "vpmovsxbw", "vpunpcklbw"), ("vpmaddubsw", "vpmaddwd")),
+             "neon": (("sadalp",),)}
 
 
 def kernel_mnemonics(lib, objdump: str = "objdump") -> dict[str, set[str]]:
@@ -329,6 +361,6 @@ def kernel_mnemonics(lib, objdump: str = "objdump") -> dict[str, set[str]]:
 def widened_kernels(lib, isa: str, objdump: str = "objdump", extra: tuple[str, ...] = ()) -> list[str]:
     """conv2d/matmul kernels of a built model.so whose code carries the widening marks of `isa`
     (plus `extra` mnemonics): the proof that the tensorization did not fall back."""
-    need = set(ASM_MARKS[isa]) | set(extra)
+    needs = [set(marks) | set(extra) for marks in ASM_MARKS[isa]]
     return sorted(f for f, ops in kernel_mnemonics(lib, objdump).items()
-                  if ("conv2d" in f or "matmul" in f) and f.endswith("_compute_") and need <= ops)
+                  if ("conv2d" in f or "matmul" in f) and f.endswith("_compute_") and any(n <= ops for n in needs))
