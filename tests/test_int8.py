@@ -254,11 +254,56 @@ def test_bias_beyond_int32_is_added_in_float(tmp_path):
     fused, _ = ta.run_graph_passes(ta.import_onnx(model, model.graph.input[0].name, (1, 3, 8, 8)), tt, "NHWC",
                                    int8=True)
     ta.build(fused, tt, tmp_path / "dead.so", tgt.compiler)
+    _assert_within_two_steps_of_ort(qdq, tmp_path / "dead.so", (8, 3, 8, 8))
+
+
+def _assert_within_two_steps_of_ort(qdq, lib, shape):
+    """A build's outputs over 8 random inputs vs ORT's QDQ reference (graph optimisations off):
+    within two steps of the output quantizer (float ties may round either way)."""
+    model = onnx.load(str(qdq))
     ref = onnx_session(qdq, optimize=False)
-    x = np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)
-    want = np.concatenate([ref.run(None, {ref.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(8)])
-    got = ta.run_host_library(tmp_path / "dead.so", x)
-    step = float(onnx.numpy_helper.to_array(next(i for i in model.graph.initializer
-                                                 if i.name == [n for n in model.graph.node
-                                                               if n.op_type == "QuantizeLinear"][-1].input[1])))
-    assert np.abs(got - want).max() <= 2 * step + 1e-6
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    want = np.concatenate([ref.run(None, {ref.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(len(x))])
+    last_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"][-1]
+    step = float(onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == last_q.input[1])))
+    assert np.abs(ta.run_host_library(lib, x) - want).max() <= 2 * step + 1e-6
+
+
+class _ResidualPoolNet(__import__("torch").nn.Module):
+    """conv -> max pool -> residual block (conv + add) -> classifier: ORT wraps the add and the
+    pool in their own QDQ pairs."""
+
+    def __init__(self):
+        import torch
+        super().__init__()
+        self.stem, self.pool = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.MaxPool2d(3, 2, 1)
+        self.conv, self.fc = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.pool(self.stem(x).relu())
+        y = (self.conv(y) + y).relu()
+        return self.fc(y.mean((2, 3)))
+
+
+def test_residual_add_and_max_pool_run_on_quantized_nhwc_tensors(tmp_path):
+    """The QDQ add and max pool become integer/elementwise ops (tvm_int8_elementwise): in an
+    NHWC build no transpose is left between the convs, and results match ORT's QDQ reference."""
+    import torch
+    torch.manual_seed(0)
+    fp32, qdq = tmp_path / "res.onnx", tmp_path / "res.int8.onnx"
+    torch.onnx.export(_ResidualPoolNet().eval(), (torch.zeros(1, 3, 16, 16),), str(fp32), dynamo=True,
+                      external_data=False, verbose=False)
+    ptq_onnx(fp32, qdq, np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32), "minmax")
+    model = onnx.load(str(qdq))
+    stats: dict = {}
+    quantize_int8(ta.import_onnx(model, model.graph.input[0].name, (1, 3, 16, 16)), stats)
+    assert (stats["conv2d"], stats["add"], stats["max_pool"], stats["skipped"]) == (2, 1, 1, 0), stats
+    tgt = get_target("x86-host")
+    tt = ta.resolve_target(tgt.tvm)
+    fused, _ = ta.run_graph_passes(ta.import_onnx(model, model.graph.input[0].name, (1, 3, 16, 16)), tt, "NHWC",
+                                   int8=True)
+    calls = [ln for ln in fused["main"].script().splitlines() if "call_tir" in ln]
+    # The input's NCHW -> NHWC (with its quantize) and the last dequantize before the float mean.
+    assert sum("transpose" in ln for ln in calls) == 2, calls
+    ta.build(fused, tt, tmp_path / "res.so", tgt.compiler)
+    _assert_within_two_steps_of_ort(qdq, tmp_path / "res.so", (8, 3, 16, 16))

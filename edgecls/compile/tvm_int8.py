@@ -292,13 +292,14 @@ def quantize_int8(mod, stats: dict | None = None, byte_pairs: bool = False):
     kernels for 7-bit weights (tvm_int8_schedules.byte_pairs_target). `stats` (a dict) receives
     the counts:
     conv2d / matmul (requantized to int8/uint8), float_out (integer product, float epilogue),
-    relu (a QDQ-wrapped ReLU turned into max(q, z)),
+    relu (a QDQ-wrapped ReLU turned into max(q, z)), add / max_pool (tvm_int8_elementwise),
     skipped (matched, left in float: the reasons in skipped_reasons).
     """
     _import_tvm()
     from tvm import relax
     from tvm.relax.dpl import rewrite_call
 
+    from edgecls.compile.tvm_int8_elementwise import rewrite_elementwise
     from edgecls.compile.tvm_int8_schedules import register_intrinsics
     register_intrinsics()  # before a tuning record of these kernels is replayed (tvm_int8_schedules)
     stats = {} if stats is None else stats
@@ -350,6 +351,7 @@ def quantize_int8(mod, stats: dict | None = None, byte_pairs: bool = False):
 
     func = mod["main"]
     func = rewrite_call(p["quant"], rewrite_quantized, func)
+    func = rewrite_elementwise(func, stats)  # residual adds, max pools: layout-free, integer
     func = rewrite_call(p["r_quant"], rewrite_relu, func)
     func = rewrite_call(p["add"], rewrite_float_out, func)
     mod = mod.clone() if hasattr(mod, "clone") else mod
