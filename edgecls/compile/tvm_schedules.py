@@ -134,7 +134,10 @@ def _is_padding(sch, block) -> bool:
     return [int(d) for d in out.shape] != [int(d) for d in src.shape]
 
 
-def schedule_reduction(sch, block, lanes: int) -> str:
+def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str:
+    """The reduction rule (module doc). prefer_rows: register-tile ties go to more rows of one
+    vector, for kernels whose per-vector weight preparation costs more than a load (the int8
+    widening kernels transpose or interleave the weight rows in registers)."""
     main = th.name(sch, block)
     loops, iters, spatial, vec, reg, ndim, rwv, nreads, operand = _analyse(sch, block)
     kind = _classify(main, ndim, rwv, nreads)
@@ -170,7 +173,8 @@ def schedule_reduction(sch, block, lanes: int) -> str:
     vl = th.pow2_lanes(vext, lanes)
     rext = int(iters[reg].dom.extent) if reg is not None else 1
     # Register tile rb x nv vectors: the most accumulators within budget, with no tail (rb
-    # divides the register axis, nv*vl the vector axis); ties go to more vectors per row.
+    # divides the register axis, nv*vl the vector axis); ties go to more vectors per row (or,
+    # prefer_rows, to more rows).
     # Without a register axis (a matmul of one row) the vectors are the only independent
     # accumulators: any divisor of the vector count (1000 = 8 x 5 x 25 channels: 5; one
     # accumulator left each FMA waiting on the last, 4 GFLOPS).
@@ -179,7 +183,7 @@ def schedule_reduction(sch, block, lanes: int) -> str:
         if vext % (vl * nv):
             continue
         rb = max(d for d in range(1, min(rext, MAX_ACCUMULATORS // nv) + 1) if rext % d == 0)
-        best = max(best, (rb * nv, nv, rb, nv))
+        best = max(best, (rb * nv, -nv if prefer_rows else nv, rb, nv))
     _, _, rb, nv = best
 
     v_o, v_m, v_l = sch.split(loops[vec], [None, nv, vl])
