@@ -2,8 +2,8 @@
 
 MobileNetV2-style network at 224x224 (random weights: latency does not depend on them; the
 accuracy side is tested on real digits data in tests/). Runtimes: ONNX Runtime, the TVM x86-host
-artifact (zero-trial schedules; int8 variants also with --integer-kernels as tvm_intk), and ai-edge-litert when the `tflite` extra is
-installed. All variants and runtimes interleaved round by round in one process; prints ratios
+artifact (zero-trial schedules; int8 variants with --float-kernels as tvm and --integer-kernels,
+the default, as tvm_intk), and ai-edge-litert when the `tflite` extra is installed. All variants and runtimes interleaved round by round in one process; prints ratios
 against fp32 ONNX Runtime and writes JSON. Not a test.
 
     .venv/bin/python benchmarks/optimize.py [--size 224] [--rounds 3] [--out results.json]
@@ -61,7 +61,7 @@ def engines_for(name, model, onnx_path, x, calib, work: Path, threads: int):
     # tuning_db="none": zero-trial builds only; a user's database (records measured elsewhere, or
     # for other kernels) must not leak into this comparison.
     art = compile_artifact(CompileRequest(model=onnx_path, target="x86-host", out_dir=work / f"art-{name}",
-                                          tuning_db="none"))
+                                          tuning_db="none", integer_kernels=False))
     engines["tvm"] = tvm_adapter.load_host_library(art / "model.so")
     if model is None:  # QDQ int8: also the integer-kernel build
         art = compile_artifact(CompileRequest(model=onnx_path, target="x86-host", out_dir=work / f"art-{name}-intk",

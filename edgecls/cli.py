@@ -126,10 +126,10 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
                                       "--from-report (reports of `bench --runtime auto` on boards of this target).")
 @click.option("--from-report", "from_reports", multiple=True, type=click.Path(path_type=Path),
               help="Bench report(s) or folder(s) for --backend auto (repeatable).")
-@click.option("--integer-kernels/--float-kernels", default=False, show_default=True,
+@click.option("--integer-kernels/--float-kernels", default=None,
               help="QDQ int8 models: exact int8 x int8 -> int32 conv/matmul with int8 weights (3.3x smaller "
-                   "model.so) instead of float compute: widening MACs on NEON and AVX2 (x86 without VNNI: "
-                   "about fp32 speed, see benchmarks/mac_ceiling.py).")
+                   "model.so) on multiply-accumulate kernels of ours (AVX2 byte pairs for 7-bit weights, "
+                   "int16 pairs otherwise and on NEON), or float compute. Default: integer on CPU targets.")
 @click.option("--batch-sizes", default="1", show_default=True, metavar="1,2,4,8",
               help="Also build these static batch sizes (model_bN.so each) for `bench --batch`.")
 @click.option("--tuning-db", default=None, metavar="DIR",

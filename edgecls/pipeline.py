@@ -20,7 +20,7 @@ from edgecls.artifact.package import check_destination, staging_dir
 from edgecls.artifact.reference import onnx_reference, reference_input
 from edgecls.artifact.runtime_libs import host_arch, runtime_libs
 from edgecls.compile import tvm_adapter
-from edgecls.compile.build import compile_model
+from edgecls.compile.build import compile_model, integer_kernels_for
 from edgecls.data import Preprocess
 from edgecls.errors import ArtifactError, UsageError
 from edgecls.load import load_model
@@ -59,7 +59,7 @@ class CompileRequest:
     schedules: bool = True  # edgecls' zero-trial CPU schedules (off: TVM's naive loop nests)
     backend: str = "tvm"  # the artifact's default runtime: tvm | onnxruntime | tflite | auto (from_reports)
     from_reports: tuple[Path, ...] = ()  # `bench --runtime auto` reports deciding --backend auto
-    integer_kernels: bool = False  # QDQ int8 -> int8 x int8 -> int32 kernels (tvm_int8)
+    integer_kernels: bool | None = None  # QDQ int8 -> int8 x int8 -> int32 kernels (tvm_int8); None: CPU targets
     batch_sizes: tuple[int, ...] = (1,)  # extra static batch sizes: model_bN.so each
     tuning_db: Path | str | None = "auto"  # MetaSchedule records: auto = the default database if present
     tflite: str = "auto"  # ship model.tflite for LiteRT: auto (when edgecls[tflite] is installed) | yes | no
@@ -331,7 +331,8 @@ def _compile(req: CompileRequest, log, stages: list | None = None, variant: str 
             labels=labels,
             options={"layout": req.layout, "input_shape": list(req.input_shape) if req.input_shape else None,
                      "import_route": compiled.import_route, "verify": req.verify,
-                     "schedules": req.schedules, "integer_kernels": req.integer_kernels},
+                     "schedules": req.schedules,
+                     "integer_kernels": integer_kernels_for(target, req.integer_kernels)},
             passes=compiled.passes,
             stats=compiled.stats,
             stages=stages or [{"stage": "original", "size_bytes": model.path.stat().st_size}],

@@ -214,17 +214,18 @@ def test_rk3399_widening_build_matches_x86_under_qemu(qdq, builds, val, tmp_path
 
 
 def test_tune_integer_kernels_then_compile_replays_them(qdq, builds, val, tmp_path):
-    """`tune --integer-kernels` tunes the int32-accumulating kernels (the zero-trial widening
-    record is each one's baseline) and `compile --integer-kernels` replays every record: integer
-    results equal the zero-trial build's exactly, whatever schedule won."""
+    """On a CPU target integer kernels are the default: `tune` tunes the int32-accumulating
+    kernels (the zero-trial widening record is each one's baseline) and `compile` replays every
+    record: integer results equal the zero-trial build's exactly, whatever schedule won."""
     from edgecls.compile.tune import TuneRequest, tune_model
-    summary = tune_model(TuneRequest(model=qdq[0], target="x86-host", trials=16, db_dir=tmp_path / "db",
-                                     integer_kernels=True))
+    summary = tune_model(TuneRequest(model=qdq[0], target="x86-host", trials=16, db_dir=tmp_path / "db"))
     convs = [t for t in summary["tasks"] if "conv2d" in t["name"]]
     assert len(convs) == 5 and all(t["zero_trial_ms"] and t["best_ms"] <= t["zero_trial_ms"] for t in convs)
     art = compile_artifact(CompileRequest(model=qdq[0], target="x86-host", out_dir=tmp_path / "art",
-                                          integer_kernels=True, tflite="no", tuning_db=tmp_path / "db"))
-    tuning = json.loads((art / "manifest.json").read_text())["stats"]["tuning"]
+                                          tflite="no", tuning_db=tmp_path / "db"))
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["options"]["integer_kernels"] is True
+    tuning = manifest["stats"]["tuning"]
     assert tuning["hit"] == tuning["tasks"] == len(summary["tasks"]) and tuning["missed"] == 0
     x = val[0][:50]
     assert np.array_equal(ta.run_host_library(art / "model.so", x), ta.run_host_library(builds[True]["lib"], x))

@@ -27,8 +27,9 @@ from edgecls.commands.options import boards_option, ssh_config_option, targets_d
               help="Database directory (default $EDGECLS_TUNING_DB or ~/.cache/edgecls/tuning; one per target inside).")
 @click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto", show_default=True)
 @click.option("--input-shape", default=None, metavar="N,C,H,W")
-@click.option("--integer-kernels/--float-kernels", default=False, show_default=True,
-              help="QDQ int8 models: tune the int8 x int8 -> int32 kernels of `compile --integer-kernels`.")
+@click.option("--integer-kernels/--float-kernels", default=None,
+              help="QDQ int8 models: tune the kernels `compile` builds with the same flag (default: "
+                   "integer on CPU targets).")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-kernel summary as JSON.")
 @boards_option
 @ssh_config_option

@@ -64,9 +64,16 @@ def _has_qdq(model: Model) -> bool:
     return any(n.op_type == "DequantizeLinear" for n in model.onnx.graph.node)
 
 
+def integer_kernels_for(target: Target, requested: bool | None) -> bool:
+    """--integer-kernels / --float-kernels, or by default (None) integer kernels on CPU (LLVM)
+    targets, where tvm_int8_schedules has exact int8 kernels faster than fp32; float elsewhere."""
+    return requested if requested is not None else target.tvm.get("kind") == "llvm"
+
+
 def fuse_model(model: Model, target: Target, layout: str = "auto", log=lambda msg: None,
-               integer_kernels: bool = False) -> FusedGraph:
+               integer_kernels: bool | None = None) -> FusedGraph:
     tvm_target = tvm_adapter.resolve_target(target.tvm)
+    integer_kernels = integer_kernels_for(target, integer_kernels)
     chosen = choose_layout(layout, target)
     log(f"target {target.name}: {tvm_target}; layout {chosen['chosen']} ({chosen['reason']})")
     t0 = time.perf_counter()
@@ -83,7 +90,7 @@ def fuse_model(model: Model, target: Target, layout: str = "auto", log=lambda ms
 
 def compile_model(model: Model, target: Target, out_library: Path, layout: str = "auto",
                   log=lambda msg: None, schedules: bool = True, tuning_db: Path | None = None,
-                  integer_kernels: bool = False) -> CompiledModel:
+                  integer_kernels: bool | None = None) -> CompiledModel:
     compiler = target.require_compiler()  # fail before minutes of work, naming the Debian package
     graph = fuse_model(model, target, layout, log, integer_kernels)
     fused, records, ops_before = graph.mod, graph.records, graph.ops_before

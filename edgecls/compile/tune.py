@@ -47,7 +47,7 @@ class TuneRequest:
     layout: str = "auto"
     input_shape: tuple[int, ...] | None = None
     targets_dir: str | None = None
-    integer_kernels: bool = False  # QDQ int8: tune the integer kernels `compile --integer-kernels` builds
+    integer_kernels: bool | None = None  # QDQ int8: the kernels `compile` builds (None: its default)
 
 
 def _boards(req: TuneRequest, target) -> list:

@@ -4,41 +4,44 @@ tvm_schedules' reduction rule vectorizes an int8 x int8 -> int32 kernel like a f
 input channel at a time, each operand extended to int32 lanes, so a multiply does one MAC per
 32-bit lane: 8 per instruction on AVX2 (LLVM picks vpmaddwd on dwords or vpmulld), 4 on NEON
 (smlal by lane). This module keeps that rule's loop nest (register tile, fused epilogue,
-parallel tiles, packed weights) and only re-blocks its innermost step: two consecutive input
-channels (k, k+1) x one vector of output channels become one widening multiply-accumulate, a
-TIR tensor intrinsic that does two MACs per 32-bit lane:
+parallel tiles, packed weights; ties of the tile shape go to more rows, see schedule_widening)
+and only re-blocks its innermost step: k consecutive input channels x one vector of output
+channels become one TIR tensor intrinsic that does several exact MACs per 32-bit lane. Which
+one follows from the activation dtype tvm_int8 gave the kernel:
 
-* x86 (AVX2): vpmaddwd. The activation pair (x_k, x_k+1) in int16 is broadcast to every 32-bit
-  lane: tvm_int8 gives these kernels an int16 input (int16(x_q) - z_x, written by the producer's
-  epilogue), so that is one vpbroadcastd load per pair and tile row (an 8-bit input needs a
-  vpshufb of a broadcast load per pair and row as well: MobileNetV2 ~5 % slower), the two weight rows
-  w[k, o:o+8], w[k+1, o:o+8] are interleaved and sign-extended to int16 ([w_k,o0 w_k+1,o0
-  w_k,o1 ...]); vpmaddwd gives per lane x_k*w_k,o + x_k+1*w_k+1,o in int32: 16 MACs per
-  instruction, exact (|each sum| < 2^16).
-  Not vpmaddubsw: its u8 x s8 pair sums saturate at int16 (2*255*128 > 32767), so the result
-  would depend on the data.
-* aarch64 NEON (ARMv8.0, no dotprod: rk3399, rpi4), 4 output channels x 2: the interleaved rows
-  times the duplicated pair give 8 int16 products (exact: |x*w| <= 255*128 < 2^15), mul.8h of
-  the int16 pair (ld1r .4s) and the widened weights (smull.8b for an int8 input, both widened
-  for uint8); sadalp adds each pair, widened, into the int32 accumulators. 8 MACs per multiply
-  where LLVM's code for the plain rule (smlal by lane) does 4.
+* uint8 on AVX2 (tvm_int8 does this only for weights within [-64, 64], its byte_pairs mode):
+  byte pairs, k = 4. The 4 activation bytes broadcast to every 32-bit lane (vpbroadcastd), the
+  4 weight rows transposed in registers to [w_k..k+3,o0  w_k..k+3,o1 ...]; vpmaddubsw sums
+  each u8 x s8 byte pair into int16 (exact: 2 * 255 * 64 < 2^15, where full int8 weights
+  could saturate), vpmaddwd by ones adds the two pairs of a lane into int32: 32 MACs per
+  vpmaddubsw + vpmaddwd.
+* int16 on AVX2 (int16(x_q) - z_x, written by the producer's epilogue): int16 pairs, k = 4 or 2.
+  The pair (x_k, x_k+1) is one vpbroadcastd load per tile row, the weight rows w[k, o:o+8],
+  w[k+1, o:o+8] are interleaved and sign-extended to int16 ([w_k,o0 w_k+1,o0 w_k,o1 ...]);
+  vpmaddwd gives per lane x_k*w_k,o + x_k+1*w_k+1,o in int32: 16 MACs per instruction, exact
+  (|each sum| < 2^16).
+* int16 on aarch64 NEON (ARMv8.0, no dotprod: rk3399, rpi4), 4 output channels x 2: the
+  interleaved, widened weight rows times the duplicated pair (ld1r .4s) give 8 int16 products
+  (exact: |x*w| <= 255*128 < 2^15, mul.8h); sadalp adds each pair, widened, into the int32
+  accumulators. 8 MACs per multiply where LLVM's code for the plain rule (smlal by lane) does 4.
+* int8/uint8 pairs (a vpshufb or smull.8b per pair and row): what tvm_int8 gave these kernels
+  before the int16 input (MobileNetV2 ~5 % slower on AVX2); registered so that records of
+  earlier tuning databases still replay.
 
 The weights stay the int8 constants tvm_int8 made, in the rule's layout (HWIO, blocked by the
-tile's channels by tvm_prepack): the two rows are interleaved in registers, once per k-pair and
-vector, and reused by every row of the register tile. (A pair-interleaved constant would save
-those 2-3 shuffles; tvm_prepack's constant repacking only knows its own blocking so far.)
+tile's channels by tvm_prepack): transposed or interleaved in registers once per step and
+vector, and reused by every row of the register tile. (A constant in the intrinsic's own
+layout would save those shuffles; tvm_prepack's constant repacking only knows its blocking.)
 
-Which kernels: regular conv2d (including 1x1) and dense whose innermost reduction is an input
-channel of even extent (tvm_int8 pads an odd count with a zero channel) and whose output
-channels fill the vectors (8 on AVX2, 4 on NEON). The 8-bit activation intrinsics stay
-registered: records of earlier tuning databases replay with them.
-Depthwise convs keep the plain rule: with no input-channel reduction, the pair would be two
-taps whose activations also change per channel, so both operands need interleaving in
-registers, as many shuffles as the plain code's multiplies save.
+Which kernels: regular conv2d (including 1x1) and dense whose input-channel count is a multiple
+of k (tvm_int8 pads the rest with zero channels) and whose output channels fill the vectors (8
+on AVX2, 4 on NEON). Depthwise convs keep the plain rule: with no input-channel reduction, the
+pair would be two taps whose activations also change per channel, so both operands need
+interleaving in registers, as many shuffles as the plain code's multiplies save.
 
-The ceiling on this x86 host (no VNNI): vpmaddwd + vpaddd sustain ~16 exact MACs per cycle,
-below two FMA pipes' 16 fp32 MACs (benchmarks/mac_ceiling.py measures both), so on AVX2 int8
-only matches fp32 compute; the 2x of int8 is on NEON (8 MACs per mul.8h vs 4 per fmla).
+The ceiling on this x86 host (no VNNI, benchmarks/mac_ceiling.py, one core): int16 pairs
+(vpmaddwd + vpaddd) 0.82x its fp32 FMA throughput, byte pairs 1.44x. On NEON without dotprod
+both int16-pair forms are 2x fp32 fmla per multiply.
 """
 
 from __future__ import annotations
