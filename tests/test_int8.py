@@ -80,13 +80,14 @@ def test_rewrite_keeps_int8_weights_and_int32_products(qdq):
     assert sorted(dt for _, dt, _, g in inputs if g == 1) == ["int16"] * 5
     assert [dt for _, dt, _, g in inputs if g > 1] == [act]
     assert inputs[0][:3] == ("relax.nn.conv2d", "int16", 4)
-    # byte_pairs (an AVX2 target) and ptq_onnx's 7-bit weights: uint8 inputs (int8 ones shifted
-    # by 128), input channels in fours.
-    inputs.clear()
-    relax.analysis.post_order_visit(quantize_int8(_import(qdq[0]), byte_pairs=True)["main"], lambda e: inputs.append(
-        (str(e.args[0].ty.dtype), int(e.args[1].ty.shape[1]), int(e.attrs.groups) if "conv" in e.op.name else 1))
-        if isinstance(e, relax.Call) and getattr(e.op, "name", "") in ("relax.nn.conv2d", "relax.matmul") else None)
-    assert sorted(dt for dt, _, g in inputs if g == 1) == ["uint8"] * 5 and inputs[0][:2] == ("uint8", 4)
+    # 8-bit kernels: AVX2 byte pairs with ptq_onnx's 7-bit weights take uint8 inputs (int8 ones
+    # shifted by 128), ARM sdot int8 ones (uint8 shifted by -128); input channels in fours.
+    for eight_bit, dtype in (("u8", "uint8"), ("s8", "int8")):
+        inputs.clear()
+        relax.analysis.post_order_visit(quantize_int8(_import(qdq[0]), eight_bit=eight_bit)["main"], lambda e: inputs.append(
+            (str(e.args[0].ty.dtype), int(e.args[1].ty.shape[1]), int(e.attrs.groups) if "conv" in e.op.name else 1))
+            if isinstance(e, relax.Call) and getattr(e.op, "name", "") in ("relax.nn.conv2d", "relax.matmul") else None)
+        assert sorted(dt for dt, _, g in inputs if g == 1) == [dtype] * 5 and inputs[0][:2] == (dtype, 4)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def builds(qdq, tmp_path_factory):
     return out
 
 
-def test_int8_build_matches_onnxruntime(qdq, builds, val):
+def test_int8_build_matches_onnxruntime(qdq, builds, val, demo):
     path, out_scale = qdq
     x, y = val
     sess = onnx_session(path, optimize=False)  # exact QDQ semantics
@@ -119,6 +120,11 @@ def test_int8_build_matches_onnxruntime(qdq, builds, val):
     got = ta.run_host_library(builds[True]["lib"], x)
     assert got.shape == ref.shape
     assert float((got.argmax(1) == y).mean()) == float((ref.argmax(1) == y).mean())
+    # ... and within a point of the fp32 model's top-1.
+    fp32 = onnx_session(demo.onnx)
+    logits = np.concatenate([fp32.run(None, {fp32.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(len(x))])
+    top1_fp32 = float((logits.argmax(1) == y).mean())
+    assert abs(float((got.argmax(1) == y).mean()) - top1_fp32) <= 0.01
     assert float((got.argmax(1) == ref.argmax(1)).mean()) >= 0.99
     # Integer accumulation is exact where ORT's float one rounds: a tie may land one step over.
     diff = np.abs(got - ref)
@@ -197,10 +203,12 @@ def test_widening_isa_follows_the_target():
 
 
 @needs_aarch64
-def test_rk3399_widening_build_matches_x86_under_qemu(qdq, builds, val, tmp_path):
-    """The rk3399 artifact (NEON smull/mul + sadalp), run by its own runner under qemu, gives the
-    x86 build's outputs exactly."""
-    art = compile_artifact(CompileRequest(model=qdq[0], target="rk3399", out_dir=tmp_path / "art",
+@pytest.mark.parametrize("target", ["rk3399", "jetson-orin-nano"])
+def test_arm_widening_build_matches_x86_under_qemu(qdq, builds, val, tmp_path, target):
+    """The rk3399 artifact (A72, NEON: int16 pairs, mul + sadalp) and the Orin one (A78,
+    ARMv8.2 dotprod: sdot on int8), each run by its own runner under qemu, give the x86 build's
+    outputs exactly."""
+    art = compile_artifact(CompileRequest(model=qdq[0], target=target, out_dir=tmp_path / "art",
                                           integer_kernels=True, tflite="no"))
     x = val[0][:3]
     want = ta.run_host_library(builds[True]["lib"], x)
@@ -208,8 +216,10 @@ def test_rk3399_widening_build_matches_x86_under_qemu(qdq, builds, val, tmp_path
         np.save(tmp_path / "x.npy", x[i:i + 1])
         run_runner(art, tmp_path / "x.npy", emulate=True, output_path=tmp_path / "y.npy")
         assert np.array_equal(np.load(tmp_path / "y.npy"), want[i:i + 1])
-    # The centered int16 activation times the widened weights (mul.8h), sadalp into int32.
-    widened = tis.widened_kernels(art / "model.so", "neon", "aarch64-linux-gnu-objdump", extra=("mul",))
+    # A72: the centered int16 activation times the widened weights (mul.8h), sadalp into int32.
+    # A78: sdot of the int8 activation (uint8 shifted by -128) and the transposed weight rows.
+    marks = ("mul", "sadalp") if target == "rk3399" else ("sdot",)
+    widened = tis.widened_kernels(art / "model.so", "neon", "aarch64-linux-gnu-objdump", extra=marks)
     assert len(widened) == WIDENED, widened
 
 

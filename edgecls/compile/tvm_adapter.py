@@ -235,9 +235,9 @@ def run_graph_passes(mod, tvm_target: dict, layout: str | None, fold_bn: bool = 
     plan = []
     if int8:  # QDQ conv/matmul -> integer compute (tvm_int8), before FoldConstant floats the weights
         from edgecls.compile.tvm_int8 import quantize_int8
-        from edgecls.compile.tvm_int8_schedules import byte_pairs_target
-        # Where the target multiplies byte pairs (AVX2 vpmaddubsw), 7-bit weights keep 8-bit input.
-        plan.append(("QuantizeInt8", functools.partial(quantize_int8, byte_pairs=byte_pairs_target(tvm_target))))
+        from edgecls.compile.tvm_int8_schedules import eight_bit_kernels
+        # Where the target has 8-bit kernels (AVX2 byte pairs, ARM sdot), they keep an 8-bit input.
+        plan.append(("QuantizeInt8", functools.partial(quantize_int8, eight_bit=eight_bit_kernels(tvm_target))))
     if fold_bn:
         # The default pipeline leaves BatchNormalization from non-torch exporters as separate
         # arithmetic; fold it into conv weights first (DecomposeOpsForInference does not).

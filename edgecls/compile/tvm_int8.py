@@ -18,8 +18,9 @@ into
   tap reads a real input, so a padded conv with z_x != 0 gets an explicit pad with value z_x
   (real 0.0 in the quantized domain) and an unpadded conv2d.
 * the input of regular (not depthwise) convs and matmuls is what tvm_int8_schedules' kernels
-  multiply: with byte_pairs (an AVX2 target) and weights within [-64, 64], uint8 (an int8 input
-  shifted by 128) for vpmaddubsw, channels padded to fours; otherwise int16(x_q) - z_x (zero
+  multiply: on AVX2 with weights within [-64, 64], uint8 (an int8 input shifted by 128) for
+  vpmaddubsw; with ARMv8.2 dotprod, int8 (a uint8 input shifted by -128) for sdot; both with
+  channels padded to fours; otherwise int16(x_q) - z_x (zero
   padded, no correction term) for the int16-pair kernels, channels padded to pairs. Padding
   channels have zero weights.
 * bias: an ORT int32 bias whose scale is s_x * s_w is used as is; any other (float, torchao)
@@ -157,15 +158,16 @@ def _bias_i32(m, p, acc_scale: np.ndarray, n_out: int) -> np.ndarray:
 BYTE_PAIR_MAX_WEIGHT = 64
 
 
-def _input_mode(m, p, w_q: np.ndarray, is_conv: bool, byte_pairs: bool) -> tuple[str, int]:
+def _input_mode(m, p, w_q: np.ndarray, is_conv: bool, eight_bit: str | None) -> tuple[str, int]:
     """How a conv2d/matmul reads its activation, and the input-channel multiple it needs:
-    "u8" (uint8, channels in fours: the target's byte-pair kernels, 7-bit weights), "int16"
-    (int16(x_q) - z_x, channels in pairs: the widening kernels), or "raw" (the 8-bit input
-    as is: depthwise convs, which tvm_int8_schedules does not widen)."""
+    "u8" (uint8, channels in fours: AVX2 byte pairs, only for weights within [-64, 64]), "s8"
+    (int8, channels in fours: ARMv8.2 sdot), "int16" (int16(x_q) - z_x, channels in pairs: the
+    widening kernels), or "raw" (the 8-bit input as is: depthwise convs, not widened)."""
     if is_conv and int(m[p["conv"]].attrs.groups) != 1:
         return "raw", 1
-    if byte_pairs and np.abs(w_q.astype(np.int16)).max(initial=0) <= BYTE_PAIR_MAX_WEIGHT:
-        return "u8", 4
+    if eight_bit == "s8" or (eight_bit == "u8" and np.abs(w_q.astype(np.int16)).max(initial=0)
+                             <= BYTE_PAIR_MAX_WEIGHT):
+        return eight_bit, 4
     return "int16", 2
 
 
@@ -179,19 +181,20 @@ def _prepared_input(x_q, z_x: int, mode: str):
     writes int16. With z_x subtracted the real 0.0 is an int16 0: zero padding, no sum-of-weights
     correction. Exact: |x - z_x| <= 255, |w| <= 128, a pair < 2^16.
     u8: vpmaddubsw wants the activation unsigned: an int8 one is shifted by 128 (its zero point
-    with it)."""
+    with it). s8: sdot multiplies signed bytes: a uint8 one is shifted by -128."""
     from tvm import relax
 
     if mode == "int16":
         x16 = relax.op.astype(x_q, "int16")
         return (relax.op.subtract(x16, relax.const(z_x, "int16")) if z_x else x16), 0
-    if mode == "u8" and _dtype(x_q) == "int8":
-        x16 = relax.op.add(relax.op.astype(x_q, "int16"), relax.const(128, "int16"))
-        return relax.op.astype(x16, "uint8"), z_x + 128
+    shift = {("u8", "int8"): 128, ("s8", "uint8"): -128}.get((mode, _dtype(x_q)))
+    if shift:
+        x16 = relax.op.add(relax.op.astype(x_q, "int16"), relax.const(shift, "int16"))
+        return relax.op.astype(x16, "uint8" if mode == "u8" else "int8"), z_x + shift
     return x_q, z_x
 
 
-def _int_core(m, p, bb_const, byte_pairs: bool = False):
+def _int_core(m, p, bb_const, eight_bit: str | None = None):
     """The int32 conv2d/matmul + bias of a match: (acc expr, per-channel shape, acc scale, the
     bias in real units when it must be added in float, else None)."""
     _import_tvm()
@@ -207,7 +210,7 @@ def _int_core(m, p, bb_const, byte_pairs: bool = False):
     w_q, s_w, is_conv = _weight(m, p)
     acc_scale = s_x * s_w
     n_out = w_q.shape[0] if is_conv else w_q.shape[1]
-    mode, multiple = _input_mode(m, p, w_q, is_conv, byte_pairs)
+    mode, multiple = _input_mode(m, p, w_q, is_conv, eight_bit)
     data, z_in = _prepared_input(x_q, int(z_x), mode)
     # The kernels take input channels in pairs (fours): a count that is not a multiple (the RGB
     # stem conv, a pruned layer) gets zero weight channels (and input channels of any value).
@@ -285,11 +288,12 @@ def _requantize(m, p, acc, ch_shape, acc_scale, float_bias, bb_const):
     return relax.op.astype(y, out_dtype)
 
 
-def quantize_int8(mod, stats: dict | None = None, byte_pairs: bool = False):
+def quantize_int8(mod, stats: dict | None = None, eight_bit: str | None = None):
     """Rewrite every QDQ conv2d/matmul of `main` into integer compute (see the module doc).
 
-    Run right after import, before FoldConstant. byte_pairs: the target has exact byte-pair
-    kernels for 7-bit weights (tvm_int8_schedules.byte_pairs_target). `stats` (a dict) receives
+    Run right after import, before FoldConstant. eight_bit: the target's 8-bit kernels
+    (tvm_int8_schedules.eight_bit_kernels): "u8" AVX2 byte pairs (7-bit weights), "s8" ARMv8.2
+    sdot, None (int16 pairs only). `stats` (a dict) receives
     the counts:
     conv2d / matmul (requantized to int8/uint8), float_out (integer product, float epilogue),
     relu (a QDQ-wrapped ReLU turned into max(q, z)), add / max_pool (tvm_int8_elementwise),
@@ -321,7 +325,7 @@ def quantize_int8(mod, stats: dict | None = None, byte_pairs: bool = False):
 
     def rewrite_quantized(orig, m):
         try:
-            out = _requantize(m, p, *_int_core(m, p, const, byte_pairs), const)
+            out = _requantize(m, p, *_int_core(m, p, const, eight_bit), const)
         except _Skip as exc:
             return skip(orig, exc)
         count(m, "quant")
@@ -331,7 +335,7 @@ def quantize_int8(mod, stats: dict | None = None, byte_pairs: bool = False):
         if p["add"] not in m:
             return orig
         try:
-            acc, ch_shape, acc_scale, float_bias = _int_core(m, p, const, byte_pairs)
+            acc, ch_shape, acc_scale, float_bias = _int_core(m, p, const, eight_bit)
         except _Skip as exc:
             return skip(orig, exc)
         count(m, "float_out")

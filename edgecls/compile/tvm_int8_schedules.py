@@ -20,6 +20,9 @@ one follows from the activation dtype tvm_int8 gave the kernel:
   w[k+1, o:o+8] are interleaved and sign-extended to int16 ([w_k,o0 w_k+1,o0 w_k,o1 ...]);
   vpmaddwd gives per lane x_k*w_k,o + x_k+1*w_k+1,o in int32: 16 MACs per instruction, exact
   (|each sum| < 2^16).
+* int8 on aarch64 with ARMv8.2 dotprod (Orin's A78, A55/A76; tvm_int8's "s8" mode): sdot, k = 4,
+  4 output channels: the 4 activation bytes duplicated per lane, the weight rows transposed;
+  16 exact MACs per instruction, accumulated in int32 (no saturation: any weights).
 * int16 on aarch64 NEON (ARMv8.0, no dotprod: rk3399, rpi4), 4 output channels x 2: the
   interleaved, widened weight rows times the duplicated pair (ld1r .4s) give 8 int16 products
   (exact: |x*w| <= 255*128 < 2^15, mul.8h); sadalp adds each pair, widened, into the int32
@@ -151,6 +154,20 @@ def _avx2_byte_pairs_mac(A, B, act: str, pairs: int):
     return tirx.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs16, ones)
 
 
+def _neon_dot_mac(A, B, act: str, pairs: int):
+    # ARMv8.2 dotprod: 4 input channels x 4 output channels per sdot (16 MACs, int8 x int8 summed
+    # straight into int32: exact for any weights). The 4 activation bytes duplicated per 32-bit
+    # lane (ld1r .4s), the 4 weight rows transposed to [w_k..k+3,o0  w_k..k+3,o1 ..]. sdot of a
+    # zero accumulator + the tile's: LLVM folds the add into sdot's accumulator.
+    from tvm import tirx
+    x = tirx.reinterpret("int8x16", tirx.Broadcast(
+        tirx.reinterpret("int32", A.vload([tirx.IntImm("int64", 0)], "int8x4")), 4))
+    rows = [B.vload([tirx.IntImm("int64", r), tirx.IntImm("int64", 0)], "int8x4") for r in range(4)]
+    w = tirx.Shuffle(rows, [4 * r + o for o in range(4) for r in range(4)])
+    zeros = tirx.Broadcast(tirx.IntImm("int32", 0), 4)
+    return tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", zeros, x, w)
+
+
 def _neon_mac(A, B, act: str, pairs: int):
     # 8 int16 products of the duplicated pair and the interleaved rows, exact (|x*w| <= 255*128
     # < 2^15): int8 by smull.8b (widens and multiplies in one); uint8 (255 is no int8) widened to
@@ -209,6 +226,8 @@ def intrin_name(isa: str, act: str, k: int = 2) -> str:
 
     if isa == "avx2_byte_pairs":
         name, lanes, mac = f"edgecls_{isa}_mac_{act}_k{k}", _LANES["avx2"], _avx2_byte_pairs_mac
+    elif isa == "neon_dot":
+        name, lanes, mac = f"edgecls_{isa}_mac_{act}_k{k}", _LANES["neon"], _neon_dot_mac
     else:
         name = f"edgecls_{isa}_widening_mac_{act}_k{k}"
         lanes, mac = _LANES[isa], (_avx2_mac if isa == "avx2" else _neon_mac)
@@ -225,14 +244,28 @@ def register_intrinsics() -> None:
             for k in ks:
                 intrin_name(isa, act, k)
     intrin_name("avx2_byte_pairs", "uint8", 4)
+    intrin_name("neon_dot", "int8", 4)
 
 
-def byte_pairs_target(tvm_target: dict) -> bool:
-    """Does the target multiply byte pairs exactly for 7-bit weights (AVX2 vpmaddubsw)? Then
-    tvm_int8 keeps the uint8 input of such kernels (quantize_int8's byte_pairs)."""
+def _has_dotprod() -> bool:
+    """Is the current target an aarch64 one with the ARMv8.2 dot product (sdot)?"""
+    tvm = _import_tvm()
+    from tvm.target import codegen
+    target = tvm.target.Target.current(allow_none=True)
+    return (target is not None and target.kind.name == "llvm"
+            and str(target.attrs.get("mtriple", "")).startswith("aarch64")
+            and bool(codegen.target_has_features("dotprod", target)))
+
+
+def eight_bit_kernels(tvm_target: dict) -> str | None:
+    """Which 8-bit input the target's kernels take (tvm_int8.quantize_int8's eight_bit): "u8"
+    on AVX2 (vpmaddubsw byte pairs, for 7-bit weights), "s8" on aarch64 with dotprod (sdot),
+    None elsewhere (int16 pairs only)."""
     tvm = _import_tvm()
     with tvm.target.Target(tvm_target):
-        return widening_isa(0) == "avx2"
+        if _has_dotprod():
+            return "s8"
+        return "u8" if widening_isa(0) == "avx2" else None
 
 
 # --------------------------------------------------------------------------- target
@@ -324,16 +357,21 @@ def schedule_widening(sch, block, lanes: int) -> str:
     update = sch.get_sblock(name + "_update")
     loops = sch.get_loops(update)
     at, act = _pair_loop(sch, update)
-    # A uint8 input to these kernels on AVX2 means 7-bit weights (tvm_int8's "u8" input mode):
-    # byte pairs, 4 channels per call. Otherwise int16 (or, replaying old records, 8-bit) pairs.
-    byte_pairs = isa == "avx2" and act == "uint8" and th.extent(sch, loops[at]) % 4 == 0
-    k = 4 if byte_pairs else next((k for k in _K[isa] if th.extent(sch, loops[at]) % k == 0), None)
+    # An 8-bit input to these kernels is tvm_int8's "u8" mode on AVX2 (7-bit weights: byte
+    # pairs) or its "s8" mode on a dotprod target (sdot), 4 channels per call. Otherwise int16
+    # (or, replaying old records, 8-bit) pairs.
+    eight = {("avx2", "uint8"): "avx2_byte_pairs", ("neon", "int8"): "neon_dot"}.get((isa, act))
+    if eight == "neon_dot" and not _has_dotprod():
+        eight = None
+    if eight and th.extent(sch, loops[at]) % 4:
+        eight = None
+    k = 4 if eight else next((k for k in _K[isa] if th.extent(sch, loops[at]) % k == 0), None)
     if k is None or th.extent(sch, loops[-1]) != _LANES[isa]:
         raise ts.NotRecognised("odd input channels or a vector narrower than the intrinsic")
     # [.., ci, rows (unrolled), vectors (unrolled), lanes] -> [.., ci/k, rows, vectors, lanes, k]
     k_o, k_i = sch.split(loops[at], [None, k])
     sch.reorder(k_o, *loops[at + 1:], k_i)
-    sch.tensorize(sch.get_loops(update)[-2], intrin_name("avx2_byte_pairs" if byte_pairs else isa, act, k))
+    sch.tensorize(sch.get_loops(update)[-2], intrin_name(eight or isa, act, k))
     return kind
 
 
@@ -344,7 +382,7 @@ def schedule_widening(sch, block, lanes: int) -> str:
 # on x86 the mark is the int16 pairs (byte-to-word widening of the interleaved weight rows) or
 # the byte pairs (vpmaddubsw, which LLVM never picks itself: it saturates). Alternatives per ISA.
 ASM_MARKS = {"avx2": (("vpmaddwd", "vpmovsxbw", "vpunpcklbw"), ("vpmaddubsw", "vpmaddwd")),
-             "neon": (("sadalp",),)}
+             "neon": (("sadalp",), ("sdot",))}
 
 
 def kernel_mnemonics(lib, objdump: str = "objdump") -> dict[str, set[str]]:

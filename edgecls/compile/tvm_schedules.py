@@ -372,6 +372,7 @@ def apply_default_schedules(mod, tvm_target: dict):
     lanes = simd_lanes(tvm_target)
     stats = dict.fromkeys(STAT_KEYS, 0)
     updates = {}
+    target = tvm.target.Target(tvm_target)  # the int8 rules pick intrinsics by its features
     for gvar, func in mod.functions_items():
         if not isinstance(func, tvm.tirx.PrimFunc):
             continue
@@ -379,7 +380,8 @@ def apply_default_schedules(mod, tvm_target: dict):
             stats["skipped_already_scheduled"] += 1
             continue
         try:
-            new, kind = schedule_prim_func(func, lanes)
+            with target:
+                new, kind = schedule_prim_func(func, lanes)
         except Exception as exc:  # noqa: BLE001  (never fail a build over a schedule)
             log.debug("leaving %s unscheduled: %s", gvar.name_hint, exc)
             new, kind = func, "unscheduled"

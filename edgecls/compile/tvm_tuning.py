@@ -331,7 +331,8 @@ def tune(mod, tvm_target: dict, db_dir: Path, *, trials: int, time_budget_s: flo
                 or entry.get("converged_at_quota", 0) >= quota
             try:
                 if not skipped and "zero_trial_s" not in entry and not stop():
-                    sch = rule_schedule(norm, simd_lanes(tvm_target))[0]
+                    with target:  # the int8 rules pick their intrinsics by the target's features
+                        sch = rule_schedule(norm, simd_lanes(tvm_target))[0]
                     secs = tvm_measure.measure_once(sch, target, builder, measure) if sch is not None else None
                     if secs:
                         db.commit_tuning_record(ms.database.TuningRecord(
