@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engines import litert_engine, ort_engine  # noqa: E402
 from edgecls.artifact.reference import onnx_session  # noqa: E402
 from edgecls.compile import tvm_adapter as ta  # noqa: E402
+from edgecls.compile import int8_machine_code as imc  # noqa: E402
 from edgecls.compile import tvm_int8_schedules as tis  # noqa: E402
 from edgecls.compile.tune import TuneRequest, tune_model  # noqa: E402
 from edgecls.export.tflite import export_tflite  # noqa: E402
@@ -81,7 +82,7 @@ def tvm_engine(onnx_path: Path, shape, out: Path, int8: bool, widening: bool = T
             _, sched = ta.build(fused, tt, out, tgt.compiler)
     info = {"compile_s": round(time.perf_counter() - t0, 1), "so_bytes": out.stat().st_size, "schedules": sched}
     if int8:
-        info["widened_kernels"] = len(tis.widened_kernels(out, "avx2"))
+        info["widened_kernels"] = len(imc.widened_kernels(out, "avx2"))
     return info, ta.load_host_library(out)
 
 

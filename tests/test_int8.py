@@ -17,6 +17,7 @@ from conftest import needs_aarch64
 from edgecls.artifact.execute import run_runner
 from edgecls.artifact.reference import onnx_session
 from edgecls.compile import tvm_adapter as ta
+from edgecls.compile import int8_machine_code as imc
 from edgecls.compile import tvm_int8_schedules as tis
 from edgecls.compile.tvm_int8 import int8_summary, quantize_int8
 from edgecls.pipeline import CompileRequest, compile_artifact
@@ -166,9 +167,9 @@ def test_widening_kernels_compile_to_byte_pairs_for_7bit_weights(builds):
     pairs (vpmaddubsw: u8 x s8, exact for |w| <= 64) and sums them by vpmaddwd; the 4 activation
     bytes are one 32-bit broadcast (vpbroadcastd). LLVM never emits vpmaddubsw for the plain
     rule (it saturates), nor int16 pairs (its vpmaddwd are on dwords)."""
-    widened = tis.widened_kernels(builds[True]["lib"], "avx2", extra=("vpmaddubsw", "vpbroadcastd"))
+    widened = imc.widened_kernels(builds[True]["lib"], "avx2", extra=("vpmaddubsw", "vpbroadcastd"))
     assert len(widened) == WIDENED, widened
-    assert not tis.widened_kernels(builds["plain"]["lib"], "avx2")
+    assert not imc.widened_kernels(builds["plain"]["lib"], "avx2")
 
 
 def test_full_range_weights_get_exact_int16_pairs(demo, val, tmp_path):
@@ -184,9 +185,9 @@ def test_full_range_weights_get_exact_int16_pairs(demo, val, tmp_path):
     ta.build(fused, tt, libs["widened"], tgt.compiler)
     with tis.widening_disabled():
         ta.build(fused, tt, libs["plain"], tgt.compiler)
-    widened = tis.widened_kernels(libs["widened"], "avx2", extra=("vpmovsxbw", "vpbroadcastd"))
+    widened = imc.widened_kernels(libs["widened"], "avx2", extra=("vpmovsxbw", "vpbroadcastd"))
     assert len(widened) == WIDENED, widened
-    assert not any("vpmaddubsw" in ops for ops in tis.kernel_mnemonics(libs["widened"]).values())
+    assert not any("vpmaddubsw" in ops for ops in imc.kernel_mnemonics(libs["widened"]).values())
     x = val[0][:100]
     assert np.array_equal(ta.run_host_library(libs["widened"], x), ta.run_host_library(libs["plain"], x))
 
@@ -219,7 +220,7 @@ def test_arm_widening_build_matches_x86_under_qemu(qdq, builds, val, tmp_path, t
     # A72: the centered int16 activation times the widened weights (mul.8h), sadalp into int32.
     # A78: sdot of the int8 activation (uint8 shifted by -128) and the transposed weight rows.
     marks = ("mul", "sadalp") if target == "rk3399" else ("sdot",)
-    widened = tis.widened_kernels(art / "model.so", "neon", "aarch64-linux-gnu-objdump", extra=marks)
+    widened = imc.widened_kernels(art / "model.so", "neon", "aarch64-linux-gnu-objdump", extra=marks)
     assert len(widened) == WIDENED, widened
 
 

@@ -51,8 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
-import subprocess
 
 from edgecls.compile import tir_helpers as th
 from edgecls.compile import tvm_schedules as ts
@@ -373,38 +371,3 @@ def schedule_widening(sch, block, lanes: int) -> str:
     sch.reorder(k_o, *loops[at + 1:], k_i)
     sch.tensorize(sch.get_loops(update)[-2], intrin_name(eight or isa, act, k))
     return kind
-
-
-# --------------------------------------------------------------------------- machine code
-
-# What a widened kernel's machine code has and the plain rule's has not. LLVM lowers the plain
-# int32 multiply of extended bytes to vpmaddwd too (on dwords: vpmovsxbd/vpmovzxbd, 8 MACs), so
-# on x86 the mark is the int16 pairs (byte-to-word widening of the interleaved weight rows) or
-# the byte pairs (vpmaddubsw, which LLVM never picks itself: it saturates). Alternatives per ISA.
-ASM_MARKS = {"avx2": (("vpmaddwd", "vpmovsxbw", "vpunpcklbw"), ("vpmaddubsw", "vpmaddwd")),
-             "neon": (("sadalp",), ("sdot",))}
-
-
-def kernel_mnemonics(lib, objdump: str = "objdump") -> dict[str, set[str]]:
-    """Instruction mnemonics of every function of a shared library, from its disassembly."""
-    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True,
-                          check=True).stdout
-    funcs: dict[str, set[str]] = {}
-    ops: set[str] = set()
-    for line in text.splitlines():
-        head = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
-        if head:
-            ops = funcs.setdefault(head.group(1), set())
-            continue
-        fields = line.split("\t")
-        if len(fields) > 1 and fields[0].strip().endswith(":") and fields[1].split():
-            ops.add(fields[1].split()[0])
-    return funcs
-
-
-def widened_kernels(lib, isa: str, objdump: str = "objdump", extra: tuple[str, ...] = ()) -> list[str]:
-    """conv2d/matmul kernels of a built model.so whose code carries the widening marks of `isa`
-    (plus `extra` mnemonics): the proof that the tensorization did not fall back."""
-    needs = [set(marks) | set(extra) for marks in ASM_MARKS[isa]]
-    return sorted(f for f, ops in kernel_mnemonics(lib, objdump).items()
-                  if ("conv2d" in f or "matmul" in f) and f.endswith("_compute_") and any(n <= ops for n in needs))
