@@ -20,9 +20,8 @@ into
 * the input of regular (not depthwise) convs and matmuls is what tvm_int8_schedules' kernels
   multiply: on AVX2 with weights within [-64, 64], uint8 (an int8 input shifted by 128) for
   vpmaddubsw; with ARMv8.2 dotprod, int8 (a uint8 input shifted by -128) for sdot; both with
-  channels padded to fours; otherwise int16(x_q) - z_x (zero
-  padded, no correction term) for the int16-pair kernels, channels padded to pairs. Padding
-  channels have zero weights.
+  channels padded to fours; otherwise int16(x_q) - z_x (zero padded, no correction term) for
+  the int16-pair kernels, channels padded to pairs. Padding channels have zero weights.
 * bias: an ORT int32 bias whose scale is s_x * s_w is used as is; any other (float, torchao)
   bias is rounded to int32 at scale s_x * s_w (error <= half an accumulator step), unless it
   would overflow the int32 accumulator: then it is added in float after the multiplier.
@@ -44,7 +43,7 @@ import numpy as np
 
 from edgecls.compile.tvm_adapter import _import_tvm
 
-_QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
+QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
 
 
 class _Skip(Exception):
@@ -202,7 +201,7 @@ def _int_core(m, p, bb_const, eight_bit: str | None = None):
 
     x_q = m[p["x_q"]]
     x_dtype = _dtype(x_q)
-    if x_dtype not in _QRANGE:
+    if x_dtype not in QRANGE:
         raise _Skip(f"activation dtype {x_dtype}")
     s_x, z_x = _scalar(m[p["x_s"]]), _scalar(m[p["x_z"]])
     if s_x <= 0 or z_x != int(z_x):
@@ -264,12 +263,12 @@ def _requantize(m, p, acc, ch_shape, acc_scale, float_bias, bb_const):
 
     quant = m[p["quant"]]
     out_dtype = str(quant.attrs.out_dtype)
-    if out_dtype not in _QRANGE:
+    if out_dtype not in QRANGE:
         raise _Skip(f"output dtype {out_dtype}")
     s_y, z_y = _scalar(m[p["y_s"]]), _scalar(m[p["y_z"]])
     if s_y <= 0 or z_y != int(z_y):
         raise _Skip("output scale/zero point")
-    lo, hi = _QRANGE[out_dtype]
+    lo, hi = QRANGE[out_dtype]
     if p["relu"] in m:
         lo = max(lo, int(z_y))
     if p["max"] in m:
@@ -293,8 +292,7 @@ def quantize_int8(mod, stats: dict | None = None, eight_bit: str | None = None):
 
     Run right after import, before FoldConstant. eight_bit: the target's 8-bit kernels
     (tvm_int8_schedules.eight_bit_kernels): "u8" AVX2 byte pairs (7-bit weights), "s8" ARMv8.2
-    sdot, None (int16 pairs only). `stats` (a dict) receives
-    the counts:
+    sdot, None (int16 pairs only). `stats` (a dict) receives the counts:
     conv2d / matmul (requantized to int8/uint8), float_out (integer product, float epilogue),
     relu (a QDQ-wrapped ReLU turned into max(q, z)), add / max_pool (tvm_int8_elementwise),
     skipped (matched, left in float: the reasons in skipped_reasons).

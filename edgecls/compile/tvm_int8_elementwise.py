@@ -20,8 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecls.compile.tvm_adapter import _import_tvm
-
-_QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
+from edgecls.compile.tvm_int8 import QRANGE
 
 
 def _scalar(expr) -> float | None:
@@ -73,7 +72,7 @@ def rewrite_elementwise(func, stats: dict):
         quant, ins = m[p["qadd"]], (m[p["a"]], m[p["b"]])
         params = [_params(m[p["deq_a"]]), _params(m[p["deq_b"]]), _params(quant)]
         out_dtype = str(quant.attrs.out_dtype)
-        if None in params or out_dtype not in _QRANGE or any(str(q.ty.dtype) not in _QRANGE for q in ins):
+        if None in params or out_dtype not in QRANGE or any(str(q.ty.dtype) not in QRANGE for q in ins):
             return orig
         terms = []
         for q, (s, z) in zip(ins, params):
@@ -81,15 +80,15 @@ def rewrite_elementwise(func, stats: dict):
             terms.append(relax.op.multiply(relax.op.subtract(y, f32(z)) if z else y, f32(s)))
         s_y, z_y = params[2]
         y = relax.op.round(relax.op.divide(relax.op.add(*terms), f32(s_y)))
-        lo, hi = _QRANGE[out_dtype]
+        lo, hi = QRANGE[out_dtype]
         y = relax.op.minimum(relax.op.maximum(relax.op.add(y, f32(z_y)), f32(lo)), f32(hi))
         stats["add"] += 1
         return relax.op.astype(y, out_dtype)
 
     def rewrite_pool(orig, m):
         x, pool, quant = m[p["x"]], m[p["pool"]], m[p["qpool"]]
-        if _params(m[p["deq_x"]]) is None or _params(m[p["deq_x"]]) != _params(quant) \
-                or str(x.ty.dtype) != str(quant.attrs.out_dtype):
+        params = _params(m[p["deq_x"]])
+        if params is None or params != _params(quant) or str(x.ty.dtype) != str(quant.attrs.out_dtype):
             return orig
         a = pool.attrs
         stats["max_pool"] += 1

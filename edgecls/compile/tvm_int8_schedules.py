@@ -9,7 +9,7 @@ and only re-blocks its innermost step: k consecutive input channels x one vector
 channels become one TIR tensor intrinsic that does several exact MACs per 32-bit lane. Which
 one follows from the activation dtype tvm_int8 gave the kernel:
 
-* uint8 on AVX2 (tvm_int8 does this only for weights within [-64, 64], its byte_pairs mode):
+* uint8 on AVX2 (tvm_int8's "u8" mode, only for weights within [-64, 64]):
   byte pairs, k = 4. The 4 activation bytes broadcast to every 32-bit lane (vpbroadcastd), the
   4 weight rows transposed in registers to [w_k..k+3,o0  w_k..k+3,o1 ...]; vpmaddubsw sums
   each u8 x s8 byte pair into int16 (exact: 2 * 255 * 64 < 2^15, where full int8 weights
@@ -215,6 +215,10 @@ def _prim_func(lanes: int, act: str, k: int, mac=None):
     return func
 
 
+# 8-bit-input kernels (k = 4): name -> (base ISA, MAC). tvm_int8's "u8" and "s8" input modes.
+_EIGHT_BIT = {"avx2_byte_pairs": ("avx2", _avx2_byte_pairs_mac), "neon_dot": ("neon", _neon_dot_mac)}
+
+
 @functools.cache
 def intrin_name(isa: str, act: str, k: int = 2) -> str:
     """Register (once) and name the widening intrinsic for an ISA, activation dtype and number
@@ -222,10 +226,9 @@ def intrin_name(isa: str, act: str, k: int = 2) -> str:
     _import_tvm()
     from tvm.s_tir import TensorIntrin
 
-    if isa == "avx2_byte_pairs":
-        name, lanes, mac = f"edgecls_{isa}_mac_{act}_k{k}", _LANES["avx2"], _avx2_byte_pairs_mac
-    elif isa == "neon_dot":
-        name, lanes, mac = f"edgecls_{isa}_mac_{act}_k{k}", _LANES["neon"], _neon_dot_mac
+    if isa in _EIGHT_BIT:  # the 8-bit kernels: their own MAC on the base ISA's vector width
+        base, mac = _EIGHT_BIT[isa]
+        name, lanes = f"edgecls_{isa}_mac_{act}_k{k}", _LANES[base]
     else:
         name = f"edgecls_{isa}_widening_mac_{act}_k{k}"
         lanes, mac = _LANES[isa], (_avx2_mac if isa == "avx2" else _neon_mac)
