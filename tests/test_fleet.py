@@ -149,3 +149,38 @@ def test_two_tune_runs_on_one_database_wait_for_each_other(tiny, tmp_path):
     assert a.measured == 2 and b.measured == 2, (a, b)  # B only tops up to its quota of 4
     ledger = json.loads((a.db_dir / "edgecls-tasks.json").read_text())
     assert sum(e["measured"] for e in ledger.values()) == 4 == _lines(a.db_dir / "database_tuning_record.json")
+
+
+# What TVM's server does when it loses a port race, for real: it binds with SO_REUSEADDR and logs
+# "bind to"; a rival that bound the same port then listens first, so its own listen() fails.
+_LOSE_THE_PORT_RACE = """
+import socket, sys
+def reusing():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); return s
+mine, rival = reusing(), reusing()
+mine.bind(("127.0.0.1", 0)); port = mine.getsockname()[1]
+rival.bind(("127.0.0.1", port))
+print(f"INFO bind to 127.0.0.1:{port}", file=sys.stderr, flush=True)
+rival.listen(1)
+mine.listen(1)
+"""
+
+
+def test_a_server_that_loses_the_port_race_is_started_again(ssh_board, tmp_path):
+    """Two servers starting at once on one host can both bind port 9090; the one that listens
+    second logs its bind and dies. The board's first start here loses that race; the server is
+    started again and the yielded port reaches a live TVM RPC server."""
+    from tvm import rpc
+
+    from edgecls.remote.tvm_rpc import rpc_server
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nif mkdir "$0.lost" 2>/dev/null; then exec {sys.executable} -c \'{_LOSE_THE_PORT_RACE}\'; fi\n'
+                      f'exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    info: dict = {}
+    with rpc_server(_spec(ssh_board, "a", str(python)), info) as port:
+        assert (tmp_path / "python.lost").is_dir()  # the first start did run and lose
+        session = rpc.connect("127.0.0.1", port)
+        assert session.cpu(0).exist
+    assert 9090 <= info["remote_port"] < 9199 and info["sessions"] == 1, info
+    assert not _leftovers(ssh_board)
