@@ -231,3 +231,31 @@ def test_digits_cnn_scheduled_matches_torch_and_unscheduled(tmp_path):
     got = _run(fused, x.numpy(), True)
     np.testing.assert_allclose(got, ref, atol=ATOL, rtol=0)
     np.testing.assert_allclose(got, _run(fused, x.numpy(), False), atol=ATOL, rtol=0)
+
+
+def test_narrow_rows_get_whole_vectors_and_a_tail():
+    """NCHW image -> pad -> NHWC (the int8 stem's input step): 3 channels, rows of 102 = 12
+    vectors of 8 and a tail of 6. The row is vectorized at 8 lanes with the tail in a loop of its
+    own (not at 2 lanes, the widest that divides 102), and the result is exact."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 100, 100), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 1, 1, 1, 1], pad_value=0.5))
+            out = bb.emit_output(relax.op.permute_dims(y, [0, 2, 3, 1]))
+        bb.emit_func_output(out)
+    fused = _fused(bb.get(), layout=None)
+    scheduled, stats = apply_default_schedules(fused, TARGET)
+    assert stats["generic"] == 1 and stats["unscheduled"] == 0, stats
+    func = next(f for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    lanes = set()
+
+    def visit(node):
+        if tvm.tirx.ForKind(int(node.kind)).name == "VECTORIZED":
+            lanes.add(int(node.extent))
+
+    tvm_ffi.structural_walk(func.body, (tvm.tirx.For, visit), order="post")
+    assert lanes == {simd_lanes(TARGET)} and "PARALLEL" in _for_kinds(func), (lanes, func)
+    img = np.random.default_rng(4).standard_normal((1, 3, 100, 100)).astype("float32")
+    want = np.pad(img, [(0, 0), (0, 0), (1, 1), (1, 1)], constant_values=0.5).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(_run(fused, img, True), want)
