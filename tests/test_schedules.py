@@ -259,3 +259,30 @@ def test_narrow_rows_get_whole_vectors_and_a_tail():
     img = np.random.default_rng(4).standard_normal((1, 3, 100, 100)).astype("float32")
     want = np.pad(img, [(0, 0), (0, 0), (1, 1), (1, 1)], constant_values=0.5).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(_run(fused, img, True), want)
+
+
+def _parallel_loop_names(func) -> list[str]:
+    names = []
+
+    def visit(node):
+        if tvm.tirx.ForKind(int(node.kind)).name == "PARALLEL":
+            names.append(str(node.loop_var))
+
+    tvm_ffi.structural_walk(func.body, (tvm.tirx.For, visit), order="pre")
+    return names
+
+
+@pytest.mark.parametrize("cin,cout,channels_outermost", [(8, 16, False), (128, 160, True)])
+def test_threads_split_a_small_weight_conv_by_rows(cin, cout, channels_outermost):
+    """A conv whose weight is small (8x16x3x3 floats, 4.6 KB) splits its threads' work by rows
+    (the output channel block innermost in the parallel loop), as the depthwise conv that reads
+    it does; a large weight (128x160x3x3, 737 KB) keeps the channel block outermost, one weight
+    slice per thread. Both stay exact."""
+    fused = _fused(_conv_net(cin, 14, cout, 3, 1, 1, ("bias",)))
+    scheduled, _ = apply_default_schedules(fused, TARGET)
+    conv = next(f for gv, f in scheduled.functions_items()
+                if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint)
+    tiles = _parallel_loop_names(conv)[-1]  # after the pad stage's loop, if any
+    assert tiles.startswith("ff_0") == channels_outermost and "ff_0" in tiles, tiles
+    x = np.random.default_rng(5).standard_normal((1, cin, 14, 14)).astype("float32")
+    np.testing.assert_allclose(_run(fused, x, True), _run(fused, x, False), atol=1e-3, rtol=1e-5)

@@ -19,8 +19,8 @@ the op name, so one rule covers regular, pointwise and depthwise conv2d, dense a
   loads, the elementwise epilogue (bias, ReLU/ReLU6, residual add) runs on the tile while it is
   hot, and the fused outer spatial loops run in parallel.
 
-Functions without a reduction get the injective rule (inline, vectorize innermost, parallel);
-anything a rule does not recognise is left as it was and counted.
+Functions without a reduction get the injective rule (inline, vectorize innermost, parallel;
+tvm_generic_schedules); anything a rule does not recognise is left as it was and counted.
 """
 
 from __future__ import annotations
@@ -29,6 +29,13 @@ import logging
 
 from edgecls.compile import tir_helpers as th
 from edgecls.compile.tvm_adapter import _import_tvm
+from edgecls.compile.tvm_generic_schedules import (  # noqa: F401  (NotRecognised: ts.NotRecognised)
+    PARALLEL_MIN_WORK,
+    NotRecognised,
+    schedule_injective,
+    schedule_injective_block,
+    schedule_reductions_parallel,
+)
 from edgecls.compile.tvm_prepack import pack_last_axis
 
 log = logging.getLogger(__name__)
@@ -37,8 +44,6 @@ STAT_KEYS = ("conv2d", "depthwise", "dense", "generic", "unscheduled", "skipped_
 # Vector accumulators in the register tile. AVX2 has 16 ymm registers: 12 accumulators, two
 # weight vectors and the broadcast input fit; 14 made LLVM spill the whole tile every iteration.
 MAX_ACCUMULATORS = 12
-# Below this many loop iterations a parallel launch (a few microseconds) costs more than it saves.
-PARALLEL_MIN_WORK = 1 << 14
 # Kinds whose zero padding is inlined into the loads instead of running as its own stage.
 # Depthwise: inlined measured faster (no extra pass over its large inputs); regular convs: a
 # separate pad stage measured faster (no bounds check per input channel in the inner loop).
@@ -50,11 +55,13 @@ INLINE_PAD_MAX_CIN = 4  # ... and regular convs over this few input channels
 # the outer reduction loops (depthwise 3x3 0.40 -> 0.16 ms, 1x1 16->96 at 112x112 0.98 -> 0.47).
 # CompactBufferAllocation shrinks the buffer to the tile, so it is a small alloca here.
 ACC_SCOPE = "global"
+# A conv2d/dense whose whole weight is at most this many bytes splits its threads' work by
+# pixel rows, like the depthwise conv that reads its output, not by output channels: with the
+# split by channels every thread wrote part of every pixel, so the next kernel (split by rows)
+# read half its input from the other core's cache. The weight is small enough to stay hot in
+# each core anyway. Pruned MobileNetV2 int8, 2 threads: 1.55 -> 1.29 ms; one thread unchanged.
+OWN_WEIGHT_SLICE_BYTES = 64 << 10
 SCHEDULED_ATTR = "tirx.is_scheduled"  # the attribute dlight/MetaSchedule check to skip a function
-
-
-class NotRecognised(Exception):
-    """The rule does not apply to this function; try the next rule or leave the function alone."""
 
 
 def simd_lanes(tvm_target: dict) -> int:
@@ -198,8 +205,8 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str
     # conv2d/dense: output-channel block outermost, so a thread sweeps the spatial tiles with
     # one weight slice (rows of the HWIO weight) hot in L1/L2. Depthwise/pooling have no weight
     # reuse to win but read the input at the vector axis: channel block innermost keeps each
-    # pixel's channels together.
-    if kind in ("conv2d", "dense"):
+    # pixel's channels together. So does a conv whose whole weight is small (OWN_WEIGHT_SLICE_BYTES).
+    if kind in ("conv2d", "dense") and _nbytes(operand) > OWN_WEIGHT_SLICE_BYTES:
         outer.insert(0, v_o)
     else:
         outer.append(v_o)
@@ -223,10 +230,17 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str
         init = sch.decompose_reduction(block, reduce_loops[0])
         _vectorize_tail(sch, init, skip=1, lanes=vl)
     for name in producers:
-        _schedule_injective_block(sch, sch.get_sblock(name), lanes)
+        schedule_injective_block(sch, sch.get_sblock(name), lanes)
     if kind in ("conv2d", "dense"):  # the tile's weights contiguous (tvm_prepack)
         pack_last_axis(sch, block, operand, vl * nv)
     return kind
+
+
+def _nbytes(buf) -> int:
+    n = 1
+    for d in buf.shape:
+        n *= int(d)
+    return n * buf.dtype.bits // 8
 
 
 def _vectorize_tail(sch, block, skip: int, lanes: int) -> None:
@@ -253,101 +267,6 @@ def _vectorize_tail(sch, block, skip: int, lanes: int) -> None:
             sch.unroll(loop)
 
 
-# --------------------------------------------------------------------------- generic rules
-
-
-def _schedule_injective_block(sch, block, lanes: int) -> None:
-    """Innermost dimension vectorized (when it splits evenly), the rest fused and parallel.
-
-    An innermost dimension narrower than a vector (the 3 channels of an NHWC image) is unrolled
-    inside the next one, which is vectorized instead: the NCHW -> NHWC input transpose (with its
-    quantize and pad) then reads whole rows of each channel plane in vectors. Fused into one
-    flat loop it was a scalar loop with three index divisions per byte (0.83 ms at 224x224).
-    A row that is not a whole number of vectors (226 = 224 + a padded border of 2) is split in
-    two loops, whole vectors then the rest, rather than taking the vector width that divides it
-    (2 lanes for 226: 0.24 -> 0.05 ms for the int8 stem's quantize + pad + transpose)."""
-    loops = sch.get_loops(block)
-    if not loops:
-        return
-    work = th.work(sch, block)
-    last = loops[-1]
-    if len(loops) > 1 and 1 < th.extent(sch, last) < lanes:
-        row = th.extent(sch, loops[-2])
-        outer = loops[:-2]
-        if row > lanes and row % lanes and outer:
-            parts = sch.loop_partition(loops[-2], [row - row % lanes, None])
-            for part, vl in zip(parts, (lanes, 1)):  # (split() rejects a loop not from 0)
-                _vectorize_narrow_rows(sch, part, vl)
-        elif (vl := th.pow2_lanes(row, lanes)) > 1:
-            outer = outer + [_vectorize_narrow_rows(sch, loops[-2], vl)]
-        else:
-            outer = None
-        if outer is not None:
-            fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-            if work >= PARALLEL_MIN_WORK and th.extent(sch, fused) > 1:
-                sch.parallel(fused)
-            return
-    vl = th.pow2_lanes(th.extent(sch, last), lanes)
-    outer = list(loops[:-1])
-    if vl > 1:
-        o, i = sch.split(last, [None, vl])
-        outer.append(o)
-        sch.vectorize(i)
-    else:
-        outer.append(last)
-    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    if work >= PARALLEL_MIN_WORK and th.extent(sch, fused) > 1:
-        sch.parallel(fused)
-
-
-def _vectorize_narrow_rows(sch, row, vl: int):
-    """[row, narrow] -> [row / vl, narrow (unrolled), vl (vectorized)]; returns the outer loop."""
-    narrow = sch.get_loops(sch.get_child_blocks(row)[-1])[-1]
-    if vl == 1:
-        sch.unroll(narrow)
-        return row
-    o, i = sch.split(row, [None, vl])
-    sch.reorder(o, narrow, i)
-    sch.unroll(narrow)
-    sch.vectorize(i)
-    return o
-
-
-def _schedule_injective(sch, lanes: int) -> str:
-    """No reduction (elementwise, transpose, reshape, standalone pad): inline, then each block."""
-    th.inline_all_but_outputs(sch, keep=set())
-    for block in sch.get_child_blocks(th.root(sch)):
-        _schedule_injective_block(sch, block, lanes)
-    return "generic"
-
-
-def _schedule_reductions_parallel(sch) -> str:
-    """Other reductions (several per function, a scalar result): parallel over each block's
-    leading spatial loops. Raises NotRecognised when that changes nothing."""
-    tvm = _import_tvm()
-    th.inline_all_but_outputs(sch, keep={th.name(sch, b) for b in sch.get_child_blocks(th.root(sch))
-                                       if th.is_reduction(sch, b)})
-    changed = False
-    for block in sch.get_child_blocks(th.root(sch)):
-        loops = sch.get_loops(block)
-        iters = sch.get(block).iter_vars
-        if len(loops) != len(iters):
-            continue
-        lead = []
-        for loop, iv in zip(loops, iters):
-            if iv.iter_type != tvm.tirx.IterVar.DataPar:
-                break
-            lead.append(loop)
-        if lead and th.work(sch, block) >= PARALLEL_MIN_WORK:
-            fused = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-            if th.extent(sch, fused) > 1:
-                sch.parallel(fused)
-                changed = True
-    if not changed:
-        raise NotRecognised("no parallel loop to be had")
-    return "generic"
-
-
 # --------------------------------------------------------------------------- entry points
 
 
@@ -364,9 +283,9 @@ def rule_schedule(func, lanes: int):
         attempts.append(lambda s: schedule_widening(s, s.get_sblock(reductions[0]), lanes))
         attempts.append(lambda s: schedule_reduction(s, s.get_sblock(reductions[0]), lanes))
     if reductions:
-        attempts.append(_schedule_reductions_parallel)
+        attempts.append(schedule_reductions_parallel)
     else:
-        attempts.append(lambda s: _schedule_injective(s, lanes))
+        attempts.append(lambda s: schedule_injective(s, lanes))
     for attempt in attempts:
         sch = s_tir.Schedule(func)  # a failed attempt may leave a half-transformed schedule
         try:

@@ -1,0 +1,108 @@
+"""Zero-trial CPU schedules for kernels without a single reduction block (tvm_schedules holds the
+reduction rule and the entry points): elementwise chains, transposes, standalone padding (the
+injective rule: inline, vectorize innermost, parallel), and functions with several reductions or
+a scalar result (parallel over each block's leading spatial loops)."""
+
+from __future__ import annotations
+
+from edgecls.compile import tir_helpers as th
+from edgecls.compile.tvm_adapter import _import_tvm
+
+# Below this many loop iterations a parallel launch (a few microseconds) costs more than it saves.
+PARALLEL_MIN_WORK = 1 << 14
+
+
+class NotRecognised(Exception):
+    """The rule does not apply to this function; try the next rule or leave the function alone."""
+
+
+def schedule_injective_block(sch, block, lanes: int) -> None:
+    """Innermost dimension vectorized (when it splits evenly), the rest fused and parallel.
+
+    An innermost dimension narrower than a vector (the 3 channels of an NHWC image) is unrolled
+    inside the next one, which is vectorized instead: the NCHW -> NHWC input transpose (with its
+    quantize and pad) then reads whole rows of each channel plane in vectors. Fused into one
+    flat loop it was a scalar loop with three index divisions per byte (0.83 ms at 224x224).
+    A row that is not a whole number of vectors (226 = 224 + a padded border of 2) is split in
+    two loops, whole vectors then the rest, rather than taking the vector width that divides it
+    (2 lanes for 226: 0.24 -> 0.05 ms for the int8 stem's quantize + pad + transpose)."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    work = th.work(sch, block)
+    last = loops[-1]
+    if len(loops) > 1 and 1 < th.extent(sch, last) < lanes:
+        row = th.extent(sch, loops[-2])
+        outer = loops[:-2]
+        if row > lanes and row % lanes and outer:
+            parts = sch.loop_partition(loops[-2], [row - row % lanes, None])
+            for part, vl in zip(parts, (lanes, 1)):  # (split() rejects a loop not from 0)
+                _vectorize_narrow_rows(sch, part, vl)
+        elif (vl := th.pow2_lanes(row, lanes)) > 1:
+            outer = outer + [_vectorize_narrow_rows(sch, loops[-2], vl)]
+        else:
+            outer = None
+        if outer is not None:
+            fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+            if work >= PARALLEL_MIN_WORK and th.extent(sch, fused) > 1:
+                sch.parallel(fused)
+            return
+    vl = th.pow2_lanes(th.extent(sch, last), lanes)
+    outer = list(loops[:-1])
+    if vl > 1:
+        o, i = sch.split(last, [None, vl])
+        outer.append(o)
+        sch.vectorize(i)
+    else:
+        outer.append(last)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if work >= PARALLEL_MIN_WORK and th.extent(sch, fused) > 1:
+        sch.parallel(fused)
+
+
+def _vectorize_narrow_rows(sch, row, vl: int):
+    """[row, narrow] -> [row / vl, narrow (unrolled), vl (vectorized)]; returns the outer loop."""
+    narrow = sch.get_loops(sch.get_child_blocks(row)[-1])[-1]
+    if vl == 1:
+        sch.unroll(narrow)
+        return row
+    o, i = sch.split(row, [None, vl])
+    sch.reorder(o, narrow, i)
+    sch.unroll(narrow)
+    sch.vectorize(i)
+    return o
+
+
+def schedule_injective(sch, lanes: int) -> str:
+    """No reduction (elementwise, transpose, reshape, standalone pad): inline, then each block."""
+    th.inline_all_but_outputs(sch, keep=set())
+    for block in sch.get_child_blocks(th.root(sch)):
+        schedule_injective_block(sch, block, lanes)
+    return "generic"
+
+
+def schedule_reductions_parallel(sch) -> str:
+    """Other reductions (several per function, a scalar result): parallel over each block's
+    leading spatial loops. Raises NotRecognised when that changes nothing."""
+    tvm = _import_tvm()
+    th.inline_all_but_outputs(sch, keep={th.name(sch, b) for b in sch.get_child_blocks(th.root(sch))
+                                       if th.is_reduction(sch, b)})
+    changed = False
+    for block in sch.get_child_blocks(th.root(sch)):
+        loops = sch.get_loops(block)
+        iters = sch.get(block).iter_vars
+        if len(loops) != len(iters):
+            continue
+        lead = []
+        for loop, iv in zip(loops, iters):
+            if iv.iter_type != tvm.tirx.IterVar.DataPar:
+                break
+            lead.append(loop)
+        if lead and th.work(sch, block) >= PARALLEL_MIN_WORK:
+            fused = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+            if th.extent(sch, fused) > 1:
+                sch.parallel(fused)
+                changed = True
+    if not changed:
+        raise NotRecognised("no parallel loop to be had")
+    return "generic"
