@@ -74,9 +74,18 @@ def _vectorize_narrow_rows(sch, row, vl: int):
 
 
 def schedule_injective(sch, lanes: int) -> str:
-    """No reduction (elementwise, transpose, reshape, standalone pad): inline, then each block."""
+    """No reduction (elementwise, transpose, reshape, standalone pad): inline, then each block.
+
+    A block that pads (out = in bounds ? f(in) : constant) is split in two first: the constant
+    over the whole output, then f over the interior, without the bounds check. TVM vectorizes
+    a select whose condition differs between lanes as scalar code, so the int8 stem's quantize +
+    pad + transpose ran one byte at a time with a division each: 87 -> 25 us at 224x224."""
     th.inline_all_but_outputs(sch, keep=set())
     for block in sch.get_child_blocks(th.root(sch)):
+        name, loops = th.name(sch, block), sch.get_loops(block)
+        if loops and sch.can_decompose_padding(block, loops[0]):
+            schedule_injective_block(sch, sch.decompose_padding(block, loops[0]), lanes)
+            block = sch.get_sblock(name)
         schedule_injective_block(sch, block, lanes)
     return "generic"
 
