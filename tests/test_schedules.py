@@ -90,6 +90,18 @@ def _for_kinds(func) -> set[str]:
     return kinds
 
 
+def _loops_of_kind(func, kind: str) -> list:
+    """The func's For loops of one ForKind ("PARALLEL", "VECTORIZED"...), outermost first."""
+    loops = []
+
+    def visit(node):
+        if tvm.tirx.ForKind(int(node.kind)).name == kind:
+            loops.append(node)
+
+    tvm_ffi.structural_walk(func.body, (tvm.tirx.For, visit), order="pre")
+    return loops
+
+
 CONVS = {
     # name: (cin, hw, cout, k, stride, groups, epilogue, expected stats key)
     "3x3_s1_bias_relu6": (8, 12, 16, 3, 1, 1, ("bias", "relu6"), "conv2d"),
@@ -248,13 +260,7 @@ def test_narrow_rows_get_whole_vectors_and_a_tail():
     scheduled, stats = apply_default_schedules(fused, TARGET)
     assert stats["generic"] == 1 and stats["unscheduled"] == 0, stats
     func = next(f for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
-    lanes = set()
-
-    def visit(node):
-        if tvm.tirx.ForKind(int(node.kind)).name == "VECTORIZED":
-            lanes.add(int(node.extent))
-
-    tvm_ffi.structural_walk(func.body, (tvm.tirx.For, visit), order="post")
+    lanes = {int(loop.extent) for loop in _loops_of_kind(func, "VECTORIZED")}
     assert lanes == {simd_lanes(TARGET)} and "PARALLEL" in _for_kinds(func), (lanes, func)
     # The padding is a fill of the pad value, then the interior without a bounds check: a
     # select whose condition varies across lanes would be scalarized.
@@ -262,17 +268,6 @@ def test_narrow_rows_get_whole_vectors_and_a_tail():
     img = np.random.default_rng(4).standard_normal((1, 3, 100, 100)).astype("float32")
     want = np.pad(img, [(0, 0), (0, 0), (1, 1), (1, 1)], constant_values=0.5).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(_run(fused, img, True), want)
-
-
-def _parallel_loop_names(func) -> list[str]:
-    names = []
-
-    def visit(node):
-        if tvm.tirx.ForKind(int(node.kind)).name == "PARALLEL":
-            names.append(str(node.loop_var))
-
-    tvm_ffi.structural_walk(func.body, (tvm.tirx.For, visit), order="pre")
-    return names
 
 
 @pytest.mark.parametrize("cin,cout,channels_outermost", [(8, 16, False), (128, 160, True)])
@@ -285,7 +280,7 @@ def test_threads_split_a_small_weight_conv_by_rows(cin, cout, channels_outermost
     scheduled, _ = apply_default_schedules(fused, TARGET)
     conv = next(f for gv, f in scheduled.functions_items()
                 if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint)
-    tiles = _parallel_loop_names(conv)[-1]  # after the pad stage's loop, if any
+    tiles = str(_loops_of_kind(conv, "PARALLEL")[-1].loop_var)  # after the pad stage's loop, if any
     assert tiles.startswith("ff_0") == channels_outermost and "ff_0" in tiles, tiles
     x = np.random.default_rng(5).standard_normal((1, cin, 14, 14)).astype("float32")
     np.testing.assert_allclose(_run(fused, x, True), _run(fused, x, False), atol=1e-3, rtol=1e-5)

@@ -25,36 +25,31 @@ def schedule_injective_block(sch, block, lanes: int) -> None:
     flat loop it was a scalar loop with three index divisions per byte (0.83 ms at 224x224).
     A row that is not a whole number of vectors (226 = 224 + a padded border of 2) is split in
     two loops, whole vectors then the rest, rather than taking the vector width that divides it
-    (2 lanes for 226: 0.24 -> 0.05 ms for the int8 stem's quantize + pad + transpose)."""
+    (2 lanes for 226; the int8 stem's quantize + pad + transpose, one thread, profiled in the
+    whole model: 0.24 -> 0.18 ms)."""
     loops = sch.get_loops(block)
     if not loops:
         return
     work = th.work(sch, block)
     last = loops[-1]
-    if len(loops) > 1 and 1 < th.extent(sch, last) < lanes:
-        row = th.extent(sch, loops[-2])
-        outer = loops[:-2]
-        if row > lanes and row % lanes and outer:
-            parts = sch.loop_partition(loops[-2], [row - row % lanes, None])
-            for part, vl in zip(parts, (lanes, 1)):  # (split() rejects a loop not from 0)
-                _vectorize_narrow_rows(sch, part, vl)
-        elif (vl := th.pow2_lanes(row, lanes)) > 1:
-            outer = outer + [_vectorize_narrow_rows(sch, loops[-2], vl)]
-        else:
-            outer = None
-        if outer is not None:
-            fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-            if work >= PARALLEL_MIN_WORK and th.extent(sch, fused) > 1:
-                sch.parallel(fused)
-            return
-    vl = th.pow2_lanes(th.extent(sch, last), lanes)
-    outer = list(loops[:-1])
-    if vl > 1:
-        o, i = sch.split(last, [None, vl])
-        outer.append(o)
-        sch.vectorize(i)
+    narrow = len(loops) > 1 and 1 < th.extent(sch, last) < lanes
+    row = th.extent(sch, loops[-2]) if narrow else 0
+    if narrow and row > lanes and row % lanes and len(loops) > 2:
+        parts = sch.loop_partition(loops[-2], [row - row % lanes, None])
+        for part, vl in zip(parts, (lanes, 1)):  # (split() rejects a loop not from 0)
+            _vectorize_narrow_rows(sch, part, vl)
+        outer = list(loops[:-2])
+    elif narrow and th.pow2_lanes(row, lanes) > 1:
+        outer = [*loops[:-2], _vectorize_narrow_rows(sch, loops[-2], th.pow2_lanes(row, lanes))]
     else:
-        outer.append(last)
+        outer = list(loops[:-1])
+        vl = th.pow2_lanes(th.extent(sch, last), lanes)
+        if vl > 1:
+            o, i = sch.split(last, [None, vl])
+            outer.append(o)
+            sch.vectorize(i)
+        else:
+            outer.append(last)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     if work >= PARALLEL_MIN_WORK and th.extent(sch, fused) > 1:
         sch.parallel(fused)
@@ -79,7 +74,8 @@ def schedule_injective(sch, lanes: int) -> str:
     A block that pads (out = in bounds ? f(in) : constant) is split in two first: the constant
     over the whole output, then f over the interior, without the bounds check. TVM vectorizes
     a select whose condition differs between lanes as scalar code, so the int8 stem's quantize +
-    pad + transpose ran one byte at a time with a division each: 87 -> 25 us at 224x224."""
+    pad + transpose ran one byte at a time with a division each (alone, 2 threads: 89 -> 65 us,
+    in a run where every other kernel measured ~1.4x slower than before)."""
     th.inline_all_but_outputs(sch, keep=set())
     for block in sch.get_child_blocks(th.root(sch)):
         name, loops = th.name(sch, block), sch.get_loops(block)
