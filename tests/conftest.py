@@ -33,6 +33,41 @@ needs_aarch64 = pytest.mark.skipif(not has_aarch64_toolchain(),
                                    reason="aarch64 cross compiler or qemu-user not installed (scripts/setup installs them)")
 
 
+# ISA-specific code is compiled for an explicit x86 CPU, never for the host's, and its machine code
+# is checked whatever the host is; it runs only where the host has the features it was built for
+# (sessions and CI run on Zen 3 with AVX2 and on Zen 4/5 with AVX-512 VNNI). Each CPU name with the
+# /proc/cpuinfo flags of its x86-64 psABI level (v3: AVX2, v4: AVX-512) and of its extensions.
+X86_CPU_FLAGS = {
+    "znver3": {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm"},
+    "skylake-avx512": {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm",
+                       "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
+}
+
+
+def host_cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def host_runs(mcpu: str) -> bool:
+    """True when this host can execute code LLVM compiled for `mcpu`."""
+    return X86_CPU_FLAGS[mcpu] <= host_cpu_flags()
+
+
+def needs_host_cpu(mcpu: str):
+    return pytest.mark.skipif(not host_runs(mcpu), reason=f"this host's CPU cannot run code built for {mcpu} "
+                              f"(needs {' '.join(sorted(X86_CPU_FLAGS[mcpu] - host_cpu_flags()))})")
+
+
+def x86_target(mcpu: str) -> dict:
+    """A TVM target dict for an explicit x86 CPU, with this machine's cores."""
+    return {"kind": "llvm", "mcpu": mcpu, "num-cores": len(os.sched_getaffinity(0))}
+
+
 def _randomize_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     # Non-trivial BN statistics, so a wrong BN fold shows up as a numeric difference.
     g = torch.Generator().manual_seed(seed)
