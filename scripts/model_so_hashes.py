@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+EDGECLS = Path(sys.executable).parent / "edgecls"  # the console script of the python running this
 TARGETS = ("x86-host", "rk3399")
 
 
@@ -52,7 +52,7 @@ def make_models(out: Path) -> dict[str, Path]:
 def model_so_hash(model: Path, target: str, work: Path) -> str:
     out = work / f"{model.stem}-{target}"
     env = dict(os.environ, EDGECLS_TUNING_DB=str(work / "no-tuning-db"))
-    cmd = [str(ROOT / ".venv/bin/edgecls"), "compile", str(model), "--target", target, "-o", str(out),
+    cmd = [str(EDGECLS), "compile", str(model), "--target", target, "-o", str(out),
            "--no-verify", "--no-tflite", "--force"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
