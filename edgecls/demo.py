@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.hashing import sha256_file
+from edgecls.export.onnx import export_onnx
 from edgecls.quiet import quiet_torch_export
 from edgecls.torch_state import deterministic_torch
 from edgecls.data import DEMO_PREPROCESS, digits_dataset, split
@@ -151,9 +152,7 @@ def train_digits_model(out_dir: str | os.PathLike, *, epochs: int = DEFAULT_EPOC
 
         example = (torch.from_numpy(val.x[:1]),)
         with quiet_torch_export():
-            _atomic_write(out / ONNX_NAME, lambda p: torch.onnx.export(
-                model, example, p, dynamo=True, external_data=False,
-                input_names=["input"], output_names=["logits"], verbose=False))
+            _atomic_write(out / ONNX_NAME, lambda p: export_onnx(model, example[0], p))
             exported = torch.export.export(model, example)
             _atomic_write(out / PT2_NAME, lambda p: torch.export.save(exported, p))
             # The nn.Module itself: pruning and QAT need real modules, not an exported graph.

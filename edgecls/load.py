@@ -156,11 +156,11 @@ def _torchscript_to_onnx(path: Path, shape: tuple[int, ...] | None):
         raise UsageError(f"{path}: TorchScript files carry no input shape; pass --input-shape, "
                          f"e.g. 1,3,224,224")
     buf = io.BytesIO()
+    from edgecls.export.onnx import export_onnx
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(module.eval(), (torch.zeros(shape),), buf, dynamo=False,
-                              input_names=["input"], output_names=["logits"], opset_version=17)
+            export_onnx(module.eval(), torch.zeros(shape), buf, torchscript=True)
         except Exception as exc:
             raise ModelError(f"{path}: TorchScript -> ONNX export failed for shape {list(shape)}: "
                              f"{str(exc).splitlines()[0]}") from None
@@ -184,11 +184,10 @@ def _exported_to_onnx(path: Path, shape: tuple[int, ...] | None):
         else:
             raise UsageError(f"{path}: no example input saved; pass --input-shape")
     import tempfile
-    from edgecls.quiet import quiet_torch_export
-    with tempfile.TemporaryDirectory() as tmp, quiet_torch_export():
+    from edgecls.export.onnx import export_onnx
+    with tempfile.TemporaryDirectory() as tmp:
         try:
-            torch.onnx.export(ep, (torch.zeros(shape),), f"{tmp}/m.onnx", dynamo=True,
-                              external_data=False, verbose=False)
+            export_onnx(ep, torch.zeros(shape), f"{tmp}/m.onnx", named=False)
         except Exception as exc:
             raise ModelError(f"{path}: torch.export -> ONNX failed: {str(exc).splitlines()[0]}") from None
         return ep, onnx.load(f"{tmp}/m.onnx")

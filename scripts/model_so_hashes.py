@@ -37,13 +37,14 @@ def make_models(out: Path) -> dict[str, Path]:
     import numpy as np
     import torch
 
+    from edgecls.export.onnx import export_onnx
     from edgecls.models import MobileNetV2, ResNet18
     from edgecls.optimize.quantize import ptq_onnx
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     x = torch.zeros(1, 3, 224, 224)
     for name, net in (("mobilenet_v2", MobileNetV2(num_classes=1000)), ("resnet18", ResNet18(num_classes=1000))):
-        torch.onnx.export(net.eval(), (x,), str(paths[name]), dynamo=True, external_data=False, verbose=False)
+        export_onnx(net.eval(), x, paths[name], named=False)
     calib = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype("float32")
     ptq_onnx(paths["mobilenet_v2"], paths["mobilenet_v2_int8"], calib, "minmax")
     return paths

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from edgecls.demo import ensure_demo_model
+from edgecls.export import onnx as onnx_export
 from edgecls.models import MobileNetV2, ResNet18
 from edgecls.pipeline import CompileRequest, compile_artifact
 
@@ -87,11 +88,10 @@ def export_onnx(model: torch.nn.Module, shape, path: Path, keep_bn: bool = False
         # The TorchScript exporter without constant folding keeps BatchNormalization nodes, like
         # ONNX files from other exporters: our TVM passes must fold them.
         buf = io.BytesIO()
-        torch.onnx.export(model, (x,), buf, dynamo=False, do_constant_folding=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"])
+        onnx_export.export_onnx(model, x, buf, torchscript=True, fold_constants=False)
         path.write_bytes(buf.getvalue())
     else:
-        torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False, verbose=False)
+        onnx_export.export_onnx(model, x, path, named=False)
     return path
 
 

@@ -7,9 +7,7 @@ ONNX Runtime. MobileNetV2 and ResNet18 check depthwise and residual coupling.
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from conftest import ort_run
 
 from edgecls.data import DEMO_PREPROCESS, Dataset, digits_dataset, split
 from edgecls.errors import UsageError
+from edgecls.export.onnx import export_onnx
 from edgecls.models import DigitsCNN, MobileNetV2, ResNet18
 from edgecls.optimize.finetune import class_weights, evaluate, finetune
 from edgecls.optimize.prune import prune_model
@@ -84,15 +83,7 @@ def test_digits_prune_finetune_export(digits, tmp_path):
 
     # The pruned model exports like any other and ONNX Runtime agrees with torch.
     path = tmp_path / "pruned.onnx"
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(ft.model, (x1,), str(path), dynamo=True, external_data=False, verbose=False)
-    finally:
-        log.setLevel(level)
+    export_onnx(ft.model, x1, path, named=False)  # quiet: export_onnx silences the exporter
     xs = val.x[:32]
     with torch.no_grad():
         want = ft.model(torch.from_numpy(xs)).numpy()

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.errors import EdgeclsError, ModelError, UsageError
+from edgecls.export.onnx import export_onnx
 
 # Fewer images than this give ranges that depend on which few images were picked.
 MIN_CALIBRATION_IMAGES = 16
@@ -418,10 +419,8 @@ def qat_pt2e(model, train, val, epochs: int = 2, onnx_out: str | os.PathLike = "
             with tempfile.TemporaryDirectory(prefix=".edgecls-qat-", dir=onnx_out.parent) as tmp:
                 fp32_onnx, staged = Path(tmp) / "fp32.onnx", Path(tmp) / "qat.onnx"
                 try:
-                    torch.onnx.export(float_model, (x1,), str(fp32_onnx), dynamo=True, external_data=False,
-                                      input_names=["input"], output_names=["logits"], verbose=False)
-                    torch.onnx.export(converted, (x1,), str(staged), dynamo=True, external_data=False,
-                                      input_names=["input"], output_names=["logits"], verbose=False)
+                    export_onnx(float_model, x1, fp32_onnx)
+                    export_onnx(converted, x1, staged)
                 except Exception as exc:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     raise EdgeclsError(f"QAT is not available for this model: ONNX export of the converted "

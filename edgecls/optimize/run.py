@@ -18,7 +18,7 @@ import numpy as np
 from edgecls.data import Dataset, Preprocess, load_image_folder, split
 from edgecls.errors import UsageError
 from edgecls.load import load_torch_module
-from edgecls.quiet import quiet_torch_export
+from edgecls.export.onnx import export_onnx
 
 QUANTIZE_MODES = ("none", "ptq", "qat", "fp16")
 TFLITE_MODES = ("auto", "yes", "no")
@@ -62,10 +62,7 @@ def _onnx_size_and_accuracy(path: Path, val: Dataset) -> tuple[int, float]:
 
 
 def _export(model, example, path: Path) -> Path:
-    import torch
-    with quiet_torch_export():
-        torch.onnx.export(model.eval(), (example,), str(path), dynamo=True, external_data=False,
-                          verbose=False, input_names=["input"], output_names=["logits"])
+    export_onnx(model.eval(), example, path)
     return path
 
 
