@@ -43,3 +43,9 @@ class ArtifactError(EdgeclsError):
     """Missing, incomplete or tampered artifact directory."""
 
     exit_code = 6
+
+
+class RemoteError(EdgeclsError):
+    """A board is unreachable, refuses us, fails a command, or runs out of disk."""
+
+    exit_code = 7

@@ -19,19 +19,19 @@ import sshd
 from sshd import free_port, keygen
 
 from edgecls.artifact.manifest import manifest_id, new_manifest, write_manifest
-from edgecls.errors import EdgeclsError
+from edgecls.errors import EdgeclsError, RemoteError
 from edgecls.remote.boards import (
     Board,
     add_board,
-    check_board,
     connect,
     get_board,
     load_boards,
     remove_board,
     resolve_boards,
 )
+from edgecls.remote.board_check import check_board
 from edgecls.remote.deploy import deploy, verify_remote
-from edgecls.remote.ssh import RemoteError, SshHost, parse_spec
+from edgecls.remote.ssh import SshHost, parse_spec
 
 # The sshd fixtures (tests/sshd.py), made visible to pytest in this module.
 ssh_board = sshd.ssh_board

@@ -59,7 +59,8 @@ def boards_list(no_ping, inventory, ssh_config):
 @targets_dir_option
 def boards_check(name, as_json, inventory, ssh_config, accept_new_host_key, targets_dir):
     """Connect and report: arch, glibc, cores, governor, free disk, temperatures, runtimes."""
-    from edgecls.remote.boards import check_board, connect, get_board
+    from edgecls.remote.board_check import check_board
+    from edgecls.remote.boards import connect, get_board
     from edgecls.report.console import board_check_view
     board = get_board(name, inventory)
     with connect(board, ssh_config=ssh_config, accept_new_host_key=accept_new_host_key) as ssh:

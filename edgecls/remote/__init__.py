@@ -1,5 +1,8 @@
-"""Boards over SSH: inventory (boards.py), transport (ssh.py), verified deploys (deploy.py)."""
+"""Boards over SSH: inventory (boards.py), transport (ssh.py, its file transfer in transfer.py),
+verified deploys (deploy.py)."""
 
-from edgecls.remote.ssh import RemoteError, SshHost, UploadResult
+from edgecls.errors import RemoteError
+from edgecls.remote.ssh import SshHost
+from edgecls.remote.transfer import UploadResult
 
 __all__ = ["RemoteError", "SshHost", "UploadResult"]

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -25,9 +26,9 @@ from edgecls.artifact.manifest import (
     read_manifest,
     require_intact,
 )
-from edgecls.errors import ArtifactError
+from edgecls.errors import ArtifactError, RemoteError
 from edgecls.remote.boards import Board
-from edgecls.remote.ssh import RemoteError, SshHost
+from edgecls.remote.ssh import SshHost
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,57 @@ exit 0
 """
 
 
+def _preflight(ssh: SshHost, board: Board, args: list[str], sums: str, incoming: str,
+               timeout: float | None) -> subprocess.CompletedProcess:
+    """Run PREFLIGHT_SCRIPT (make the incoming dir, check the deployed copy); one-line errors."""
+    pre = ssh.run(["sh", "-c", PREFLIGHT_SCRIPT, "edgecls-deploy", *args],
+                  input=sums.encode(), timeout=600 if timeout is None else timeout, text=True)
+    lines = pre.stdout.splitlines()
+    if "@mkdir_failed" in lines:
+        err = (pre.stderr.strip().splitlines() or ["mkdir failed"])[-1]
+        if "No space left" in err:
+            raise RemoteError(f"No space left on device on board {board.name} creating {incoming}")
+        raise RemoteError(f"cannot create {incoming} on board {board.name}: {err}")
+    if "@nosha" in lines:
+        raise RemoteError(f"sha256sum not found on board {board.name}: cannot verify a deploy")
+    return pre
+
+
+def _upload_verified(ssh: SshHost, board: Board, artifact_dir: Path, files: list, incoming: str,
+                     identity: tuple[dict, str], log, *, method: str, basis: str | None,
+                     timeout: float | None, bwlimit_kbps: int | None) -> int:
+    """Upload into `incoming`, check every file's sha256 there, send the bad ones once more.
+    Returns the bytes sent; RemoteError when files still differ (the board's disk or memory)."""
+    manifest, mid = identity
+    name = artifact_dir.name
+    try:
+        up = ssh.upload(files, incoming, timeout=timeout, bwlimit_kbps=bwlimit_kbps, method=method,
+                        basis_dir=basis, create=False)
+    except RemoteError as exc:
+        if "No space left" in str(exc):
+            # Resuming cannot help a full disk: give the space of the partial upload back.
+            try:
+                ssh.run(["rm", "-rf", "--", incoming], timeout=60)
+            except RemoteError:
+                pass
+            raise RemoteError(f"{exc} (partial upload removed; {remote_path_for(board, name)} untouched)") from None
+        raise
+    sent = up.bytes_sent
+    problems = _verify(ssh, board.name, incoming, manifest, mid)
+    if problems:
+        bad = [p.split(":", 1)[0] for p in problems]
+        log(f"{name}: {len(bad)} file(s) failed verification on {board.name}, sending them again")
+        again = [(artifact_dir / rel, rel) for rel in bad]
+        sent += ssh.upload(again, incoming, timeout=timeout, bwlimit_kbps=bwlimit_kbps,
+                           method=up.method, force=True, create=False).bytes_sent
+        problems = _verify(ssh, board.name, incoming, manifest, mid)
+        if problems:
+            raise RemoteError(f"files uploaded to board {board.name} still fail their checksums "
+                              f"after a second upload: {'; '.join(problems[:3])} (disk or memory "
+                              f"errors on the board?)")
+    return sent
+
+
 def deploy(artifact_dir: Path, board: Board, ssh: SshHost, log=print, *,
            bwlimit_kbps: int | None = None, timeout: float | None = None) -> DeployResult:
     """Put artifact_dir on the board as <workdir>/<artifact dir name>; see the module docstring.
@@ -176,16 +228,8 @@ def deploy(artifact_dir: Path, board: Board, ssh: SshHost, log=print, *,
     rels = list(manifest.get("files", {}))
     files = [(artifact_dir / rel, rel) for rel in rels] + [(artifact_dir / MANIFEST, MANIFEST)]
 
-    pre = ssh.run(["sh", "-c", PREFLIGHT_SCRIPT, "edgecls-deploy", workdir, name, inc_name, mid],
-                  input=sums.encode(), timeout=600 if timeout is None else timeout, text=True)
+    pre = _preflight(ssh, board, [workdir, name, inc_name, mid], sums, incoming, timeout)
     lines = pre.stdout.splitlines()
-    if "@mkdir_failed" in lines:
-        err = (pre.stderr.strip().splitlines() or ["mkdir failed"])[-1]
-        if "No space left" in err:
-            raise RemoteError(f"No space left on device on board {board.name} creating {incoming}")
-        raise RemoteError(f"cannot create {incoming} on board {board.name}: {err}")
-    if "@nosha" in lines:
-        raise RemoteError(f"sha256sum not found on board {board.name}: cannot verify a deploy")
     dest_mid = next((ln.split("=", 1)[1] for ln in lines if ln.startswith("@dest_manifest=")), None)
     dest_exists = dest_mid is not None or "@dest_other=1" in lines
     if dest_mid == mid:
@@ -199,31 +243,8 @@ def deploy(artifact_dir: Path, board: Board, ssh: SshHost, log=print, *,
     basis = f"../{name}" if (dest_exists and method == "rsync") else None
 
     log(f"{name}: uploading {len(files)} files to {board.name}:{incoming} ({method})")
-    try:
-        up = ssh.upload(files, incoming, timeout=timeout, bwlimit_kbps=bwlimit_kbps, method=method,
-                        basis_dir=basis, create=False)
-    except RemoteError as exc:
-        if "No space left" in str(exc):
-            # Resuming cannot help a full disk: give the space of the partial upload back.
-            try:
-                ssh.run(["rm", "-rf", "--", incoming], timeout=60)
-            except RemoteError:
-                pass
-            raise RemoteError(f"{exc} (partial upload removed; {dest} untouched)") from None
-        raise
-    sent = up.bytes_sent
-    problems = _verify(ssh, board.name, incoming, manifest, mid)
-    if problems:
-        bad = [p.split(":", 1)[0] for p in problems]
-        log(f"{name}: {len(bad)} file(s) failed verification on {board.name}, sending them again")
-        again = [(artifact_dir / rel, rel) for rel in bad]
-        sent += ssh.upload(again, incoming, timeout=timeout, bwlimit_kbps=bwlimit_kbps,
-                           method=up.method, force=True, create=False).bytes_sent
-        problems = _verify(ssh, board.name, incoming, manifest, mid)
-        if problems:
-            raise RemoteError(f"files uploaded to board {board.name} still fail their checksums "
-                              f"after a second upload: {'; '.join(problems[:3])} (disk or memory "
-                              f"errors on the board?)")
+    sent = _upload_verified(ssh, board, artifact_dir, files, incoming, (manifest, mid), log,
+                            method=method, basis=basis, timeout=timeout, bwlimit_kbps=bwlimit_kbps)
 
     swap = ssh.run(["sh", "-c", SWAP_SCRIPT, "edgecls-swap", workdir, name, inc_name, mid[:12]],
                    timeout=600 if timeout is None else timeout, text=True)
