@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import os
 import re
 import statistics
@@ -17,7 +16,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_py import as_int, percentile  # noqa: E402  (sibling file in harness/)
+from bench_py import as_int  # noqa: E402  (sibling file in harness/)
 
 
 class HarnessError(Exception):
@@ -43,18 +42,6 @@ def as_float(text):
         return float(text)
     except (TypeError, ValueError):
         return None
-
-
-# ---- statistics (same definitions as bench_py / edgecls-runner) ---------------------------------
-
-def stats(values) -> dict | None:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None
-    s = sorted(vals)
-    return {"mean": statistics.fmean(vals), "median": statistics.median(vals), "p90": percentile(s, 90),
-            "p95": percentile(s, 95), "p99": percentile(s, 99), "min": s[0], "max": s[-1],
-            "std": statistics.pstdev(vals)}
 
 
 # ---- trtexec text log ---------------------------------------------------------------------------
