@@ -74,6 +74,22 @@ def parse_summary_stats(text: str) -> dict:
     return out
 
 
+def _device_field(dev: dict, key: str, val: str) -> None:
+    """One 'key: value' line of the log's '=== Device Information ===' section into dev."""
+    if key == "Selected Device":
+        dev["name"] = val
+    elif key == "Compute Capability":
+        dev["compute_capability"] = val
+    elif key == "SMs":
+        dev["sms"] = as_int(val)
+    elif key == "Device Global Memory":
+        dev["memory_mib"] = as_int(val.split()[0])
+    elif key.endswith("Compute Clock Rate"):
+        dev["compute_clock_ghz"] = as_float(val.split()[0])
+    elif key.endswith("Memory Clock Rate"):
+        dev["memory_clock_ghz"] = as_float(val.split()[0])
+
+
 def parse_trtexec_log(text: str) -> dict:
     """Everything edgecls uses from a trtexec stdout log (TensorRT 8.4 .. 10.x formats)."""
     out = {"status": None, "tensorrt_version": None, "command": None, "precision": None,
@@ -107,19 +123,7 @@ def parse_trtexec_log(text: str) -> dict:
             continue
         key, _, val = line.partition(": ")
         if section == "Device Information" and val:
-            dev = out["device"]
-            if key == "Selected Device":
-                dev["name"] = val
-            elif key == "Compute Capability":
-                dev["compute_capability"] = val
-            elif key == "SMs":
-                dev["sms"] = as_int(val)
-            elif key == "Device Global Memory":
-                dev["memory_mib"] = as_int(val.split()[0])
-            elif key.endswith("Compute Clock Rate"):
-                dev["compute_clock_ghz"] = as_float(val.split()[0])
-            elif key.endswith("Memory Clock Rate"):
-                dev["memory_clock_ghz"] = as_float(val.split()[0])
+            _device_field(out["device"], key, val)
         if key == "TensorRT version":
             out["tensorrt_version"] = val.strip()
         elif key == "Precision" and section == "Build Options":
