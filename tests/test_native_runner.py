@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecls.artifact.harness.contract import INPUT_OPTIONS, MEASURE_OPTIONS, SCHEMA_VERSION, schema_problems
 from edgecls.artifact.native import build_runner, elf_arch, required_glibc, required_glibcxx
 from edgecls.artifact.runtime_libs import LIB_FFI, LIB_RUNTIME, fetch_runtime, host_arch, runtime_libs
 from edgecls.errors import ArtifactError, ToolchainError
@@ -164,7 +165,8 @@ def _check_against_reference(runner, model_so, model, tmp_path, qemu=False):
              "--warmup", 2, "--runs", 3, qemu=qemu)
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)  # exactly one JSON object
-    assert res["schema"] == 2 and res["runner"] == "edgecls-runner"
+    assert res["schema"] == SCHEMA_VERSION and res["runner"] == "edgecls-runner"
+    assert schema_problems(res) == []  # the JSON bench_py.py and bench_trt.py print too
     assert res["input"] == {"shape": list(SHAPE), "dtype": "float32"}
     assert res["output"] == {"shape": [1, 10], "dtype": "float32"}
     logits = np.load(out)
@@ -236,7 +238,8 @@ def test_benchmark_statistics_and_time_driven_loops(host_art, model, tmp_path):
              "--runs", 5, "--min-ms", 40, "--json-out", report)
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
-    assert res["schema"] == 2 and json.loads(report.read_text()) == res  # the same report twice
+    assert res["schema"] == SCHEMA_VERSION and json.loads(report.read_text()) == res  # the same report twice
+    assert schema_problems(res) == []
     tm, bench = res["timings_ms"], res["bench"]
     warm, runs = tm["warmup"], tm["runs"]
     # By count AND by time, stopping as soon as both hold.
@@ -439,6 +442,7 @@ def test_accuracy_and_reference_on_device(host_art, model, val_set, tmp_path):
     acc = res["accuracy"]
     assert acc["n"] == 14 and acc["top1"] == pytest.approx(top1) and acc["top5"] == pytest.approx(top5)
     assert len(res["timings_ms"]["warmup"]) == 1 and len(res["timings_ms"]["runs"]) == 1  # untimed
+    assert schema_problems(res) == []
 
     wrong = ref[:, ::-1].copy()  # reversed logits: another top-1 class, a known difference
     np.save(tmp_path / "wrong.npy", wrong)
@@ -451,6 +455,20 @@ def test_accuracy_and_reference_on_device(host_art, model, val_set, tmp_path):
 
     plain = _bench(runner, "--model", model_so, "--input", x_npy)
     assert plain["accuracy"] is None and plain["reference"] is None
+    assert schema_problems(plain) == []
+
+
+def test_runner_options_and_defaults_are_the_contracts(host_art):
+    """runner.cc cannot import harness/contract.py: its --help must name the same options with
+    the same defaults as bench_py.py and bench_trt.py take."""
+    runner, _ = host_art
+    p = _run(runner, "--help")
+    assert p.returncode == 0, p.stderr
+    options = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", p.stdout))
+    assert set(INPUT_OPTIONS) | set(MEASURE_OPTIONS) <= options
+    defaults = dict(re.findall(r"^\s*(--[a-z-]+) \S+\s.*?\(default (\d+)", p.stdout, re.MULTILINE))
+    want = {name: str(default) for name, (_, default) in MEASURE_OPTIONS.items() if default is not None}
+    assert defaults == {**want, "--topk": "5"}
 
 
 def test_runner_errors_are_one_line_exit_2(host_art, model, tmp_path):

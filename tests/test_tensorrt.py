@@ -3,7 +3,8 @@
 - its parsers on trtexec / tegrastats / nvpmodel / jetson_clocks output in the real formats
   (tests/data/trtexec, tests/data/jetson; see the READMEs there for the TensorRT versions);
 - its whole flow (engine build and cache, timing run, Jetson sampling) against a stand-in
-  trtexec that replays those files, so every argument edgecls passes to trtexec is checked;
+  trtexec that replays those files, so every argument edgecls passes to trtexec is checked, and
+  the JSON it prints keeps the harness schema of contract.py;
 - end to end over a real sshd on a board without TensorRT: one clear error line, no traceback.
 """
 
@@ -22,8 +23,11 @@ import numpy as np
 import pytest
 from sshd import ssh_board  # noqa: F401  (fixture)
 
+from edgecls.artifact.harness.contract import schema_problems, timing_stats
+
 ROOT = Path(__file__).resolve().parent.parent
-HARNESS = ROOT / "edgecls" / "artifact" / "harness" / "bench_trt.py"
+HARNESS_DIR = ROOT / "edgecls" / "artifact" / "harness"
+HARNESS = HARNESS_DIR / "bench_trt.py"
 TRT = Path(__file__).parent / "data" / "trtexec"
 JET = Path(__file__).parent / "data" / "jetson"
 EDGECLS = str(Path(sys.executable).parent / "edgecls")
@@ -31,20 +35,21 @@ NOT_FOUND = "TensorRT not found on board (no trtexec in PATH or /usr/src/tensorr
 HAS_TRTEXEC = bool(shutil.which("trtexec") or os.path.exists("/usr/src/tensorrt/bin/trtexec"))
 
 
-def _load_harness():
-    spec = importlib.util.spec_from_file_location("bench_trt", HARNESS)
+def _load_harness(name: str):
+    """A harness file as the board's python3 runs it: by path, its siblings importable."""
+    spec = importlib.util.spec_from_file_location(name, HARNESS_DIR / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-bt = _load_harness()
+bt, tp = _load_harness("bench_trt"), _load_harness("trt_parse")
 
 
 # ---- parsers on real-format files ---------------------------------------------------------------
 
 def test_run_log_performance_summary_and_device():
-    log = bt.parse_trtexec_log((TRT / "orin-nano-trt8.6.2-fp16.run.log").read_text())
+    log = tp.parse_trtexec_log((TRT / "orin-nano-trt8.6.2-fp16.run.log").read_text())
     assert log["status"] == "PASSED" and log["tensorrt_version"] == "8.6.2"
     assert log["device"] == {"name": "Orin", "compute_capability": "8.7", "sms": 8, "memory_mib": 7620,
                              "compute_clock_ghz": 0.624, "memory_clock_ghz": 0.624}
@@ -61,51 +66,51 @@ def test_run_log_performance_summary_and_device():
 
 
 def test_build_log_and_failed_trt10_log():
-    build = bt.parse_trtexec_log((TRT / "orin-nano-trt8.6.2-fp16.build.log").read_text())
+    build = tp.parse_trtexec_log((TRT / "orin-nano-trt8.6.2-fp16.build.log").read_text())
     assert build["engine_build_s"] == pytest.approx(39.6483) and build["precision"] == "FP32+FP16"
     assert build["status"] == "PASSED" and "--skipInference" in build["command"]
     text = (TRT / "orin-nano-trt10.3.0-stale-engine.log").read_text()
-    failed = bt.parse_trtexec_log(text)
+    failed = tp.parse_trtexec_log(text)
     assert failed["status"] == "FAILED" and failed["tensorrt_version"] == "10.3.0"
     assert failed["device"]["name"] == "Orin" and len(failed["errors"]) == 4
     assert "Version tag does not match" in bt.last_error(text)  # the cause, not 'Inference set up failed'
-    assert bt.version_from_banner_number(8602) == "8.6.2" and bt.version_from_banner_number(100300) == "10.3.0"
-    assert bt.version_from_banner_number(8401) == "8.4.1"
+    assert tp.version_from_banner_number(8602) == "8.6.2" and tp.version_from_banner_number(100300) == "10.3.0"
+    assert tp.version_from_banner_number(8401) == "8.4.1"
 
 
 def test_export_times_agree_with_the_printed_summary():
     records = json.loads((TRT / "orin-nano-trt8.6.2-fp16.times.json").read_text())
     assert set(records[0]) == {"startEnqMs", "endEnqMs", "startH2dMs", "endH2dMs", "startComputeMs", "endComputeMs",
                                "startD2hMs", "endD2hMs", "h2dMs", "computeMs", "d2hMs", "latencyMs"}
-    times = bt.parse_export_times(records, warmup_ms=200)
+    times = tp.parse_export_times(records, warmup_ms=200)
     assert times["count"] == 50 and len(times["latency"]) == 50 and len(times["enqueue"]) == 50
-    summary = bt.parse_trtexec_log((TRT / "orin-nano-trt8.6.2-fp16.run.log").read_text())["summary"]
+    summary = tp.parse_trtexec_log((TRT / "orin-nano-trt8.6.2-fp16.run.log").read_text())["summary"]
     for ours, theirs in (("latency", "latency"), ("gpu_compute", "gpu_compute"), ("h2d", "h2d"), ("d2h", "d2h")):
-        st = bt.stats(times[ours])
+        st = timing_stats(times[ours])
         for k in ("min", "max", "mean", "median"):
             assert st[k] == pytest.approx(summary[theirs][k], rel=2e-4), (ours, k)
-    lat = bt.stats(times["latency"])
+    lat = timing_stats(times["latency"])
     assert lat["min"] <= lat["median"] <= lat["p90"] <= lat["p99"] <= lat["max"]
     # 8.4 also wrote its warm-up queries: trtexec's rule (compute started before warmUp ended) drops them
     old = json.loads((TRT / "xavier-nx-trt8.4.1-times-with-warmup.json").read_text())
-    kept = bt.parse_export_times(old, warmup_ms=5)
+    kept = tp.parse_export_times(old, warmup_ms=5)
     assert len(old) == 12 and kept["count"] == 8 and max(kept["gpu_compute"]) < 0.5
 
 
 def test_export_profile_output_and_lenient_json():
-    prof = bt.parse_export_profile(json.loads((TRT / "orin-nano-trt8.6.2-fp16.profile.json").read_text()))
+    prof = tp.parse_export_profile(json.loads((TRT / "orin-nano-trt8.6.2-fp16.profile.json").read_text()))
     assert prof["iterations"] == 1207 and prof["layers"] == 8
     assert prof["top_layers"][0]["name"] == "/conv2/Conv + /relu2/Relu"
     assert prof["avg_ms_per_iteration"] == pytest.approx(0.0944)
-    out = bt.parse_export_output(json.loads((TRT / "orin-nano-trt8.6.2-fp16.output.json").read_text()))
+    out = tp.parse_export_output(json.loads((TRT / "orin-nano-trt8.6.2-fp16.output.json").read_text()))
     dims, values = out["logits"]
     assert dims == [1, 10] and len(values) == 10 and max(range(10), key=values.__getitem__) == 3
-    weird = bt.load_json_lenient('[ { "name" : "y", "dimensions" : "1x3", "values" : [ 1, inf, -nan ] } ]')
+    weird = tp.load_json_lenient('[ { "name" : "y", "dimensions" : "1x3", "values" : [ 1, inf, -nan ] } ]')
     assert weird[0]["values"][0] == 1
 
 
 def test_tegrastats_orin_xavier_nano():
-    orin = bt.summarize_tegrastats((JET / "tegrastats-orin-nano-r36.txt").read_text().splitlines(), 100)
+    orin = tp.summarize_tegrastats((JET / "tegrastats-orin-nano-r36.txt").read_text().splitlines(), 100)
     assert orin["samples"] == 3
     assert set(orin["rails_mw"]) == {"VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC"}
     assert orin["rails_mw"]["VDD_IN"] == {"mean": 7490.0, "min": 7412, "max": 7568}
@@ -113,27 +118,27 @@ def test_tegrastats_orin_xavier_nano():
     assert orin["emc_mhz"]["mean"] == 2133 and orin["emc_pct"]["min"] == 11
     assert orin["temps_c"]["gpu"]["max"] == 50.75 and orin["temps_c"]["cpu"]["min"] == 51.218
     assert orin["ram_total_mb"] == 7620 and orin["ram_used_mb_max"] == 2876
-    line = bt.parse_tegrastats_line((JET / "tegrastats-orin-nano-r36.txt").read_text().splitlines()[0])
+    line = tp.parse_tegrastats_line((JET / "tegrastats-orin-nano-r36.txt").read_text().splitlines()[0])
     assert line["rails_avg_mw"]["VDD_IN"] == 6982 and line["cpu_load_pct"] == [14, 3, 0, 1, 0, 2]
     assert "RAM" not in line["rails_mw"] and "SWAP" not in line["rails_mw"]
-    xavier = bt.summarize_tegrastats((JET / "tegrastats-xavier-nx-r32.txt").read_text().splitlines())
+    xavier = tp.summarize_tegrastats((JET / "tegrastats-xavier-nx-r32.txt").read_text().splitlines())
     assert xavier["rails_mw"]["VDD_CPU_GPU_CV"]["max"] == 3412  # r32: '3412/3002' without a unit
     assert xavier["gpu_mhz"]["mean"] == 1109 and xavier["temps_c"]["gpu"]["max"] == 42.5
-    nano = bt.summarize_tegrastats((JET / "tegrastats-nano-r32.txt").read_text().splitlines())
+    nano = tp.summarize_tegrastats((JET / "tegrastats-nano-r32.txt").read_text().splitlines())
     assert set(nano["rails_mw"]) == {"POM_5V_IN", "POM_5V_GPU", "POM_5V_CPU"}  # IRAM 0/252kB is no rail
     assert nano["gr3d_pct"]["mean"] == 96 and nano["temps_c"]["pmic"]["max"] == 100
-    assert bt.parse_tegrastats_line("NVPM WARN: something") is None
+    assert tp.parse_tegrastats_line("NVPM WARN: something") is None
 
 
 def test_nvpmodel_jetson_clocks_l4t():
-    assert bt.parse_nvpmodel((JET / "nvpmodel-q-orin-nano.txt").read_text()) == {"mode": "15W", "id": 0}
-    clocks = bt.parse_jetson_clocks((JET / "jetson_clocks-show-orin-nano.txt").read_text())
+    assert tp.parse_nvpmodel((JET / "nvpmodel-q-orin-nano.txt").read_text()) == {"mode": "15W", "id": 0}
+    clocks = tp.parse_jetson_clocks((JET / "jetson_clocks-show-orin-nano.txt").read_text())
     assert clocks["soc_family"] == "tegra234" and clocks["machine"] == "NVIDIA Jetson Orin Nano Developer Kit"
     assert len(clocks["cpus"]) == 6 and clocks["cpus"]["cpu0"]["max_khz"] == 1510400
     assert clocks["gpu"] == {"min_hz": 624750000, "max_hz": 624750000, "cur_hz": 624750000}
     assert clocks["gpu_at_max"] and clocks["emc_at_max"] and clocks["power_mode"] == "15W"
-    assert bt.parse_tegra_release((JET / "nv_tegra_release-r36.3.txt").read_text()) == "R36.3.0"
-    assert bt.parse_tegra_release("# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t210ref") == "R32.7.1"
+    assert tp.parse_tegra_release((JET / "nv_tegra_release-r36.3.txt").read_text()) == "R36.3.0"
+    assert tp.parse_tegra_release("# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t210ref") == "R32.7.1"
 
 
 def test_precision_rules_and_engine_key():
@@ -233,6 +238,7 @@ def test_harness_flow_build_cache_rebuild(jetson_bin, tmp_path):
     p = _harness(art, jetson_bin.env, "--precision", "fp16")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
+    assert schema_problems(r) == []  # the JSON edgecls-runner and bench_py.py print too
     calls = _calls(jetson_bin.calls)
     assert calls[0] == ["--help"]
     build, run = calls[1], calls[2]
@@ -272,13 +278,15 @@ def test_harness_flow_build_cache_rebuild(jetson_bin, tmp_path):
     assert not any(a.startswith("--onnx=") for c in again for a in c)
     assert r2["tensorrt"]["engine"]["cache_hit"] is True and r2["tensorrt"]["engine"]["key"] == trt["engine"]["key"]
     assert r2["tensorrt"]["precision_reported"] == "FP32+FP16"  # from the sidecar the build wrote
+    assert schema_problems(r2) == []
 
     # a cached engine that TensorRT refuses (updated in place) is rebuilt once
     Path(engine).write_bytes(b"stale")
     n = len(_calls(jetson_bin.calls))
     p3 = _harness(art, jetson_bin.env, "--precision", "fp16")
     assert p3.returncode == 0, p3.stderr
-    assert json.loads(p3.stdout)["tensorrt"]["engine"]["cache_hit"] is False
+    r3 = json.loads(p3.stdout)
+    assert r3["tensorrt"]["engine"]["cache_hit"] is False and schema_problems(r3) == []
     assert sum(any(a.startswith("--onnx=") for a in c) for c in _calls(jetson_bin.calls)[n:]) == 1
 
     # another precision is another engine
@@ -294,6 +302,7 @@ def test_harness_qdq_auto_int8_and_missing_tools(jetson_bin, tmp_path):
     p = _harness(art, jetson_bin.env, "--layer-profile")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
+    assert schema_problems(r) == []
     assert r["tensorrt"]["qdq_model"] and r["tensorrt"]["precision"] == "int8"
     assert r["tensorrt"]["precision_flags"] == ["--int8"]
     build = next(c for c in _calls(jetson_bin.calls) if any(a.startswith("--onnx=") for a in c))

@@ -5,6 +5,11 @@ Skipped unless the optional extra is installed: pip install 'edgecls[tflite]'.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +17,7 @@ import torch
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
+from edgecls.artifact.harness.contract import schema_problems  # noqa: E402
 from edgecls.data import digits_dataset, split  # noqa: E402
 from edgecls.export import export_tflite, run_tflite  # noqa: E402
 
@@ -76,3 +82,24 @@ def test_bad_calibration_shape_is_a_usage_error(digits, tmp_path):
     model, x, _, _ = digits
     with pytest.raises(UsageError):
         export_tflite(model, torch.from_numpy(x[:1]), tmp_path / "m.tflite", int8_calib=np.zeros((4, 1, 8, 8)))
+
+
+def test_bench_py_litert_output_keeps_the_harness_schema(digits, fp32_tflite, int8_tflite, tmp_path):
+    """The artifact's harness/bench_py.py on both .tflite files prints the JSON edgecls-runner
+    prints (harness/contract.py); the int8 model takes and returns int8, quantized in the harness."""
+    _, x, y, ref = digits
+    np.save(tmp_path / "x.npy", x[:1])
+    np.save(tmp_path / "ref.npy", ref[:1])
+    np.save(tmp_path / "vx.npy", x[:16])
+    np.save(tmp_path / "vy.npy", y[:16].astype("int64"))
+    harness = Path(__file__).resolve().parent.parent / "edgecls" / "artifact" / "harness" / "bench_py.py"
+    for model in (fp32_tflite, int8_tflite):
+        p = subprocess.run([sys.executable, str(harness), "--runtime", "tflite", "--model", str(model.path),
+                            "--input", "x.npy", "--ref-input", "x.npy", "--ref-output", "ref.npy",
+                            "--val-x", "vx.npy", "--val-y", "vy.npy", "--runs", "5"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout)
+        assert schema_problems(r) == [] and r["runtime_version"] == "ai-edge-litert"
+        assert len(r["timings_ms"]["runs"]) == 5 and r["accuracy"]["n"] == 16
+    assert r["reference"]["top1_match"] and r["accuracy"]["top1"] >= 0.8  # the int8 model, dequantized

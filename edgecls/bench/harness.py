@@ -1,8 +1,9 @@
 """The benchmark job: artifact + place + options -> one JSON report per runtime.
 
 The measuring itself happens on the device, in the artifact's native runner (TVM) or its small
-Python harness (ONNX Runtime, LiteRT): warm-up by count and time, timed runs, percentiles,
-CPU governor/frequency/temperature before and after, on-device accuracy and a reference check.
+Python harnesses (ONNX Runtime, LiteRT; TensorRT): warm-up by count and time, timed runs,
+percentiles, CPU governor/frequency/temperature before and after, on-device accuracy and a
+reference check. Their options and JSON are one contract: edgecls/artifact/harness/contract.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgecls import __version__
+from edgecls.artifact.harness.contract import error_message, harness_flags
 from edgecls.artifact.manifest import manifest_id, read_manifest
 from edgecls.bench.places import Place
 from edgecls.errors import ArtifactError, UsageError
@@ -83,17 +85,14 @@ def resolve_cores(spec: str | None, target: dict) -> list[int] | None:
 
 
 def _common_flags(opts: BenchOptions, cores: list[int] | None, has_val: bool, batch: int = 1) -> list[str]:
+    """The options every harness takes (harness/contract.py), for this batch's files."""
     from edgecls.artifact.batches import input_name, output_name
-    flags = ["--input", input_name(batch), "--ref-input", input_name(batch), "--ref-output", output_name(batch),
-             "--warmup", str(opts.warmup), "--warmup-ms", str(opts.warmup_ms),
-             "--runs", str(opts.runs), "--min-ms", str(opts.min_ms), "--cooldown-ms", str(opts.cooldown_ms)]
-    if has_val and batch == 1:  # the validation batch runs image by image on the batch-1 model
-        flags += ["--val-x", "reference/val_x.npy", "--val-y", "reference/val_y.npy"]
-    if opts.threads:
-        flags += ["--threads", str(opts.threads)]
-    if cores:
-        flags += ["--cores", ",".join(map(str, cores))]
-    return flags
+    val = has_val and batch == 1  # the validation batch runs image by image on the batch-1 model
+    return harness_flags(input=input_name(batch), ref_input=input_name(batch), ref_output=output_name(batch),
+                         warmup=opts.warmup, warmup_ms=opts.warmup_ms, runs=opts.runs, min_ms=opts.min_ms,
+                         cooldown_ms=opts.cooldown_ms, val_x="reference/val_x.npy" if val else None,
+                         val_y="reference/val_y.npy" if val else None, threads=opts.threads or None,
+                         cores=",".join(map(str, cores)) if cores else None)
 
 
 def runtime_argv(runtime: str, manifest: dict, place: Place, opts: BenchOptions,
@@ -157,9 +156,7 @@ def _measure(artifact, manifest, place, runtime, opts, cores, remote_dir, batch,
     t0 = time.perf_counter()
     proc = place.run(argv, cwd=remote_dir, timeout=opts.timeout)
     if proc.returncode != 0:
-        msg = _fail_line(proc).removeprefix("edgecls-runner: error: ").removeprefix("bench_py: error: ")
-        msg = msg.removeprefix("bench_trt: error: ")
-        raise ArtifactError(f"{runtime} harness failed on {place.name}: {msg}")
+        raise ArtifactError(f"{runtime} harness failed on {place.name}: {error_message(_fail_line(proc))}")
     try:
         measured = json.loads(proc.stdout)
     except json.JSONDecodeError:

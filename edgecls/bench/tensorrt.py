@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sys
 
+from edgecls.artifact.harness.contract import PRECISIONS
 from edgecls.errors import ArtifactError, UsageError
 
 TRT_HARNESS = "harness/bench_trt.py"
-PRECISIONS = ("auto", "fp32", "fp16", "int8", "best")
 
 
 def check_precision(precision: str | None, runtimes) -> str | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from edgecls.artifact.harness.contract import PRECISIONS
 from edgecls.commands.options import (accept_new_option, boards_option, mlflow_option, ssh_config_option,
                                       targets_dir_option)
 from edgecls.errors import EdgeclsError, UsageError  # noqa: F401
@@ -119,7 +120,7 @@ def deploy(artifact, board_name, inventory, ssh_config, accept_new_host_key):
 @click.option("--runtime", default=None, help="auto (every CPU runtime the artifact carries; the fastest is "
               "recorded) or a comma list of tvm,onnxruntime,tflite,tensorrt. Default: the artifact's backend "
               "(compile --backend), else tvm.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8", "best"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="TensorRT engine precision (--runtime tensorrt; auto: int8 for a QDQ model, else fp32).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None)
 @click.option("--cores", default=None, help="big | little | all | CPU list like 4,5 or 0-3.")

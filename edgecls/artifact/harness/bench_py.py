@@ -2,8 +2,9 @@
 """edgecls Python harness: ONNX Runtime / LiteRT on the board, same JSON as edgecls-runner.
 
 Shipped inside every artifact as harness/bench_py.py and run on the board with the board's own
-python3; needs only numpy plus onnxruntime or ai-edge-litert. Standalone on purpose: edgecls is
-not installed on boards. Errors: one line `bench_py: error: ...` on stderr, exit 2.
+python3; needs only numpy plus onnxruntime or ai-edge-litert, and its sibling contract.py (options,
+statistics, schema). Standalone on purpose: edgecls is not installed on boards. Errors: one line
+`bench_py: error: ...` on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import json
 import os
 import platform
 import resource
-import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from contract import SCHEMA_VERSION, add_measure_options, fail, fps_from_mean, timing_stats  # noqa: E402
 
-def fail(msg: str) -> None:
-    print(f"bench_py: error: {msg}", file=sys.stderr)
-    sys.exit(2)
+NAME = "bench_py"
 
 
 def read(path: str):
@@ -83,7 +83,7 @@ def load_runtime(kind, model_path, threads):
         try:
             import onnxruntime as ort
         except ImportError:
-            fail("onnxruntime is not installed on this board (pip install onnxruntime)")
+            fail(NAME, "onnxruntime is not installed on this board (pip install onnxruntime)")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -94,7 +94,7 @@ def load_runtime(kind, model_path, threads):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        fail("ai-edge-litert is not installed on this board (pip install ai-edge-litert)")
+        fail(NAME, "ai-edge-litert is not installed on this board (pip install ai-edge-litert)")
     interp = Interpreter(model_path=model_path, num_threads=threads or None)
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
@@ -115,59 +115,45 @@ def load_runtime(kind, model_path, threads):
     return run, "ai-edge-litert"
 
 
-def percentile(sorted_vals, q):
-    k = (len(sorted_vals) - 1) * q / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(sorted_vals) - 1)
-    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (k - lo)
-
-
-def main():
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runtime", choices=["onnxruntime", "tflite"], required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--input", required=True)
-    ap.add_argument("--ref-input")
-    ap.add_argument("--ref-output")
-    ap.add_argument("--val-x")
-    ap.add_argument("--val-y")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--warmup-ms", type=float, default=0)
-    ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--min-ms", type=float, default=0)
-    ap.add_argument("--cooldown-ms", type=float, default=0)
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--cores")
-    args = ap.parse_args()
-    try:
-        import numpy as np
-    except ImportError:
-        fail("numpy is not installed on this board")
-    cores = [int(c) for c in args.cores.split(",")] if args.cores else None
+    add_measure_options(ap)
+    return ap
+
+
+def pin(cores_arg):
+    """--cores 4,5 -> [4, 5], this process pinned to them; None leaves the affinity alone."""
+    cores = [int(c) for c in cores_arg.split(",")] if cores_arg else None
     if cores:
         try:
             os.sched_setaffinity(0, cores)
         except OSError as exc:
-            fail(f"cannot pin to cores {args.cores}: {exc.strerror}")
-    for path in (args.model, args.input):
-        if not os.path.isfile(path):
-            fail(f"{path} not found")
-    t0 = time.perf_counter()
-    run, version = load_runtime(args.runtime, args.model, args.threads)
-    load_ms = (time.perf_counter() - t0) * 1e3
-    x = np.load(args.input)
-    result = {"schema": 2, "runner": "bench_py", "runtime_version": version, "model": args.model,
-              "device": device_facts(), "cores": cores, "threads": args.threads}
-    if args.ref_input and args.ref_output:
-        got, want = run(np.load(args.ref_input)), np.load(args.ref_output)
-        result["reference"] = {"max_abs_diff": float(np.abs(got.astype(np.float64) - want).max()),
-                               "top1_match": int(got.reshape(-1)[:want.size].argmax()) == int(want.argmax())}
-    if args.val_x and args.val_y:
-        vx, vy = np.load(args.val_x), np.load(args.val_y)
-        logits = np.stack([run(vx[i:i + 1]).reshape(-1) for i in range(len(vy))])
-        top5 = np.argsort(-logits, axis=1)[:, :5]
-        result["accuracy"] = {"n": int(len(vy)), "top1": float((top5[:, 0] == vy).mean()),
-                              "top5": float((top5 == vy[:, None]).any(1).mean()) if logits.shape[1] > 5 else None}
-    before = cpu_sample(cores)
+            fail(NAME, f"cannot pin to cores {cores_arg}: {exc.strerror}")
+    return cores
+
+
+def reference_check(run, ref_input, ref_output) -> dict:
+    import numpy as np
+    got, want = run(np.load(ref_input)), np.load(ref_output)
+    return {"max_abs_diff": float(np.abs(got.astype(np.float64) - want).max()),
+            "top1_match": int(got.reshape(-1)[:want.size].argmax()) == int(want.argmax())}
+
+
+def accuracy(run, val_x, val_y) -> dict:
+    """Top-1/top-5 over the validation batch, image by image (the model takes a batch of one)."""
+    import numpy as np
+    vx, vy = np.load(val_x), np.load(val_y)
+    logits = np.stack([run(vx[i:i + 1]).reshape(-1) for i in range(len(vy))])
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    return {"n": int(len(vy)), "top1": float((top5[:, 0] == vy).mean()),
+            "top5": float((top5 == vy[:, None]).any(1).mean()) if logits.shape[1] > 5 else None}
+
+
+def time_runs(run, x, args):
+    """Warm-up and timed runs, each by count and extended by time -> (warm-up ms, run ms, last output)."""
     warm, t_start = [], time.perf_counter()
     while len(warm) < args.warmup or (time.perf_counter() - t_start) * 1e3 < args.warmup_ms:
         t = time.perf_counter()
@@ -181,14 +167,34 @@ def main():
         total += runs[-1]
         if args.cooldown_ms:
             time.sleep(args.cooldown_ms / 1e3)
+    return warm, runs, out
+
+
+def main():
+    args = build_parser().parse_args()
+    try:
+        import numpy as np
+    except ImportError:
+        fail(NAME, "numpy is not installed on this board")
+    cores = pin(args.cores)
+    for path in (args.model, args.input):
+        if not os.path.isfile(path):
+            fail(NAME, f"{path} not found")
+    t0 = time.perf_counter()
+    run, version = load_runtime(args.runtime, args.model, args.threads)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    x = np.load(args.input)
+    result = {"schema": SCHEMA_VERSION, "runner": NAME, "runtime_version": version, "model": args.model,
+              "device": device_facts(), "cores": cores, "threads": args.threads}
+    if args.ref_input and args.ref_output:
+        result["reference"] = reference_check(run, args.ref_input, args.ref_output)
+    if args.val_x and args.val_y:
+        result["accuracy"] = accuracy(run, args.val_x, args.val_y)
+    before = cpu_sample(cores)
+    warm, runs, out = time_runs(run, x, args)
     after = cpu_sample(cores)
-    s = sorted(runs)
-    mean = statistics.fmean(runs)
-    result["timings_ms"] = {"load": load_ms, "warmup": warm, "runs": runs, "mean": mean,
-                            "median": statistics.median(runs), "p90": percentile(s, 90),
-                            "p95": percentile(s, 95), "p99": percentile(s, 99), "min": s[0], "max": s[-1],
-                            "std": statistics.pstdev(runs)}
-    result["bench"] = {"fps": 1000.0 / mean if mean else None, "runs": len(runs)}
+    result["timings_ms"] = {"load": load_ms, "warmup": warm, "runs": runs, **timing_stats(runs)}
+    result["bench"] = {"fps": fps_from_mean(result["timings_ms"]["mean"]), "runs": len(runs)}
     flat = np.asarray(out).reshape(-1)
     result["topk"] = [{"index": int(i), "score": float(flat[i])} for i in np.argsort(-flat)[:5]]
     result["system"] = {"before": before, "after": after,

@@ -2,8 +2,9 @@
 """edgecls TensorRT harness: the artifact's model.onnx on a Jetson GPU through trtexec.
 
 Shipped inside every artifact as harness/bench_trt.py and run on the board with the board's own
-python3; needs only the Python standard library and TensorRT's `trtexec` (JetPack installs it as
-/usr/src/tensorrt/bin/trtexec). Standalone on purpose: edgecls is not installed on boards.
+python3; needs only the Python standard library, its sibling files in harness/ and TensorRT's
+`trtexec` (JetPack installs it as /usr/src/tensorrt/bin/trtexec). Standalone on purpose: edgecls
+is not installed on boards.
 
 What it does:
   1. finds trtexec (PATH, then /usr/src/tensorrt/bin); none -> exit 2 with one line on stderr;
@@ -17,8 +18,10 @@ What it does:
      reference, system) plus "tensorrt" and "jetson" sections.
 
 Every parser (trtexec log, --exportTimes / --exportProfile / --exportOutput JSON, tegrastats,
-nvpmodel, jetson_clocks, /etc/nv_tegra_release) is a plain function of text, importable by path.
-Errors: one line `bench_trt: error: ...` on stderr, exit 2.
+nvpmodel, jetson_clocks, /etc/nv_tegra_release) is a plain function of text in trt_parse.py; the
+Jetson tools are run by jetson.py, and the options, statistics and report schema shared with
+edgecls-runner and bench_py.py are contract.py's. Errors: one line `bench_trt: error: ...` on
+stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -32,44 +35,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_py import as_int, cpu_sample, percentile, throttled  # noqa: E402,F401
-from bench_py import device_facts as py_device_facts  # noqa: E402  (sibling files in harness/)
-from trt_parse import (  # noqa: E402,F401
-    HarnessError, as_float, stats, version_from_banner_number, version_tuple,
-    _pkey, parse_summary_stats, parse_trtexec_log, parse_export_times,
-    parse_export_profile, parse_export_output, load_json_lenient, parse_tegrastats_line,
-    _minmeanmax, summarize_tegrastats, parse_nvpmodel, _kv,
-    parse_jetson_clocks, parse_tegra_release, read_npy, npy_floats)
+from bench_py import cpu_sample, throttled  # noqa: E402  (sibling files in harness/)
+from contract import (  # noqa: E402
+    PRECISIONS, SCHEMA_VERSION, STAT_KEYS, add_measure_options, fail, fps_from_mean, timing_stats)
+from jetson import Tegrastats, device_facts, jetson_tools, run_tool  # noqa: E402
+from trt_parse import (  # noqa: E402
+    HarnessError, load_json_lenient, npy_floats, parse_export_output, parse_export_profile, parse_export_times,
+    parse_trtexec_log, read_npy, version_tuple)
 
+NAME = "bench_trt"
 NOT_FOUND = "TensorRT not found on board (no trtexec in PATH or /usr/src/tensorrt/bin)"
 TRTEXEC_DIRS = ("/usr/src/tensorrt/bin",)
-PRECISIONS = ("auto", "fp32", "fp16", "int8", "best")
 PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8"], "best": ["--best"]}
 DEFAULT_CACHE = os.path.join("~", ".cache", "edgecls", "trt")
-
-
-def fail(msg: str) -> None:
-    print(f"bench_trt: error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
-def read(path: str):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace").replace("\x00", "").strip()
-    except OSError:
-        return None
-
-
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|inf|nan)"
-
-
-
-
 
 
 def find_trtexec(env_path: str | None = None) -> str | None:
@@ -81,92 +62,6 @@ def find_trtexec(env_path: str | None = None) -> str | None:
         if os.path.isfile(p) and os.access(p, os.X_OK):
             return p
     return None
-
-
-def run_tool(argv, timeout=20) -> tuple[int, str]:
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-        return p.returncode, (p.stdout or "") + (p.stderr or "")
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 127, str(exc)
-
-
-def soc_name() -> str | None:
-    model = read("/proc/device-tree/model")
-    if model:
-        return model
-    if shutil.which("nvidia-smi"):
-        rc, text = run_tool(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
-        if rc == 0 and text.strip():
-            return text.strip().splitlines()[0]
-    return None
-
-
-def device_facts():
-    """bench_py's board facts plus the Jetson SoC and L4T release."""
-    return {**py_device_facts(), "soc": soc_name(), "l4t": parse_tegra_release(read("/etc/nv_tegra_release"))}
-
-
-class Tegrastats:
-    """tegrastats --interval N for the duration of a `with` block (skipped when absent)."""
-
-    def __init__(self, interval_ms: int = 100):
-        self.interval_ms, self.lines, self.proc, self.thread = interval_ms, [], None, None
-        self.path = shutil.which("tegrastats")
-
-    def __enter__(self):
-        if self.path:
-            try:
-                self.proc = subprocess.Popen([self.path, "--interval", str(self.interval_ms)],
-                                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            except OSError:
-                self.proc = None
-            if self.proc:
-                self.thread = threading.Thread(target=self._read, daemon=True)
-                self.thread.start()
-        return self
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def __exit__(self, *exc):
-        if self.proc:
-            # A run shorter than one interval still gets one reading (tegrastats prints its first
-            # line after one interval): wait up to three intervals for it before stopping.
-            deadline = time.monotonic() + 3 * self.interval_ms / 1000.0 + 1.0
-            while not self.lines and self.proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-            self.thread.join(5)
-
-    def summary(self) -> dict | None:
-        return summarize_tegrastats(self.lines, self.interval_ms) if self.path else None
-
-
-def jetson_tools() -> dict:
-    """nvpmodel -q and jetson_clocks --show when installed (jetson_clocks needs root: sudo -n is tried)."""
-    out = {"nvpmodel": None, "clocks": None, "tools_missing": []}
-    if shutil.which("nvpmodel"):
-        rc, text = run_tool(["nvpmodel", "-q"])
-        out["nvpmodel"] = parse_nvpmodel(text) if rc == 0 else {"error": (text.strip().splitlines() or ["?"])[-1]}
-    else:
-        out["tools_missing"].append("nvpmodel")
-    if shutil.which("jetson_clocks"):
-        rc, text = run_tool(["jetson_clocks", "--show"])
-        if rc != 0 and shutil.which("sudo"):
-            rc, text = run_tool(["sudo", "-n", "jetson_clocks", "--show"])
-        out["clocks"] = parse_jetson_clocks(text) if rc == 0 else {"error": (text.strip().splitlines() or ["?"])[-1]}
-    else:
-        out["tools_missing"].append("jetson_clocks")
-    if not shutil.which("tegrastats"):
-        out["tools_missing"].append("tegrastats")
-    return out
 
 
 def has_qdq(model_path: str) -> bool:
@@ -247,31 +142,25 @@ def build_engine(trtexec, model, engine, precision, version, cache_dir, device_t
             "build_wall_s": round(wall, 3), "precision_reported": parsed["precision"], "warnings": parsed["warnings"]}
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="model.onnx")
     ap.add_argument("--precision", choices=PRECISIONS, default="auto")
     ap.add_argument("--input-name", help="ONNX input tensor name (for --loadInputs)")
     ap.add_argument("--input")
-    ap.add_argument("--ref-input")
-    ap.add_argument("--ref-output")
-    ap.add_argument("--val-x")
-    ap.add_argument("--val-y")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--warmup-ms", type=float, default=0)
-    ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--min-ms", type=float, default=0)
-    ap.add_argument("--cooldown-ms", type=float, default=0)
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--cores")
+    add_measure_options(ap, runs=50)
     ap.add_argument("--cache-dir", default=os.environ.get("EDGECLS_TRT_CACHE") or DEFAULT_CACHE)
     ap.add_argument("--layer-profile", action="store_true", help="also --exportProfile (a separate profiling run)")
     ap.add_argument("--tegrastats-ms", type=int, default=100)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         print(json.dumps(measure(args)))
     except HarnessError as exc:
-        fail(str(exc))
+        fail(NAME, str(exc))
 
 
 def measure(args) -> dict:
@@ -292,101 +181,123 @@ def measure(args) -> dict:
     qdq = has_qdq(args.model)
     precision, notes = resolve_precision(args.precision, qdq)
     device = device_facts()
-    model_sha = sha256_file(args.model)
-    facts = {"soc": device["soc"], "l4t": device["l4t"], "tensorrt": version, "model_sha256": model_sha,
+    plan = engine_plan(args, device, version, precision)
+    build = None if plan["hit"] else build_cached(trtexec, args.model, plan, version)
+    jetson = jetson_tools()
+    result, build = time_with_rebuild(trtexec, args, plan, version, build)
+    version = result["log"]["tensorrt_version"] or version
+    built = build
+    if built is None:  # cache hit: what the build recorded next to the engine
+        try:
+            with open(plan["sidecar"]) as f:
+                built = json.load(f)
+        except (OSError, ValueError):
+            built = {}
+    t, runs, metric = run_statistics(result)
+    load_s, parsed = result["log"]["engine_load_s"], result["log"]
+    return {
+        "schema": SCHEMA_VERSION, "runner": NAME, "model": args.model,
+        "runtime_version": f"TensorRT {version}" if version else "TensorRT",
+        "device": {**device, "gpu": parsed["device"] or None}, "cores": cores, "threads": None,
+        "timings_ms": {"load": load_s * 1e3 if load_s is not None else None, "warmup": [], "runs": runs, **t},
+        "bench": {"fps": fps_from_mean(t.get("mean")),
+                  "runs": len(runs) or (parsed["trace"] or {}).get("queries"),
+                  "metric": "trtexec latencyMs: H2D + GPU compute + D2H of one query",
+                  "warmup_ms": warmup_ms_for(args), "warmup_queries": (parsed["warmup"] or {}).get("queries")},
+        "reference": reference_check(args, result["outputs"]),
+        "accuracy": None,  # the validation batch would cost one trtexec run per image
+        "system": result["system"],
+        "tensorrt": tensorrt_section(trtexec, args, version, precision, notes, qdq, plan, build, built,
+                                     result, t, metric),
+        "jetson": {**jetson, "tegrastats": result["tegrastats"],
+                   "energy_mj_per_query": energy_per_query(result["tegrastats"], parsed["throughput_qps"])},
+    }
+
+
+def engine_plan(args, device: dict, version, precision: str) -> dict:
+    """Where the engine for this model, precision and board lives in the cache, and whether it is there."""
+    facts = {"soc": device["soc"], "l4t": device["l4t"], "tensorrt": version, "model_sha256": sha256_file(args.model),
              "precision": precision, "machine": device["uname"]["machine"]}
     device_tag = hashlib.sha256(json.dumps([facts["soc"], facts["l4t"], version]).encode()).hexdigest()[:12]
     cache_dir = os.path.expanduser(args.cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
     key = engine_key(facts)
     engine = os.path.join(cache_dir, key + ".engine")
-    hit = os.path.isfile(engine) and os.path.getsize(engine) > 0
-    sidecar = os.path.join(cache_dir, key + ".json")
+    return {"facts": facts, "key": key, "engine": engine, "sidecar": os.path.join(cache_dir, key + ".json"),
+            "cache_dir": cache_dir, "device_tag": device_tag,
+            "hit": os.path.isfile(engine) and os.path.getsize(engine) > 0}
 
-    def build_now():
-        b = build_engine(trtexec, args.model, engine, precision, version, cache_dir, device_tag)
-        with open(sidecar, "w") as f:
-            json.dump({**facts, **b, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=1)
-        return b
 
-    build = None if hit else build_now()
+def build_cached(trtexec, model, plan: dict, version) -> dict:
+    """Builds the engine into the cache, with a sidecar JSON of the facts and the build."""
+    b = build_engine(trtexec, model, plan["engine"], plan["facts"]["precision"], version, plan["cache_dir"],
+                     plan["device_tag"])
+    with open(plan["sidecar"], "w") as f:
+        json.dump({**plan["facts"], **b, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=1)
+    return b
 
-    jetson = jetson_tools()
+
+def time_with_rebuild(trtexec, args, plan: dict, version, build):
+    """time_engine(); a cached engine that no longer loads (TensorRT updated in place) is rebuilt
+    once. -> (its result, the build or None); plan["hit"] turns False on a rebuild."""
     work = tempfile.mkdtemp(prefix="edgecls-trt-")
     try:
-        result = None
         for attempt in (0, 1):
             try:
-                result = time_engine(trtexec, engine, args, version, work)
-                break
+                return time_engine(trtexec, plan["engine"], args, version, work), build
             except HarnessError:
-                if attempt or not hit:
+                if attempt or not plan["hit"]:
                     raise
-                # A cached engine that no longer loads (TensorRT updated in place): rebuild once.
-                os.unlink(engine)
-                hit = False
-                build = build_now()
-        parsed, times, outputs, profile = result["log"], result["times"], result["outputs"], result["profile"]
-        tegra, system = result["tegrastats"], result["system"]
+                os.unlink(plan["engine"])
+                plan["hit"] = False
+                build = build_cached(trtexec, args.model, plan, version)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    version = parsed["tensorrt_version"] or version
-    summary = parsed["summary"]
-    built = build
-    if built is None:  # cache hit: what the build recorded next to the engine
-        try:
-            with open(sidecar) as f:
-                built = json.load(f)
-        except (OSError, ValueError):
-            built = {}
 
-    def metric(name):  # per-query records when trtexec wrote them, else its printed summary
-        return (stats(times[name]) if times else None) or summary.get(name)
+def run_statistics(result: dict):
+    """-> (latency statistics, per-query latencies, metric(name)): from trtexec's per-query
+    records when it wrote them, else from its printed summary."""
+    times, summary = result["times"], result["log"]["summary"]
+
+    def metric(name):
+        return (timing_stats(times[name]) if times else None) or summary.get(name)
 
     runs = list(times["latency"]) if times else []
-    t = stats(runs)
+    t = timing_stats(runs)
     if t is None:
         s = summary.get("latency") or {}
-        t = {k: s.get(k) for k in ("mean", "median", "p90", "p95", "p99", "min", "max", "std")}
-    load_s = parsed["engine_load_s"]
-    mean, gpu = t.get("mean"), metric("gpu_compute")
-    tegra_rails = (tegra or {}).get("rails_mw") or {}
-    vin = tegra_rails.get("VDD_IN") or tegra_rails.get("POM_5V_IN")
+        t = {k: s.get(k) for k in STAT_KEYS}
+    return t, runs, metric
+
+
+def tensorrt_section(trtexec, args, version, precision, notes, qdq, plan, build, built, result, t, metric) -> dict:
+    parsed, gpu = result["log"], metric("gpu_compute")
     return {
-        "schema": 2, "runner": "bench_trt", "model": args.model,
-        "runtime_version": f"TensorRT {version}" if version else "TensorRT",
-        "device": {**device, "gpu": parsed["device"] or None}, "cores": cores, "threads": None,
-        "timings_ms": {"load": load_s * 1e3 if load_s is not None else None, "warmup": [], "runs": runs, **t},
-        "bench": {"fps": 1000.0 / mean if mean else None,
-                  "runs": len(runs) or (parsed["trace"] or {}).get("queries"),
-                  "metric": "trtexec latencyMs: H2D + GPU compute + D2H of one query",
-                  "warmup_ms": warmup_ms_for(args), "warmup_queries": (parsed["warmup"] or {}).get("queries")},
-        "reference": reference_check(args, outputs),
-        "accuracy": None,  # the validation batch would cost one trtexec run per image
-        "system": system,
-        "tensorrt": {
-            "version": version, "trtexec": trtexec, "precision": precision,
-            "precision_requested": args.precision, "precision_flags": PRECISION_FLAGS[precision],
-            "precision_reported": built.get("precision_reported"), "qdq_model": qdq, "notes": notes,
-            "engine": {"cache_hit": hit, "key": key, "path": engine, "size_bytes": os.path.getsize(engine),
-                       "build_s": build["build_s"] if build else None, "load_s": load_s, "cache_facts": facts,
-                       "built_s_when_cached": None if build else built.get("build_s")},
-            "throughput_qps": parsed["throughput_qps"],
-            "latency_ms": metric("latency"), "gpu_compute_ms": gpu, "h2d_ms": metric("h2d"),
-            "d2h_ms": metric("d2h"), "enqueue_ms": metric("enqueue"),
-            "gpu_compute_share_of_latency": (round(gpu["median"] / t["median"], 4)
-                                             if gpu and gpu.get("median") and t.get("median") else None),
-            "gpu_compute_cv_pct": parsed["gpu_compute_cv_pct"],
-            "total_host_walltime_s": parsed["total_host_walltime_s"],
-            "total_gpu_compute_s": parsed["total_gpu_compute_s"],
-            "summary": summary, "warnings": parsed["warnings"], "layer_profile": profile,
-        },
-        "jetson": {**jetson, "tegrastats": tegra,
-                   # mean input power over the run / queries per second = energy per query
-                   "energy_mj_per_query": (round(vin["mean"] / parsed["throughput_qps"], 4)
-                                           if vin and parsed["throughput_qps"] else None)},
+        "version": version, "trtexec": trtexec, "precision": precision,
+        "precision_requested": args.precision, "precision_flags": PRECISION_FLAGS[precision],
+        "precision_reported": built.get("precision_reported"), "qdq_model": qdq, "notes": notes,
+        "engine": {"cache_hit": plan["hit"], "key": plan["key"], "path": plan["engine"],
+                   "size_bytes": os.path.getsize(plan["engine"]),
+                   "build_s": build["build_s"] if build else None, "load_s": parsed["engine_load_s"],
+                   "cache_facts": plan["facts"], "built_s_when_cached": None if build else built.get("build_s")},
+        "throughput_qps": parsed["throughput_qps"],
+        "latency_ms": metric("latency"), "gpu_compute_ms": gpu, "h2d_ms": metric("h2d"),
+        "d2h_ms": metric("d2h"), "enqueue_ms": metric("enqueue"),
+        "gpu_compute_share_of_latency": (round(gpu["median"] / t["median"], 4)
+                                         if gpu and gpu.get("median") and t.get("median") else None),
+        "gpu_compute_cv_pct": parsed["gpu_compute_cv_pct"],
+        "total_host_walltime_s": parsed["total_host_walltime_s"],
+        "total_gpu_compute_s": parsed["total_gpu_compute_s"],
+        "summary": parsed["summary"], "warnings": parsed["warnings"], "layer_profile": result["profile"],
     }
+
+
+def energy_per_query(tegra: dict | None, throughput_qps):
+    """Mean input power over the run / queries per second = energy per query (mJ)."""
+    rails = (tegra or {}).get("rails_mw") or {}
+    vin = rails.get("VDD_IN") or rails.get("POM_5V_IN")
+    return round(vin["mean"] / throughput_qps, 4) if vin and throughput_qps else None
 
 
 def warmup_ms_for(args) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import os
 import re
 import statistics
@@ -17,7 +16,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_py import as_int, percentile  # noqa: E402  (sibling file in harness/)
+from bench_py import as_int  # noqa: E402  (sibling file in harness/)
 
 
 class HarnessError(Exception):
@@ -43,18 +42,6 @@ def as_float(text):
         return float(text)
     except (TypeError, ValueError):
         return None
-
-
-# ---- statistics (same definitions as bench_py / edgecls-runner) ---------------------------------
-
-def stats(values) -> dict | None:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None
-    s = sorted(vals)
-    return {"mean": statistics.fmean(vals), "median": statistics.median(vals), "p90": percentile(s, 90),
-            "p95": percentile(s, 95), "p99": percentile(s, 99), "min": s[0], "max": s[-1],
-            "std": statistics.pstdev(vals)}
 
 
 # ---- trtexec text log ---------------------------------------------------------------------------
@@ -85,6 +72,22 @@ def parse_summary_stats(text: str) -> dict:
         name = _pkey(m.group(2)) if m.group(2) is not None else m.group(1)
         out[name] = float(m.group(3))
     return out
+
+
+def _device_field(dev: dict, key: str, val: str) -> None:
+    """One 'key: value' line of the log's '=== Device Information ===' section into dev."""
+    if key == "Selected Device":
+        dev["name"] = val
+    elif key == "Compute Capability":
+        dev["compute_capability"] = val
+    elif key == "SMs":
+        dev["sms"] = as_int(val)
+    elif key == "Device Global Memory":
+        dev["memory_mib"] = as_int(val.split()[0])
+    elif key.endswith("Compute Clock Rate"):
+        dev["compute_clock_ghz"] = as_float(val.split()[0])
+    elif key.endswith("Memory Clock Rate"):
+        dev["memory_clock_ghz"] = as_float(val.split()[0])
 
 
 def parse_trtexec_log(text: str) -> dict:
@@ -120,19 +123,7 @@ def parse_trtexec_log(text: str) -> dict:
             continue
         key, _, val = line.partition(": ")
         if section == "Device Information" and val:
-            dev = out["device"]
-            if key == "Selected Device":
-                dev["name"] = val
-            elif key == "Compute Capability":
-                dev["compute_capability"] = val
-            elif key == "SMs":
-                dev["sms"] = as_int(val)
-            elif key == "Device Global Memory":
-                dev["memory_mib"] = as_int(val.split()[0])
-            elif key.endswith("Compute Clock Rate"):
-                dev["compute_clock_ghz"] = as_float(val.split()[0])
-            elif key.endswith("Memory Clock Rate"):
-                dev["memory_clock_ghz"] = as_float(val.split()[0])
+            _device_field(out["device"], key, val)
         if key == "TensorRT version":
             out["tensorrt_version"] = val.strip()
         elif key == "Precision" and section == "Build Options":

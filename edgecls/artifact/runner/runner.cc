@@ -10,7 +10,7 @@
 //                  [--warmup 1] [--warmup-ms 0] [--runs 1] [--min-ms 0] [--cooldown-ms 0]
 //                  [--cores CPULIST] [--threads N] [--val-x X.npy --val-y Y.npy]
 //                  [--ref-input in.npy --ref-output out.npy] [--json-out report.json]
-//
+// Options, statistics and JSON (schema 2) are ../harness/contract.py's; tests hold this file to it.
 // Prints exactly one JSON object (schema 2) on stdout. Any failure prints one line
 // "edgecls-runner: error: <message>" on stderr and exits with status 2.
 
