@@ -43,3 +43,13 @@ class ArtifactError(EdgeclsError):
     """Missing, incomplete or tampered artifact directory."""
 
     exit_code = 6
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty).
+
+    Library errors (ONNX checker, TVM, TF, torch.export) span many lines with the cause first;
+    an EdgeclsError is one line, so wrappers quote only this one.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.data import Dataset, Preprocess, load_image_folder, split
-from edgecls.errors import UsageError
+from edgecls.errors import UsageError, first_line
 from edgecls.load import load_torch_module
 from edgecls.quiet import quiet_torch_export
 
@@ -132,7 +132,7 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
             out = model(example)
     except Exception as exc:
         raise UsageError(f"the model does not accept the images of {req.data or req.val} (shape {list(example.shape)}): "
-                         f"{str(exc).splitlines()[0]}") from None
+                         f"{first_line(exc)}") from None
     if out.shape[-1] != len(data.classes):
         raise UsageError(f"the model outputs {out.shape[-1]} classes but {req.data or req.val} has {len(data.classes)} class folders")
     log(f"data: {len(tune)} fine-tune / {len(calib)} calibration / {len(val)} validation images, "
