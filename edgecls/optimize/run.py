@@ -42,6 +42,28 @@ class OptimizeRequest:
     threads: int = 1
     tflite: str = "auto"  # also export model.tflite: auto = when edgecls[tflite] is installed
 
+    @classmethod
+    def from_options(cls, model: Path, data: Path | None, train: Path | None, calib: Path | None,
+                     val: Path | None, *, prune: float, importance: str, quantize: str, epochs: int,
+                     calib_method: str, seed: int, preprocess: Preprocess | dict | None,
+                     input_shape: str | None, required: bool = False, tflite: str = "auto"):
+        """The request `compile`/`optimize` options describe: None when no optimization was asked
+        for (unless required); needs --data, or all three of --train/--calib/--val. `preprocess`
+        is a Preprocess, or overrides (a dict) of the defaults for `input_shape` (N,C,H,W text)."""
+        if not required and not prune and quantize == "none":
+            return None
+        if data is None and not (train and calib and val):
+            raise UsageError("--prune/--quantize need --data DIR (an ImageFolder of labelled images), "
+                             "or all three of --train, --calib and --val")
+        pre = preprocess
+        if preprocess is None or isinstance(preprocess, dict):
+            from edgecls.load import parse_shape
+            from edgecls.pipeline import default_preprocess
+            pre = default_preprocess(parse_shape(input_shape) or (1, 3, 224, 224), **(preprocess or {}))
+        return cls(model=model, data=data, train=train, calib=calib, val=val, preprocess=pre, prune=prune,
+                   importance=importance, quantize=quantize, epochs=epochs, calib_method=calib_method,
+                   seed=seed, tflite=tflite)
+
 
 @dataclass
 class OptimizedModel:
