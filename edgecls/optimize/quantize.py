@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.errors import EdgeclsError, ModelError, UsageError, first_line
+from edgecls.errors import EdgeclsError, ModelError, UsageError, first_line, last_line
 from edgecls.quiet import ROOT_LOGGER, silenced
 
 # Fewer images than this give ranges that depend on which few images were picked.
@@ -232,8 +232,7 @@ def ptq_onnx(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib: np.
             except EdgeclsError:
                 raise
             except Exception as exc:
-                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                raise ModelError(f"ONNX Runtime could not quantize {onnx_in.name}: {first}") from None
+                raise ModelError(f"ONNX Runtime could not quantize {onnx_in.name}: {last_line(exc)}") from None
         os.replace(staged, onnx_out)
     dtypes = weight_dtypes(onnx_out)
     return QuantizeResult(path=onnx_out, weight_dtypes=dtypes, size_bytes_before=onnx_in.stat().st_size,
