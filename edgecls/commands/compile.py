@@ -79,8 +79,8 @@ def compile(model, target, out_dir, layout, input_shape, labels, mean, std, chan
     if mlflow_uri:
         from edgecls.report.mlflow_log import require_mlflow
         require_mlflow()  # before minutes of work
-    spinner = console.status(f"compiling {model} for {target}", spinner="dots") if not verbose else contextlib.nullcontext()
-    with spinner:
+    # --verbose prints every stage: a spinner would redraw over those lines.
+    with (contextlib.nullcontext() if verbose else console.status(f"compiling {model} for {target}", spinner="dots")):
         out = compile_artifact(req, log=verbose_log(verbose))
     if mlflow_uri:
         from edgecls.report.mlflow_log import log_compile
