@@ -17,7 +17,7 @@ import numpy as np
 
 from edgecls.data import Dataset, Preprocess, load_image_folder, split
 from edgecls.errors import UsageError, first_line
-from edgecls.load import load_torch_module
+from edgecls.load import load_torch_module, parse_shape
 from edgecls.quiet import quiet_torch_export
 
 QUANTIZE_MODES = ("none", "ptq", "qat", "fp16")
@@ -57,7 +57,7 @@ class OptimizeRequest:
                              "or all three of --train, --calib and --val")
         pre = preprocess
         if preprocess is None or isinstance(preprocess, dict):
-            from edgecls.load import parse_shape
+            # Not at the top: edgecls.pipeline (the compile stack) reaches this module the same way.
             from edgecls.pipeline import default_preprocess
             pre = default_preprocess(parse_shape(input_shape) or (1, 3, 224, 224), **(preprocess or {}))
         return cls(model=model, data=data, train=train, calib=calib, val=val, preprocess=pre, prune=prune,
