@@ -49,3 +49,20 @@ class RemoteError(EdgeclsError):
     """A board is unreachable, refuses us, fails a command, or runs out of disk."""
 
     exit_code = 7
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty).
+
+    Library errors (ONNX checker, TF, torch.export) span many lines with the cause first;
+    an EdgeclsError is one line, so wrappers quote only this one.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def last_line(exc: BaseException) -> str:
+    """The last line of an exception's message (its type name when the message is empty): TVM
+    and ONNX Runtime errors start with a C++ traceback and end with the cause."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.hashing import sha256_file
-from edgecls.errors import ModelError, UsageError
+from edgecls.errors import ModelError, UsageError, first_line
 
 ONNX_SUFFIXES = {".onnx"}
 EXPORTED_SUFFIXES = {".pt2"}
@@ -100,7 +100,7 @@ def _read_onnx(path: Path):
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise ModelError(f"{path}: ONNX checker rejects the model: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"{path}: ONNX checker rejects the model: {first_line(exc)}") from None
     return model
 
 
@@ -116,7 +116,7 @@ def simplify_onnx(model, input_name: str, shape: tuple[int, ...]):
                                               skip_fuse_bn=True)
         except Exception as exc:
             raise ModelError(f"ONNX simplification failed for input shape {list(shape)}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                             f"{first_line(exc)}") from None
     if not ok:
         raise ModelError("onnxsim could not verify the simplified model against the original")
     # Metadata (producer docs, debug names) is not needed on a board.
@@ -163,7 +163,7 @@ def _torchscript_to_onnx(path: Path, shape: tuple[int, ...] | None):
             export_onnx(module.eval(), torch.zeros(shape), buf, torchscript=True)
         except Exception as exc:
             raise ModelError(f"{path}: TorchScript -> ONNX export failed for shape {list(shape)}: "
-                             f"{str(exc).splitlines()[0]}") from None
+                             f"{first_line(exc)}") from None
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -189,7 +189,7 @@ def _exported_to_onnx(path: Path, shape: tuple[int, ...] | None):
         try:
             export_onnx(ep, torch.zeros(shape), f"{tmp}/m.onnx", named=False)
         except Exception as exc:
-            raise ModelError(f"{path}: torch.export -> ONNX failed: {str(exc).splitlines()[0]}") from None
+            raise ModelError(f"{path}: torch.export -> ONNX failed: {first_line(exc)}") from None
         return ep, onnx.load(f"{tmp}/m.onnx")
 
 
@@ -266,7 +266,7 @@ def rebatch_model(model: Model, batch: int) -> Model:
         simplified = simplify_onnx(proto, model.input.name, shape)
     except Exception as exc:  # noqa: BLE001  (onnxsim / shape inference errors of many kinds)
         raise ModelError(f"{model.path}: cannot build batch {batch} (the graph may hard-code batch 1; "
-                         f"export it with a dynamic batch axis): {str(exc).splitlines()[0]}") from None
+                         f"export it with a dynamic batch axis): {first_line(exc)}") from None
     onnx.checker.check_model(simplified)
     out_name, out_dims, out_dtype = _value_spec(simplified.graph.output[0])
     return Model(path=model.path, format=model.format, sha256=model.sha256, onnx=simplified,

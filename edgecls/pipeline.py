@@ -22,7 +22,7 @@ from edgecls.artifact.runtime_libs import host_arch, runtime_libs
 from edgecls.compile import tvm_adapter
 from edgecls.compile.build import compile_model, integer_kernels_for
 from edgecls.data import Preprocess
-from edgecls.errors import ArtifactError, UsageError
+from edgecls.errors import ArtifactError, UsageError, first_line
 from edgecls.load import load_model
 from edgecls.targets import get_target
 
@@ -227,7 +227,7 @@ def _plain_tflite(req: CompileRequest, model, work: Path, log) -> Path | None:
     except Exception as exc:
         if req.tflite == "yes":
             raise
-        log(f"tflite: skipped ({str(exc).splitlines()[0]})")
+        log(f"tflite: skipped ({first_line(exc)})")
         return None
 
 

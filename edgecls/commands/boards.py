@@ -1,16 +1,12 @@
-"""Board commands: `edgecls boards add/list/check/setup/remove`, `deploy`, `bench`."""
+"""`edgecls boards add/list/check/setup/remove`: the board inventory."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
-from edgecls.artifact.harness.contract import PRECISIONS
-from edgecls.commands.options import (accept_new_option, boards_option, mlflow_option, ssh_config_option,
-                                      targets_dir_option)
-from edgecls.errors import EdgeclsError, UsageError  # noqa: F401
+from edgecls.commands.options import accept_new_option, boards_option, ssh_config_option, targets_dir_option
 
 
 @click.group()
@@ -46,7 +42,7 @@ def boards_list(no_ping, inventory, ssh_config):
     """Boards in the inventory: name, target, host, reachable?, last seen."""
     from edgecls.remote.boards import load_boards
     from edgecls.remote.ping import ping_boards
-    from edgecls.report.console import boards_table, console
+    from edgecls.commands.views import console
     found = load_boards(inventory)
     console.print(boards_table(found, {} if no_ping else ping_boards(list(found.values()), ssh_config)))
 
@@ -62,7 +58,6 @@ def boards_check(name, as_json, inventory, ssh_config, accept_new_host_key, targ
     """Connect and report: arch, glibc, cores, governor, free disk, temperatures, runtimes."""
     from edgecls.remote.board_check import check_board
     from edgecls.remote.boards import connect, get_board
-    from edgecls.report.console import board_check_view
     board = get_board(name, inventory)
     with connect(board, ssh_config=ssh_config, accept_new_host_key=accept_new_host_key) as ssh:
         info = check_board(board, ssh, inventory=inventory, targets_dir=targets_dir)
@@ -95,78 +90,35 @@ def boards_remove(name, inventory):
     click.echo(f"board {name} removed")
 
 
-@click.command()
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--board", "-b", "board_name", required=True)
-@boards_option
-@ssh_config_option
-@accept_new_option
-def deploy(artifact, board_name, inventory, ssh_config, accept_new_host_key):
-    """Upload an artifact to a board: atomic, checksum-verified on the board, resumable."""
-    from edgecls.remote.boards import connect, get_board
-    from edgecls.remote.deploy import deploy as deploy_artifact
-    board = get_board(board_name, inventory)
-    with connect(board, ssh_config=ssh_config, accept_new_host_key=accept_new_host_key) as ssh:
-        result = deploy_artifact(artifact, board, ssh, log=lambda m: click.echo(m, err=True))
-    what = "already there, verified" if result.reused else f"{result.files} files, {result.uploaded_bytes} bytes sent, verified"
-    click.echo(f"deployed {artifact} to {board.name}:{result.remote_path} ({what})")
+def boards_table(boards: dict, reachable: dict):
+    from rich.table import Table
+    table = Table(title="boards")
+    for col in ("name", "target", "host", "workdir", "reachable", "last seen"):
+        table.add_column(col)
+    for b in sorted(boards.values(), key=lambda b: b.name):
+        r = reachable.get(b.name)
+        state = "-" if r is None else ("[green]yes" if r is True else f"[red]no[/red] {r}")
+        table.add_row(b.name, b.target, b.host, b.workdir, state, b.last_seen or "never")
+    return table
 
 
-@click.command()
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--board", "-b", "board_spec", default=None, help="Board name(s): b1,b2 or all.")
-@click.option("--local", is_flag=True, help="Measure on this machine.")
-@click.option("--emulate", is_flag=True, help="With --local: run a foreign-arch artifact under qemu.")
-@click.option("--runtime", default=None, help="auto (every CPU runtime the artifact carries; the fastest is "
-              "recorded) or a comma list of tvm,onnxruntime,tflite,tensorrt. Default: the artifact's backend "
-              "(compile --backend), else tvm.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-              help="TensorRT engine precision (--runtime tensorrt; auto: int8 for a QDQ model, else fp32).")
-@click.option("--threads", type=click.IntRange(1, 256), default=None)
-@click.option("--cores", default=None, help="big | little | all | CPU list like 4,5 or 0-3.")
-@click.option("--runs", default=50, show_default=True, type=click.IntRange(1))
-@click.option("--warmup", default=5, show_default=True, type=click.IntRange(0))
-@click.option("--warmup-ms", default=0.0, show_default=True, type=click.FloatRange(0))
-@click.option("--min-ms", default=0.0, show_default=True, type=click.FloatRange(0), help="Time runs for at least this long.")
-@click.option("--cooldown-ms", default=0.0, show_default=True, type=click.FloatRange(0))
-@click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64), help="Boards measured at once.")
-@click.option("--batch", "batches", default="1", show_default=True, metavar="1,2,4,8",
-              help="TVM batch sizes to measure (the artifact needs them: compile --batch-sizes).")
-@click.option("--latency-budget", type=click.FloatRange(0, min_open=True), default=None, metavar="MS",
-              help="With --batch: recommend the batch size with most images/s whose median fits.")
-@click.option("--output", "-o", "out_dir", default="reports", show_default=True, type=click.Path(path_type=Path))
-@boards_option
-@ssh_config_option
-@accept_new_option
-@mlflow_option
-def bench(artifact, board_spec, local, emulate, runtime, precision, threads, cores, runs, warmup, warmup_ms, min_ms,
-          cooldown_ms, parallel, batches, latency_budget, out_dir, inventory, ssh_config, accept_new_host_key,
-          mlflow_uri):
-    """Benchmark an artifact on boards (in parallel) or locally; one JSON report per board and runtime."""
-    from rich.live import Live
-    from edgecls.bench.harness import BenchOptions, parse_runtimes
-    from edgecls.bench.run import make_places, run_bench
-    from edgecls.artifact.batches import parse_batches
-    from edgecls.bench.tensorrt import check_precision
-    from edgecls.report.console import bench_summary, console, fleet_table
-    runtimes = parse_runtimes(runtime)
-    if mlflow_uri:
-        from edgecls.report.mlflow_log import require_mlflow
-        require_mlflow()
-    opts = BenchOptions(runtimes=runtimes, threads=threads, cores=cores, runs=runs,
-                        warmup=warmup, warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms,
-                        extra={"precision": check_precision(precision, runtimes)},
-                        batches=parse_batches(batches), latency_budget_ms=latency_budget)
-    places = make_places(board_spec, local, emulate, inventory, ssh_config, accept_new_host_key)
-    with Live(console=console, refresh_per_second=4, transient=False) as live:
-        results = run_bench(artifact, places, opts, out_dir, parallel,
-                            on_change=lambda rs: live.update(fleet_table(rs)))
-    failed = bench_summary(results)
-    if mlflow_uri:
-        from edgecls.report.mlflow_log import log_bench
-        runs_logged = log_bench(mlflow_uri, [p for r in results for p in r.reports])
-        console.print(f"mlflow: {len(runs_logged)} run(s) logged to {mlflow_uri}")
-    if failed:
-        if len(results) == 1:  # one place: its own error is the message
-            raise EdgeclsError(results[0].detail)
-        raise EdgeclsError(f"{failed} of {len(results)} place(s) failed; reports of the others are in {out_dir}")
+def board_check_view(board, info: dict) -> None:
+    from rich.table import Table
+
+    from edgecls.commands.views import console
+    table = Table(show_header=False, title=f"board {board.name} ({board.host})")
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    cpus = info.get("cpus") or []
+    governors = sorted({c.get("governor") or "?" for c in cpus})
+    rows = [("arch / kernel", f"{info.get('arch')} / {info.get('kernel')}"), ("glibc", info.get("glibc")),
+            ("cores", f"{info.get('nproc')} (governor {', '.join(governors) or '?'})"),
+            ("max freq kHz", ", ".join(f"cpu{c.get('cpu')}:{c.get('max_khz')}" for c in cpus) or "-"),
+            ("workdir", f"{info.get('workdir')} ({info.get('disk_free_kb')} kB free)"),
+            ("temperatures", ", ".join(f"{t.get('type')} {t.get('temp_c')} C" for t in info.get("thermal") or []) or "-"),
+            ("tools", ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in (info.get("tools") or {}).items())),
+            ("python packages", ", ".join(f"{k} {v or 'no'}" for k, v in (info.get("python_packages") or {}).items())),
+            ("warnings", info.get("warning") or "none")]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    console.print(table)

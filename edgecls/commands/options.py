@@ -1,10 +1,13 @@
-"""click options shared by several command modules."""
+"""click options shared by several command modules, and the parsing of their values."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
+
+from edgecls.errors import UsageError
 
 targets_dir_option = click.option(
     "--targets-dir", envvar="EDGECLS_TARGETS", default=None, metavar="DIR",
@@ -19,3 +22,59 @@ accept_new_option = click.option("--accept-new-host-key", is_flag=True,
                                  help="Trust a board's host key on first contact (never a changed one).")
 mlflow_option = click.option("--mlflow", "mlflow_uri", envvar="EDGECLS_MLFLOW", default=None, metavar="URI",
                              help="Also log this run to MLflow (extra edgecls[mlflow]), e.g. file:///tmp/mlruns.")
+
+
+def optimization_options(f):
+    """The prune / fine-tune / quantize options shared by `compile` and `optimize`."""
+    for option in reversed([
+        click.option("--data", type=click.Path(path_type=Path), default=None,
+                     help="ImageFolder for fine-tuning, calibration and validation (split deterministically)."),
+        click.option("--train", type=click.Path(path_type=Path), default=None, help="Separate fine-tune ImageFolder."),
+        click.option("--calib", type=click.Path(path_type=Path), default=None, help="Separate calibration ImageFolder."),
+        click.option("--val", type=click.Path(path_type=Path), default=None, help="Separate validation ImageFolder."),
+        click.option("--prune", default=0.0, type=float, show_default=True,
+                     help="Structured pruning: fraction of channels removed per layer (torch-pruning, DepGraph); "
+                          "the model really shrinks, unlike TF-MOT unstructured sparsity, which gives "
+                          "no speed on Cortex-A CPUs."),
+        click.option("--importance", type=click.Choice(["magnitude", "taylor", "bn-scale"]), default="magnitude", show_default=True),
+        click.option("--quantize", type=click.Choice(["none", "ptq", "qat", "fp16"]), default="none", show_default=True,
+                     help="int8: ptq (ONNX Runtime static QDQ) or qat (torchao PT2E fine-tune); fp16: weights "
+                          "stored as float16 (half the file), computed in float32 on CPUs."),
+        click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000), help="Fine-tune epochs after pruning."),
+        click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--tflite/--no-tflite", "tflite", default=None,
+                     help="Also ship model.tflite (LiteRT; int8 when quantized). Default: when the "
+                          "edgecls[tflite] extra is installed and the model is a torch model."),
+    ]):
+        f = option(f)
+    return f
+
+
+def parse_preprocess(mean: str | None, std: str | None, channel_order: str | None, preprocess_file: Path | None):
+    """--preprocess FILE as a Preprocess; else the --mean/--std/--channel-order given, as a dict of
+    overrides on top of the defaults for the input shape; None when none is given."""
+    mean, std = _floats(mean, "--mean"), _floats(std, "--std")
+    if preprocess_file:
+        from edgecls.data import Preprocess
+        try:
+            return Preprocess.from_dict(json.loads(Path(preprocess_file).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"--preprocess {preprocess_file}: {exc}") from None
+    if mean or std or channel_order:
+        return {k: v for k, v in (("mean", mean), ("std", std), ("channel_order", channel_order)) if v}
+    return None
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} '{text}' is not a comma-separated list of numbers") from None
+
+
+def tflite_mode(flag: bool | None) -> str:
+    """--tflite/--no-tflite/neither -> the request's yes/no/auto."""
+    return "auto" if flag is None else ("yes" if flag else "no")

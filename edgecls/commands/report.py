@@ -1,10 +1,16 @@
-"""`edgecls report`: compare bench reports (terminal table, CSV, Markdown, PNG plots, HTML, MLflow)."""
+"""`edgecls report`: compare bench reports (terminal table, CSV, Markdown, PNG plots, HTML, MLflow).
+
+The table goes to stdout, skipped files to stderr."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from edgecls.report.build import ReportResult
 
 
 @click.command()
@@ -30,7 +36,30 @@ def report(reports, csv_path, md_path, html_path, plot_path, baseline, mlflow_ur
     skipped with a warning; for several reports of one row the newest is kept.
     """
     from edgecls.report.build import ReportRequest, build_report
-    from edgecls.report.view import show, warn
     req = ReportRequest(paths=list(reports), csv=csv_path, md=md_path, html=html_path, plot=plot_path,
                         baseline=baseline, mlflow=mlflow_uri, title=title)
-    show(build_report(req, warn=warn))
+    show_report(build_report(req, warn=warn_on_stderr))
+
+
+def warn_on_stderr(msg: str) -> None:
+    """Skipped files go to stderr: stdout holds the table."""
+    from edgecls.commands.views import err_console
+    err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
+
+
+def show_report(result: ReportResult) -> None:
+    from rich.console import Console
+
+    from edgecls.commands.views import console
+    from edgecls.report.table import rich_table, warning_lines
+    # Piped into a file or CI log: no terminal width to respect, so do not fold the numbers.
+    out = console if console.is_terminal else Console(width=max(console.width, 160))
+    out.print(rich_table(result.loaded, result.baseline))
+    for line in warning_lines(result.loaded):
+        console.print(f"[yellow]{line}[/yellow]", highlight=False, soft_wrap=True)
+    for note in result.loaded.notes:
+        console.print(f"[dim]note: {note}[/dim]", highlight=False, soft_wrap=True)
+    for path in result.written:
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    if result.mlflow_runs:
+        console.print(f"MLflow: {len(result.mlflow_runs)} run(s) logged", highlight=False)

@@ -40,12 +40,10 @@ def tune(model, target, trials, time_budget, early_stopping, boards, fleet, tuni
     """Autotune MODEL's kernels for a target (MetaSchedule). Resumable: Ctrl-C keeps what was
     measured, and a second run only measures kernels short of their share of --trials. Then
     `edgecls compile MODEL --target T` applies the database's best records."""
+    from edgecls.commands.views import console, err_console
     from edgecls.compile.tune import TuneRequest, parse_duration, tune_model
     from edgecls.load import parse_shape
-    from rich.console import Console
-
-    from edgecls.report.console import console, tuning_table
-    out = Console(stderr=True) if as_json else console  # --json: stdout holds the JSON only
+    out = err_console if as_json else console  # --json: stdout holds the JSON only
     req = TuneRequest(model=model, target=target, trials=trials, time_budget_s=parse_duration(time_budget),
                       early_stopping=early_stopping, db_dir=tuning_db, boards=tuple(boards), fleet=fleet,
                       inventory=inventory, ssh_config=ssh_config, layout=layout,
@@ -71,3 +69,18 @@ def tune(model, target, trials, time_budget, early_stopping, boards, fleet, tuni
           if len(sessions) > 1 else "")
     console.print(f"{summary['measured']} measurements{on} in {summary['wall_s']:.0f} s"
                   + (f" (stopped: {summary['stopped']})" if summary["stopped"] else "") + f"; database {summary['db']}")
+
+
+def tuning_table(summary: dict):
+    """Per kernel of `edgecls tune`: zero-trial vs best measured latency."""
+    from rich.table import Table
+
+    from edgecls.commands.views import fmt
+    table = Table(title=f"tuning {Path(summary['model']).name} for {summary['target']} ({summary['where']})")
+    for col in ("kernel", "measured", "zero-trial ms", "best ms", "speed-up", "GFLOPS"):
+        table.add_column(col, justify="left" if col == "kernel" else "right")
+    for t in summary["tasks"]:
+        zt, best = t.get("zero_trial_ms"), t.get("best_ms")
+        table.add_row(t["name"][:48], f"{t['measured']}/{t['measured_total']}", fmt(zt, ".4f"), fmt(best, ".4f"),
+                      f"{zt / best:.2f}x" if zt and best else "-", fmt(t.get("gflops"), ".1f"))
+    return table

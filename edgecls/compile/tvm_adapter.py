@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.errors import EdgeclsError, ModelError, ToolchainError
+from edgecls.errors import EdgeclsError, ModelError, ToolchainError, first_line, last_line
 
 # TVM is imported lazily: `edgecls targets` and `inspect` should not pay ~2 s of TVM start-up.
 _tvm = None
@@ -61,7 +61,7 @@ def resolve_target(tvm_target: dict) -> dict:
     try:
         tvm.target.Target(resolved)
     except Exception as exc:
-        raise EdgeclsError(f"TVM rejects target {resolved}: {str(exc).splitlines()[0]}") from None
+        raise EdgeclsError(f"TVM rejects target {resolved}: {first_line(exc)}") from None
     return resolved
 
 
@@ -134,8 +134,7 @@ def import_onnx(onnx_model, input_name: str, shape: tuple[int, ...], dtype: str 
     except NotImplementedError as exc:
         raise ModelError(f"unsupported by TVM's ONNX importer: {exc}") from None
     except Exception as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"TVM could not import the ONNX model: {first}") from None
+        raise ModelError(f"TVM could not import the ONNX model: {last_line(exc)}") from None
     finally:
         onnx_frontend._get_convert_map = original
 
@@ -146,8 +145,7 @@ def import_exported_program(exported_program):
     try:
         return from_exported_program(exported_program, keep_params_as_input=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"TVM could not import the torch.export program: {first}") from None
+        raise ModelError(f"TVM could not import the torch.export program: {last_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------- graph passes
@@ -265,8 +263,7 @@ def run_graph_passes(mod, tvm_target: dict, layout: str | None, fold_bn: bool = 
             try:
                 mod = p(mod)
             except Exception as exc:
-                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                raise ModelError(f"TVM pass {name} failed: {first}") from None
+                raise ModelError(f"TVM pass {name} failed: {last_line(exc)}") from None
             rec = PassRecord(name, round(time.perf_counter() - t0, 4))
             if before is not None:
                 left = count_ops(mod).get("relax.nn.batch_norm", 0)
@@ -311,8 +308,7 @@ def build(mod, tvm_target: dict, out_path: Path, compiler: str, schedules: bool 
     try:
         executable = relax.build(mod, target, relax_pipeline=rest)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise EdgeclsError(f"TVM build failed for {tvm_target}: {first}") from None
+        raise EdgeclsError(f"TVM build failed for {tvm_target}: {last_line(exc)}") from None
     try:
         executable.export_library(str(out_path), fcompile=cc.cross_compiler(compiler))
     except Exception as exc:

@@ -37,6 +37,7 @@ from edgecls.compile.tvm_generic_schedules import (  # noqa: F401  (NotRecognise
     schedule_reductions_parallel,
 )
 from edgecls.compile.tvm_prepack import pack_last_axis
+from edgecls.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ def rule_schedule(func, lanes: int):
         try:
             return sch, attempt(sch)
         except Exception as exc:  # noqa: BLE001  (ScheduleError, NotRecognised, TVMError)
-            log.debug("schedule rule failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            log.debug("schedule rule failed: %s", first_line(exc))
     return None, "unscheduled"
 
 

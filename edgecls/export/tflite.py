@@ -7,18 +7,17 @@ so the rest of edgecls works without them.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgecls.errors import EdgeclsError, UsageError
+from edgecls.errors import EdgeclsError, UsageError, first_line
+from edgecls.quiet import silenced
 
 _MISSING = "TFLite export needs the optional extra: pip install 'edgecls[tflite]'"
 
@@ -48,18 +47,13 @@ def _quiet():
     """
     saved_env = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    loggers = [logging.getLogger(n) for n in ("torch", "torchao", "absl", "jax", "litert_torch")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
     sys.stderr.flush()
     saved_fd = os.dup(2)
     with tempfile.TemporaryFile() as cap:
         os.dup2(cap.fileno(), 2)
         failed = False
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with silenced(("torch", "torchao", "absl", "jax", "litert_torch")):
                 yield
         except BaseException:
             failed = True
@@ -68,8 +62,6 @@ def _quiet():
             sys.stderr.flush()
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
-            for lg, lv in zip(loggers, levels):
-                lg.setLevel(lv)
             if saved_env is None:
                 os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
             else:
@@ -134,8 +126,7 @@ def export_tflite(model: torch.nn.Module, example: torch.Tensor, out_path: str |
     except EdgeclsError:
         raise
     except Exception as e:  # converter errors are long multi-line MLIR dumps
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EdgeclsError(f"TFLite conversion failed: {first}") from e
+        raise EdgeclsError(f"TFLite conversion failed: {first_line(e)}") from e
     return TfliteResult(out, out.stat().st_size, quantized)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.errors import ModelError
+from edgecls.errors import ModelError, first_line
 
 # Biases and BN vectors are tiny; halving them saves nothing and costs accuracy.
 MIN_ELEMENTS = 64
@@ -43,7 +43,7 @@ def fp16_weights_onnx(src: Path, dst: Path) -> Fp16Result:
     try:
         model = onnx.load(str(src))
     except Exception as exc:
-        raise ModelError(f"{src}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
+        raise ModelError(f"{src}: not a readable ONNX model ({first_line(exc)})") from None
     graph = model.graph
     kept, casts, converted, clipped = [], [], 0, 0
     for init in graph.initializer:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.data import Dataset
-from edgecls.errors import EdgeclsError, ModelError, UsageError
+from edgecls.errors import EdgeclsError, ModelError, UsageError, first_line
 
 _MISSING = "Keras input needs the optional extra: pip install 'edgecls[keras]'"
 
@@ -75,11 +75,6 @@ def is_keras_model(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in KERAS_SUFFIXES
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def load_keras_model(path: str | os.PathLike):
     """tf_keras.Model from a .keras / .h5 file; ModelError (one line) when missing, corrupt or unsupported."""
     path = Path(path)
@@ -93,7 +88,7 @@ def load_keras_model(path: str | os.PathLike):
         with _quiet():
             model = tf_keras.models.load_model(str(path), compile=False)
     except Exception as e:  # zipfile/h5py/JSON/deserialization errors: all mean "not a usable model"
-        raise ModelError(f"cannot load Keras model {path}: {_first_line(e)}") from None
+        raise ModelError(f"cannot load Keras model {path}: {first_line(e)}") from None
     if not isinstance(model, tf_keras.Model):
         raise ModelError(f"{path} holds no Keras model")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -148,7 +143,7 @@ def _qat(tf, tf_keras, tfmot, model, x: np.ndarray, y: np.ndarray, *, epochs: in
     try:
         qmodel = tfmot.quantization.keras.quantize_model(model)
     except Exception as e:  # subclassed models, unsupported layers
-        raise UsageError(f"TF-MOT cannot quantize this Keras model: {_first_line(e)} "
+        raise UsageError(f"TF-MOT cannot quantize this Keras model: {first_line(e)} "
                          f"(QAT needs a Sequential or functional model of supported layers; try --quantize ptq)") from None
     qmodel.compile(optimizer=tf_keras.optimizers.Adam(QAT_LR),
                    loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=not from_probs),
@@ -238,7 +233,7 @@ def optimize_keras(model_path: Path, tune: Dataset, calib: Dataset, val: Dataset
     except EdgeclsError:
         raise
     except Exception as e:  # converter errors are long multi-line MLIR dumps
-        raise EdgeclsError(f"TFLite conversion failed: {_first_line(e)}") from e
+        raise EdgeclsError(f"TFLite conversion failed: {first_line(e)}") from e
     tfl_logits = run_tflite(out, val_x)
     method = {"qat": "tf-mot qat int8", "ptq": "ptq int8", "fp16": "fp16 weights", "none": "fp32"}[quantize]
     stages.append({"stage": "tflite" if variant == "fp32" else "quantized", "runtime": "litert",

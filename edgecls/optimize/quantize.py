@@ -10,19 +10,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import io
 import logging
 import os
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edgecls.errors import EdgeclsError, ModelError, UsageError
+from edgecls.errors import EdgeclsError, ModelError, UsageError, first_line, last_line
 from edgecls.export.onnx import export_onnx
+from edgecls.quiet import ROOT_LOGGER, silenced
 
 # Fewer images than this give ranges that depend on which few images were picked.
 MIN_CALIBRATION_IMAGES = 16
@@ -102,7 +101,7 @@ def _input_spec(onnx_path: Path) -> tuple[str, list]:
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:
-        raise ModelError(f"cannot read ONNX model {onnx_path}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+        raise ModelError(f"cannot read ONNX model {onnx_path}: {first_line(exc)}") from None
     init_names = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
     if len(inputs) != 1:
@@ -160,16 +159,9 @@ def _make_reader(name: str, calib: np.ndarray, batch: int):
 def _quiet_ort():
     # quantize_static logs "Please consider to run pre-processing" etc. through the root logger
     # and the calibrators warn per tensor; none of it is actionable for a user.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        # The histogram calibrators print() their progress to stdout.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
+    # The histogram calibrators print() their progress to stdout.
+    with silenced((ROOT_LOGGER,), stdout=True):
+        yield
 
 
 def ptq_onnx(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib: np.ndarray,
@@ -241,8 +233,7 @@ def ptq_onnx(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calib: np.
             except EdgeclsError:
                 raise
             except Exception as exc:
-                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                raise ModelError(f"ONNX Runtime could not quantize {onnx_in.name}: {first}") from None
+                raise ModelError(f"ONNX Runtime could not quantize {onnx_in.name}: {last_line(exc)}") from None
         os.replace(staged, onnx_out)
     dtypes = weight_dtypes(onnx_out)
     return QuantizeResult(path=onnx_out, weight_dtypes=dtypes, size_bytes_before=onnx_in.stat().st_size,
@@ -260,12 +251,8 @@ def _torchao_pt2e():
     # Importing torchao on a CPU-only box logs "Failed to load ..._C_cutlass_90a.abi3.so" (CUDA
     # kernels) and torch's pytree warns about torchao's KernelPreference enum: noise, not errors.
     logging.getLogger("torchao").setLevel(logging.ERROR)
-    pytree_log = logging.getLogger("torch.utils._pytree")
-    level = pytree_log.level
-    pytree_log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with silenced(("torch.utils._pytree",)):
             from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
             from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
@@ -274,8 +261,6 @@ def _torchao_pt2e():
     except ImportError as exc:
         raise EdgeclsError(f"QAT is not available: torchao's PT2E quantization cannot be imported ({exc}); "
                            f"install the torchao version pinned in pyproject.toml") from None
-    finally:
-        pytree_log.setLevel(level)
     return {"prepare_qat_pt2e": prepare_qat_pt2e, "convert_pt2e": convert_pt2e,
             "to_eval": move_exported_model_to_eval, "to_train": move_exported_model_to_train,
             "quantizer": X86InductorQuantizer, "config": get_default_x86_inductor_quantization_config,
@@ -285,17 +270,8 @@ def _torchao_pt2e():
 @contextlib.contextmanager
 def _quiet_torch():
     # torch.onnx prints its progress and torch/torchao emit Future/Deprecation warnings per op.
-    logs = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "torchao")]
-    levels = [lg.level for lg in logs]
-    for lg in logs:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(logs, levels):
-            lg.setLevel(lv)
+    with silenced(("torch.onnx", "torch._dynamo", "torch.export", "torchao"), stdout=True):
+        yield
 
 
 def _xy(data, what: str):
@@ -378,8 +354,7 @@ def qat_pt2e(model, train, val, epochs: int = 2, onnx_out: str | os.PathLike = "
                     train_model = copy.deepcopy(model).train()
                     gm = torch.export.export(train_model, (example,), dynamic_shapes=({0: batch_dim},)).module()
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelError(f"torch.export cannot capture the model for QAT: {first}") from None
+                raise ModelError(f"torch.export cannot capture the model for QAT: {first_line(exc)}") from None
             config = api["config"](is_qat=True)
             if reduce_range:
                 config = dataclasses.replace(config, weight=dataclasses.replace(config.weight, quant_min=-64, quant_max=63))
@@ -422,9 +397,8 @@ def qat_pt2e(model, train, val, epochs: int = 2, onnx_out: str | os.PathLike = "
                     export_onnx(float_model, x1, fp32_onnx)
                     export_onnx(converted, x1, staged)
                 except Exception as exc:
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     raise EdgeclsError(f"QAT is not available for this model: ONNX export of the converted "
-                                       f"model failed: {first}") from None
+                                       f"model failed: {first_line(exc)}") from None
                 size_before = fp32_onnx.stat().st_size
                 os.replace(staged, onnx_out)
             lap("export_s", t0)

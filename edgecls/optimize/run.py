@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.data import Dataset, Preprocess, load_image_folder, split
-from edgecls.errors import UsageError
-from edgecls.load import load_torch_module
+from edgecls.errors import UsageError, first_line
 from edgecls.export.onnx import export_onnx
+from edgecls.load import load_torch_module, parse_shape
 
 QUANTIZE_MODES = ("none", "ptq", "qat", "fp16")
 TFLITE_MODES = ("auto", "yes", "no")
@@ -41,6 +41,28 @@ class OptimizeRequest:
     seed: int = 0
     threads: int = 1
     tflite: str = "auto"  # also export model.tflite: auto = when edgecls[tflite] is installed
+
+    @classmethod
+    def from_options(cls, model: Path, data: Path | None, train: Path | None, calib: Path | None,
+                     val: Path | None, *, prune: float, importance: str, quantize: str, epochs: int,
+                     calib_method: str, seed: int, preprocess: Preprocess | dict | None,
+                     input_shape: str | None, required: bool = False, tflite: str = "auto"):
+        """The request `compile`/`optimize` options describe: None when no optimization was asked
+        for (unless required); needs --data, or all three of --train/--calib/--val. `preprocess`
+        is a Preprocess, or overrides (a dict) of the defaults for `input_shape` (N,C,H,W text)."""
+        if not required and not prune and quantize == "none":
+            return None
+        if data is None and not (train and calib and val):
+            raise UsageError("--prune/--quantize need --data DIR (an ImageFolder of labelled images), "
+                             "or all three of --train, --calib and --val")
+        pre = preprocess
+        if preprocess is None or isinstance(preprocess, dict):
+            # Not at the top: edgecls.pipeline (the compile stack) reaches this module the same way.
+            from edgecls.pipeline import default_preprocess
+            pre = default_preprocess(parse_shape(input_shape) or (1, 3, 224, 224), **(preprocess or {}))
+        return cls(model=model, data=data, train=train, calib=calib, val=val, preprocess=pre, prune=prune,
+                   importance=importance, quantize=quantize, epochs=epochs, calib_method=calib_method,
+                   seed=seed, tflite=tflite)
 
 
 @dataclass
@@ -129,7 +151,7 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
             out = model(example)
     except Exception as exc:
         raise UsageError(f"the model does not accept the images of {req.data or req.val} (shape {list(example.shape)}): "
-                         f"{str(exc).splitlines()[0]}") from None
+                         f"{first_line(exc)}") from None
     if out.shape[-1] != len(data.classes):
         raise UsageError(f"the model outputs {out.shape[-1]} classes but {req.data or req.val} has {len(data.classes)} class folders")
     log(f"data: {len(tune)} fine-tune / {len(calib)} calibration / {len(val)} validation images, "

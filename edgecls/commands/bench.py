@@ -1,0 +1,164 @@
+"""`edgecls bench`: measure an artifact on boards (in parallel) or here; its live and summary views."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgecls.artifact.harness.contract import PRECISIONS
+from edgecls.commands.options import accept_new_option, boards_option, mlflow_option, ssh_config_option
+from edgecls.errors import EdgeclsError
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--board", "-b", "board_spec", default=None, help="Board name(s): b1,b2 or all.")
+@click.option("--local", is_flag=True, help="Measure on this machine.")
+@click.option("--emulate", is_flag=True, help="With --local: run a foreign-arch artifact under qemu.")
+@click.option("--runtime", default=None, help="auto (every CPU runtime the artifact carries; the fastest is "
+              "recorded) or a comma list of tvm,onnxruntime,tflite,tensorrt. Default: the artifact's backend "
+              "(compile --backend), else tvm.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="TensorRT engine precision (--runtime tensorrt; auto: int8 for a QDQ model, else fp32).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None)
+@click.option("--cores", default=None, help="big | little | all | CPU list like 4,5 or 0-3.")
+@click.option("--runs", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--warmup", default=5, show_default=True, type=click.IntRange(0))
+@click.option("--warmup-ms", default=0.0, show_default=True, type=click.FloatRange(0))
+@click.option("--min-ms", default=0.0, show_default=True, type=click.FloatRange(0), help="Time runs for at least this long.")
+@click.option("--cooldown-ms", default=0.0, show_default=True, type=click.FloatRange(0))
+@click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64), help="Boards measured at once.")
+@click.option("--batch", "batches", default="1", show_default=True, metavar="1,2,4,8",
+              help="TVM batch sizes to measure (the artifact needs them: compile --batch-sizes).")
+@click.option("--latency-budget", type=click.FloatRange(0, min_open=True), default=None, metavar="MS",
+              help="With --batch: recommend the batch size with most images/s whose median fits.")
+@click.option("--output", "-o", "out_dir", default="reports", show_default=True, type=click.Path(path_type=Path))
+@boards_option
+@ssh_config_option
+@accept_new_option
+@mlflow_option
+def bench(artifact, board_spec, local, emulate, runtime, precision, threads, cores, runs, warmup, warmup_ms, min_ms,
+          cooldown_ms, parallel, batches, latency_budget, out_dir, inventory, ssh_config, accept_new_host_key,
+          mlflow_uri):
+    """Benchmark an artifact on boards (in parallel) or locally; one JSON report per board and runtime."""
+    from rich.live import Live
+
+    from edgecls.artifact.batches import parse_batches
+    from edgecls.bench.harness import BenchOptions, parse_runtimes
+    from edgecls.bench.run import make_places, run_bench
+    from edgecls.bench.tensorrt import check_precision
+    from edgecls.commands.views import console
+    runtimes = parse_runtimes(runtime)
+    if mlflow_uri:
+        from edgecls.report.mlflow_log import require_mlflow
+        require_mlflow()
+    opts = BenchOptions(runtimes=runtimes, threads=threads, cores=cores, runs=runs,
+                        warmup=warmup, warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms,
+                        extra={"precision": check_precision(precision, runtimes)},
+                        batches=parse_batches(batches), latency_budget_ms=latency_budget)
+    places = make_places(board_spec, local, emulate, inventory, ssh_config, accept_new_host_key)
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        results = run_bench(artifact, places, opts, out_dir, parallel,
+                            on_change=lambda rs: live.update(fleet_table(rs)))
+    failed = bench_summary(results)
+    if mlflow_uri:
+        from edgecls.report.mlflow_log import log_bench
+        runs_logged = log_bench(mlflow_uri, [p for r in results for p in r.reports])
+        console.print(f"mlflow: {len(runs_logged)} run(s) logged to {mlflow_uri}")
+    if failed:
+        if len(results) == 1:  # one place: its own error is the message
+            raise EdgeclsError(results[0].detail)
+        raise EdgeclsError(f"{failed} of {len(results)} place(s) failed; reports of the others are in {out_dir}")
+
+
+def bench_table(reports: list[dict]):
+    from rich.table import Table
+
+    from edgecls.commands.views import fmt
+    table = Table(title="edgecls bench")
+    for col in ("board", "runtime", "median ms", "p90", "p99", "fps", "top-1", "ref |diff|", "warnings"):
+        table.add_column(col, justify="right" if col not in ("board", "runtime", "warnings") else "left")
+    for r in reports:
+        t = r.get("timings_ms") or {}
+        acc = (r.get("accuracy") or {}).get("top1")
+        ref = (r.get("reference") or {}).get("max_abs_diff")
+        runtime = r["runtime"] + (f" b{r['batch']}" if r.get("batch", 1) != 1 else "")
+        bench = r.get("bench") or {}
+        table.add_row(r["board"]["name"], runtime, fmt(t.get("median")), fmt(t.get("p90")),
+                      fmt(t.get("p99")), fmt(bench.get("images_per_s") or bench.get("fps"), ".1f"),
+                      fmt(acc, ".3f"), fmt(ref, ".2e"), "; ".join(_measurement_warnings(r)))
+    return table
+
+
+def _measurement_warnings(r: dict) -> list[str]:
+    """Why a report's times may not be the board's real speed."""
+    system = r.get("system") or {}
+    warn = []
+    if system.get("throttled"):
+        warn.append("throttled")
+    governors = {c.get("governor") for c in ((system.get("before") or {}).get("cpus") or {}).values()}
+    if governors - {None, "performance"}:
+        warn.append("governor " + ",".join(sorted(g for g in governors if g)))
+    if r["board"].get("kind") == "emulated" or r["board"].get("emulator"):
+        warn.append("emulated: time is not board time")
+    return warn
+
+
+def fleet_table(results):
+    from rich.table import Table
+    table = Table(title="boards")
+    for col in ("board", "status", "median ms", "detail"):
+        table.add_column(col)
+    style = {"done": "green", "failed": "red", "queued": "dim"}
+    for r in results:
+        med = ", ".join(f"{k} {v:.2f}" for k, v in r.medians.items()) if r.medians else ""
+        table.add_row(r.name, f"[{style.get(r.status, 'yellow')}]{r.status}", med, r.detail[:90])
+    return table
+
+
+def bench_summary(results) -> int:
+    """Print every report written and the per-runtime table; returns how many places failed."""
+    from edgecls.commands.views import console
+    reports = [json.loads(p.read_text()) for r in results for p in r.reports]
+    if reports:
+        console.print(bench_table(reports))
+    for line in _runtime_choice_lines(reports):
+        console.print(line)
+    for line in _batch_recommendation_lines(reports):
+        console.print(line)
+    for r in results:
+        for p in r.reports:
+            console.print(f"report: {p}")
+        if r.status == "failed":
+            console.print(f"[red]failed[/red] {r.name}: {r.detail}")
+    return sum(r.status == "failed" for r in results)
+
+
+def _runtime_choice_lines(reports: list[dict]) -> list[str]:
+    """--runtime auto: the winner per place."""
+    lines, chosen = [], set()
+    for rep in reports:
+        choice = rep.get("runtime_choice")
+        if choice and rep["board"]["name"] not in chosen:
+            chosen.add(rep["board"]["name"])
+            vs = f" ({choice['speedup_vs_tvm']:.2f}x TVM's speed)" if choice.get("speedup_vs_tvm") else ""
+            lines.append(f"{rep['board']['name']}: fastest runtime {choice['winner']}{vs}; make it the "
+                         f"default with `compile --backend auto --from-report <these reports>`")
+    return lines
+
+
+def _batch_recommendation_lines(reports: list[dict]) -> list[str]:
+    """--batch: one recommendation per place."""
+    from edgecls.commands.views import fmt
+    lines, seen = [], set()
+    for rep in reports:
+        rec = rep.get("batch_recommendation")
+        if rec and rep["board"]["name"] not in seen:
+            seen.add(rep["board"]["name"])
+            budget = f" within {rec['latency_budget_ms']} ms" if rec.get("latency_budget_ms") else ""
+            lines.append(f"{rep['board']['name']}: recommended batch {rec['batch']}{budget}: "
+                         f"{fmt(rec.get('images_per_s'), '.1f')} images/s at {fmt(rec.get('median_ms'))} ms"
+                         if rec.get("batch") else f"{rep['board']['name']}: {rec.get('reason')}")
+    return lines

@@ -1,0 +1,91 @@
+"""`edgecls compile`: a model -> a runnable, verified artifact for a target."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import click
+
+from edgecls.commands.options import (mlflow_option, optimization_options, parse_preprocess, targets_dir_option,
+                                      tflite_mode)
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "-t", required=True, help="Target name (see `edgecls targets`) or a .toml file.")
+@click.option("--output", "-o", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Artifact directory to create.")
+@click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto", show_default=True,
+              help="Conv data layout; auto uses the target's preferred layout.")
+@click.option("--input-shape", default=None, metavar="N,C,H,W", help="Static input shape, e.g. 1,3,224,224.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None, help="Class names, one per line.")
+@click.option("--mean", default=None, metavar="R,G,B", help="Per-channel mean in 0..1 pixel scale.")
+@click.option("--std", default=None, metavar="R,G,B", help="Per-channel std in 0..1 pixel scale.")
+@click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), default=None)
+@click.option("--preprocess", "preprocess_file", type=click.Path(path_type=Path), default=None,
+              help="Preprocessing as JSON (size, mean, std, channel_order, layout).")
+@optimization_options
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="Fail (artifact kept, marked rejected) when artifact top-1 falls more than X points below the original.")
+@click.option("--val-data", type=click.Path(path_type=Path), default=None,
+              help="Labelled images the artifact carries for on-device top-1: an ImageFolder, "
+                   "or a folder with val_x.npy + val_y.npy.")
+@click.option("--val-count", default=64, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--no-verify", is_flag=True, help="Skip running the artifact on the reference input.")
+@click.option("--schedules/--no-schedules", default=True, show_default=True,
+              help="edgecls' zero-trial CPU schedules (vectorized, parallel, tiled) for untuned kernels.")
+@click.option("--backend", type=click.Choice(["tvm", "onnxruntime", "tflite", "auto"]), default="tvm",
+              show_default=True, help="The artifact's default runtime for `bench`; auto = the fastest in "
+                                      "--from-report (reports of `bench --runtime auto` on boards of this target).")
+@click.option("--from-report", "from_reports", multiple=True, type=click.Path(path_type=Path),
+              help="Bench report(s) or folder(s) for --backend auto (repeatable).")
+@click.option("--integer-kernels/--float-kernels", default=None,
+              help="QDQ int8 models: exact int8 x int8 -> int32 conv/matmul with int8 weights (3.3x smaller "
+                   "model.so) on multiply-accumulate kernels of ours (AVX2 byte pairs for 7-bit weights, "
+                   "int16 pairs otherwise and on NEON), or float compute. Default: integer on CPU targets.")
+@click.option("--batch-sizes", default="1", show_default=True, metavar="1,2,4,8",
+              help="Also build these static batch sizes (model_bN.so each) for `bench --batch`.")
+@click.option("--tuning-db", default=None, metavar="DIR",
+              help="Apply tuned records from this database (default: $EDGECLS_TUNING_DB or "
+                   "~/.cache/edgecls/tuning when it holds one for the target); 'none' to ignore it.")
+@click.option("--verbose", "-v", is_flag=True, help="Show every stage and graph pass.")
+@mlflow_option
+@targets_dir_option
+def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order, preprocess_file,
+            data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite, max_accuracy_drop,
+            val_data, val_count, force, no_verify, schedules, backend, from_reports, integer_kernels, batch_sizes, tuning_db, verbose,
+            mlflow_uri, targets_dir):
+    """Compile MODEL (.onnx, .pt2, TorchScript) for a target into a runnable, verified artifact."""
+    from edgecls.artifact.batches import parse_batches
+    from edgecls.artifact.manifest import read_manifest
+    from edgecls.commands.views import console, stages_table, verbose_log
+    from edgecls.load import parse_shape
+    from edgecls.optimize.run import OptimizeRequest
+    from edgecls.pipeline import CompileRequest, compile_artifact
+    shape, batches = parse_shape(input_shape), parse_batches(batch_sizes)
+    preprocess = parse_preprocess(mean, std, channel_order, preprocess_file)
+    optimize = OptimizeRequest.from_options(
+        model, data, train, calib, val, prune=prune, importance=importance, quantize=quantize, epochs=epochs,
+        calib_method=calib_method, seed=seed, preprocess=preprocess, input_shape=input_shape)
+    req = CompileRequest(
+        model=model, target=target, out_dir=out_dir, layout=layout, input_shape=shape,
+        labels=labels, force=force, targets_dir=targets_dir, verify=not no_verify, schedules=schedules,
+        tuning_db=tuning_db or "auto", batch_sizes=batches,
+        integer_kernels=integer_kernels, backend=backend, from_reports=tuple(from_reports),
+        val_data=val_data, val_count=val_count, max_accuracy_drop=max_accuracy_drop, tflite=tflite_mode(tflite),
+        optimize=optimize, preprocess=preprocess)
+    if mlflow_uri:
+        from edgecls.report.mlflow_log import require_mlflow
+        require_mlflow()  # before minutes of work
+    # --verbose prints every stage: a spinner would redraw over those lines.
+    with (contextlib.nullcontext() if verbose else console.status(f"compiling {model} for {target}", spinner="dots")):
+        out = compile_artifact(req, log=verbose_log(verbose))
+    if mlflow_uri:
+        from edgecls.report.mlflow_log import log_compile
+        console.print(f"mlflow run {log_compile(mlflow_uri, out)} ({mlflow_uri})")
+    stages = read_manifest(out).get("stages", [])
+    if any(st.get("top1") is not None for st in stages):
+        console.print(stages_table(stages))
+    console.print(f"[green]artifact[/green] {out}  (inspect it: edgecls inspect {out})")
