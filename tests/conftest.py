@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +26,19 @@ from edgecls.pipeline import CompileRequest, compile_artifact
 os.environ["EDGECLS_TUNING_DB"] = tempfile.mkdtemp(prefix="edgecls-test-tuning-")
 
 REF_SIZE = 64  # reference nets at 64x64: same layer plan and fusion as 224, 12x cheaper under qemu
+
+
+EDGECLS = str(Path(sys.executable).parent / "edgecls")  # the CLI of the venv running the tests
+
+
+def edgecls(*args, env: dict | None = None, inherit_env: bool = True, cwd=None, timeout: float = 900):
+    """Run the real `edgecls` CLI in its own process, as a user would; never raises on failure.
+
+    env: variables set on top of this process's environment, or instead of it (inherit_env=False:
+    a bare environment, e.g. a PATH without some tool)."""
+    full_env = {**os.environ, **env} if (env and inherit_env) else env
+    return subprocess.run([EDGECLS, *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd,
+                          timeout=timeout)
 
 
 def has_aarch64_toolchain() -> bool:

@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-EDGECLS = str(Path(sys.executable).parent / "edgecls")
-
-
-def edgecls(*args):
-    return subprocess.run([EDGECLS, *map(str, args)], capture_output=True, text=True, timeout=900)
+from conftest import edgecls
 
 
 def test_batch_sizes_compile_verify_bench_and_recommend(demo, tmp_path):

@@ -4,22 +4,16 @@ and on several boards in network namespaces at once."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import needs_aarch64, ort_run
+from conftest import edgecls, needs_aarch64, ort_run
 from sshd import netns_boards, ssh_board  # noqa: F401  (fixtures)
 
-EDGECLS = str(Path(sys.executable).parent / "edgecls")
 QEMU = "qemu-aarch64 -L /usr/aarch64-linux-gnu"
-
-
-def edgecls(*args, env=None):
-    return subprocess.run([EDGECLS, *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
 
 
 def reports_in(d: Path) -> list[dict]:
@@ -62,20 +56,20 @@ def test_emulated_board_over_ssh_deploy_and_bench(artifacts, ssh_board, tmp_path
     env = {"EDGECLS_BOARDS": str(inv), "EDGECLS_SSH_CONFIG": str(ssh_board.ssh_config),
            "PATH": "/usr/bin:/bin:" + str(Path(sys.executable).parent)}
     p = edgecls("boards", "add", "emu1", "--host", ssh_board.name, "--target", "rk3399",
-                "--workdir", ssh_board.workdir, "--emulator", QEMU, env=env)
+                "--workdir", ssh_board.workdir, "--emulator", QEMU, env=env, inherit_env=False, timeout=600)
     assert p.returncode == 0, p.stderr
-    p = edgecls("boards", "list", env=env)
+    p = edgecls("boards", "list", env=env, inherit_env=False, timeout=600)
     assert p.returncode == 0 and "emu1" in p.stdout and "yes" in p.stdout, p.stdout + p.stderr
-    p = edgecls("boards", "check", "emu1", "--json", env=env)
+    p = edgecls("boards", "check", "emu1", "--json", env=env, inherit_env=False, timeout=600)
     assert p.returncode == 0, p.stderr
     facts = json.loads(p.stdout)
     assert facts["arch"] == "x86_64" and facts["glibc"] and facts["disk_free_kb"] > 0
-    p = edgecls("deploy", art, "--board", "emu1", env=env)
+    p = edgecls("deploy", art, "--board", "emu1", env=env, inherit_env=False, timeout=600)
     assert p.returncode == 0, p.stderr
-    p = edgecls("deploy", art, "--board", "emu1", env=env)  # again: nothing to send
+    p = edgecls("deploy", art, "--board", "emu1", env=env, inherit_env=False, timeout=600)  # again: nothing to send
     assert p.returncode == 0 and "already there" in p.stdout, p.stdout + p.stderr
     assert (ssh_board.workdir / art.name / "manifest.json").is_file()
-    p = edgecls("bench", art, "--board", "emu1", "--runs", "5", "--warmup", "1", "-o", tmp_path / "r", env=env)
+    p = edgecls("bench", art, "--board", "emu1", "--runs", "5", "--warmup", "1", "-o", tmp_path / "r", env=env, inherit_env=False, timeout=600)
     assert p.returncode == 0, p.stderr
     [r] = reports_in(tmp_path / "r")
     check_report(r, "tvm")
@@ -87,7 +81,7 @@ def test_emulated_board_over_ssh_deploy_and_bench(artifacts, ssh_board, tmp_path
     with open(ssh_board.workdir / art.name / "model.so", "r+b") as f:
         f.seek(2000)
         f.write(b"\xff\xff\xff\xff")
-    p = edgecls("bench", art, "--board", "emu1", "--runs", "2", "-o", tmp_path / "r2", env=env)
+    p = edgecls("bench", art, "--board", "emu1", "--runs", "2", "-o", tmp_path / "r2", env=env, inherit_env=False, timeout=600)
     # deploy re-uploads what fails the check, so the run succeeds on a repaired artifact ...
     assert p.returncode == 0, p.stderr
     assert (ssh_board.workdir / art.name / "model.so").read_bytes() == (art / "model.so").read_bytes()
@@ -107,7 +101,7 @@ def test_parallel_boards_in_network_namespaces_one_failing(artifacts, netns_boar
     merged.write_text("\n".join(c.split("Host *")[0] for c in configs) + "\n" + "Host *" + configs[0].split("Host *")[1])
     env = {"EDGECLS_BOARDS": str(inv), "EDGECLS_SSH_CONFIG": str(merged),
            "PATH": "/usr/bin:/bin:" + str(Path(sys.executable).parent)}
-    p = edgecls("bench", art, "--board", "all", "--runs", "3", "--warmup", "1", "-o", tmp_path / "r", env=env)
+    p = edgecls("bench", art, "--board", "all", "--runs", "3", "--warmup", "1", "-o", tmp_path / "r", env=env, inherit_env=False, timeout=600)
     assert p.returncode != 0  # the dead board fails the command ...
     assert "1 of 4" in p.stderr and "Traceback" not in p.stderr
     reports = reports_in(tmp_path / "r")

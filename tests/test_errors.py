@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import onnx
 import pytest
+from conftest import edgecls
 from onnx import TensorProto, helper
-
-EDGECLS = str(Path(sys.executable).parent / "edgecls")
-
-
-def edgecls(*args, env=None, cwd=None):
-    proc = subprocess.run([EDGECLS, *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)
-    return proc
 
 
 def assert_one_line_error(proc, *needles):
@@ -82,7 +72,7 @@ def test_malformed_target_toml_names_the_key(demo, tmp_path):
     p = edgecls("targets", "--targets-dir", d)
     assert_one_line_error(p, "myboard.toml", "tvm.target")
     (d / "myboard.toml").write_text('name = "myboard"\narch = [\n')
-    p = edgecls("targets", "show", "myboard", env={"EDGECLS_TARGETS": str(d)})
+    p = edgecls("targets", "show", "myboard", env={"EDGECLS_TARGETS": str(d)}, timeout=300)
     assert_one_line_error(p, "myboard.toml", "not valid TOML")
 
 

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import onnx
 import pytest
+from conftest import edgecls
 
 from edgecls.data import write_digits_image_folder
 from edgecls.optimize.quantize import weight_dtypes
 from edgecls.optimize.run import tflite_available
 
 HAS_TFLITE = tflite_available()
-
-EDGECLS = str(Path(sys.executable).parent / "edgecls")
-
-
-def edgecls(*args):
-    return subprocess.run([EDGECLS, *map(str, args)], capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import edgecls
 
-EDGECLS = str(Path(sys.executable).parent / "edgecls")
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def edgecls(*args, **kw):
-    return subprocess.run([EDGECLS, *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
 
 
 def tiny_model(d: Path) -> tuple[Path, Path]:

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-EDGECLS = str(Path(sys.executable).parent / "edgecls")
-
-
-def edgecls(*args):
-    return subprocess.run([EDGECLS, *map(str, args)], capture_output=True, text=True, timeout=900)
+from conftest import edgecls
 
 
 def _reports(d: Path) -> list[dict]:

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import edgecls
 from sshd import ssh_board  # noqa: F401  (fixture)
 
 from edgecls.artifact.harness.contract import schema_problems, timing_stats
@@ -30,7 +31,6 @@ HARNESS_DIR = ROOT / "edgecls" / "artifact" / "harness"
 HARNESS = HARNESS_DIR / "bench_trt.py"
 TRT = Path(__file__).parent / "data" / "trtexec"
 JET = Path(__file__).parent / "data" / "jetson"
-EDGECLS = str(Path(sys.executable).parent / "edgecls")
 NOT_FOUND = "TensorRT not found on board (no trtexec in PATH or /usr/src/tensorrt/bin)"
 HAS_TRTEXEC = bool(shutil.which("trtexec") or os.path.exists("/usr/src/tensorrt/bin/trtexec"))
 
@@ -340,8 +340,7 @@ def test_runtime_argv_and_precision_option():
         runtime_argv("tensorrt", {"files": {"model.onnx": {}}}, place, opts, None)
     with pytest.raises(UsageError, match="--runtime tensorrt only"):
         check_precision("fp16", ("tvm",))
-    p = subprocess.run([EDGECLS, "bench", "nowhere", "--local", "--precision", "int8"],
-                       capture_output=True, text=True, timeout=120, check=False)
+    p = edgecls("bench", "nowhere", "--local", "--precision", "int8", timeout=120)
     assert p.returncode != 0 and "--precision applies to --runtime tensorrt only" in p.stderr
     assert "Traceback" not in p.stderr
 
@@ -370,12 +369,11 @@ def test_bench_board_without_tensorrt_one_clear_error(small_artifact, ssh_board,
     assert (art / "harness" / "bench_trt.py").is_file()  # shipped in every artifact
     env = {"EDGECLS_BOARDS": str(tmp_path / "boards.toml"), "EDGECLS_SSH_CONFIG": str(ssh_board.ssh_config),
            "PATH": "/usr/bin:/bin:" + str(Path(sys.executable).parent), "HOME": os.environ.get("HOME", "/root")}
-    p = subprocess.run([EDGECLS, "boards", "add", "jet1", "--host", ssh_board.name, "--target", "jetson-orin-nano",
-                        "--workdir", str(ssh_board.workdir), "--python", sys.executable],
-                       capture_output=True, text=True, timeout=120, check=False, env=env)
+    p = edgecls("boards", "add", "jet1", "--host", ssh_board.name, "--target", "jetson-orin-nano",
+                "--workdir", ssh_board.workdir, "--python", sys.executable, env=env, inherit_env=False, timeout=120)
     assert p.returncode == 0, p.stderr
-    p = subprocess.run([EDGECLS, "bench", str(art), "--board", "jet1", "--runtime", "tensorrt", "--precision", "fp16",
-                        "--runs", "5", "-o", str(tmp_path / "r")], capture_output=True, text=True, timeout=300, check=False, env=env)
+    p = edgecls("bench", art, "--board", "jet1", "--runtime", "tensorrt", "--precision", "fp16", "--runs", "5",
+                "-o", tmp_path / "r", env=env, inherit_env=False, timeout=300)
     assert p.returncode != 0
     assert "Traceback" not in p.stderr + p.stdout
     err = [ln for ln in p.stderr.splitlines() if ln.strip()]
@@ -387,8 +385,8 @@ def test_bench_board_without_tensorrt_one_clear_error(small_artifact, ssh_board,
 def test_bench_local_report_with_tensorrt_and_jetson_sections(small_artifact, jetson_bin, tmp_path):
     art = small_artifact
     env = {**jetson_bin.env, "PATH": f"{jetson_bin.dir}:/usr/bin:/bin:{Path(sys.executable).parent}"}
-    p = subprocess.run([EDGECLS, "bench", str(art), "--local", "--runtime", "tensorrt", "--precision", "fp16",
-                        "--runs", "50", "-o", str(tmp_path / "r")], capture_output=True, text=True, timeout=300, check=False, env=env)
+    p = edgecls("bench", art, "--local", "--runtime", "tensorrt", "--precision", "fp16", "--runs", "50",
+                "-o", tmp_path / "r", env=env, inherit_env=False, timeout=300)
     assert p.returncode == 0, p.stderr
     [path] = (tmp_path / "r").glob("*.json")
     r = json.loads(path.read_text())
