@@ -15,7 +15,8 @@ from edgecls.artifact.manifest import read_manifest
 from edgecls.compile.tvm_adapter import run_host_library
 from edgecls.data import digits_dataset, split
 from edgecls.errors import UsageError
-from edgecls.optimize.quantize import MIN_CALIBRATION_IMAGES, ptq_onnx, qat_pt2e, weight_dtypes
+from edgecls.optimize.qat import qat_pt2e
+from edgecls.optimize.quantize import MIN_CALIBRATION_IMAGES, ptq_onnx, weight_dtypes
 from edgecls.pipeline import CompileRequest, compile_artifact
 
 from conftest import ort_run

@@ -127,7 +127,8 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
     from edgecls.optimize.finetune import finetune
     from edgecls.optimize.prune import prune_model
     from edgecls.optimize.fp16 import fp16_weights_onnx
-    from edgecls.optimize.quantize import ptq_onnx, qat_pt2e
+    from edgecls.optimize.qat import qat_pt2e
+    from edgecls.optimize.quantize import ptq_onnx
     from edgecls.optimize.keras_qat import KERAS_PRUNE_MESSAGE, is_keras_model
 
     if req.quantize not in QUANTIZE_MODES:
