@@ -11,11 +11,15 @@ Schema (version 1), top-level keys:
   passes     [{name, seconds, detail}]    graph passes in order
   stats      {ops_before, convs, batch_norm_in_graph, batch_norm_left, kernels, ...}
   stages     [{stage, top1, top5, params, macs, size_bytes, ...}]  (optimize issue fills more)
-  runner     {file, arch, glibc_required, threads_default}
-  verification {how, max_abs_diff, top1_match, top5_match}
+  variant, optimized_from   what the optimize stage made, and from which model
+  runner     {file, arch, glibc_required, tvm_runtime}
   versions   {edgecls, python, apache-tvm, apache-tvm-ffi, torch, onnx, onnxruntime, onnxsim, compiler}
+  batches, runtimes_shipped, backend   {"1": "model.so", ...}, ["tvm", ...], {runtime, how}
   timings    {load_s, passes_s, build_s, total_s}
+  verification {how, max_abs_diff, top1_match, top5_match, ...}
+  acceptance {accepted, max_accuracy_drop, ...}
   files      {relative path: {sha256, size}}  every file except manifest.json itself
+`edgecls compile` builds it as a Manifest (artifact/builder.py); readers get the JSON as a dict.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def record_checks(root: Path, manifest: Manifest, *, verify: bool, emulator_ok: 
     if measure_original and (root / "reference" / "val_x.npy").is_file():
         manifest.stages[0]["top1"] = onnx_top1(root / "model.onnx", np.load(root / "reference" / "val_x.npy"),
                                                np.load(root / "reference" / "val_y.npy"))
-    compiled = artifact_accuracy(root, emulator_ok, log)
-    if compiled:
-        manifest.stages.append(compiled)
+    compiled_stage = artifact_accuracy(root, emulator_ok, log)
+    if compiled_stage:
+        manifest.stages.append(compiled_stage)
     manifest.acceptance = acceptance(manifest.stages, max_drop)
