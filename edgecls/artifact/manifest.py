@@ -11,17 +11,22 @@ Schema (version 1), top-level keys:
   passes     [{name, seconds, detail}]    graph passes in order
   stats      {ops_before, convs, batch_norm_in_graph, batch_norm_left, kernels, ...}
   stages     [{stage, top1, top5, params, macs, size_bytes, ...}]  (optimize issue fills more)
-  runner     {file, arch, glibc_required, threads_default}
-  verification {how, max_abs_diff, top1_match, top5_match}
+  variant, optimized_from   what the optimize stage made, and from which model
+  runner     {file, arch, glibc_required, tvm_runtime}
   versions   {edgecls, python, apache-tvm, apache-tvm-ffi, torch, onnx, onnxruntime, onnxsim, compiler}
+  batches, runtimes_shipped, backend   {"1": "model.so", ...}, ["tvm", ...], {runtime, how}
   timings    {load_s, passes_s, build_s, total_s}
+  verification {how, max_abs_diff, top1_match, top5_match, ...}
+  acceptance {accepted, max_accuracy_drop, ...}
   files      {relative path: {sha256, size}}  every file except manifest.json itself
+`edgecls compile` builds it as a Manifest (artifact/builder.py); readers get the JSON as a dict.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -69,8 +74,78 @@ def new_manifest(**sections) -> dict:
     return manifest
 
 
-def write_manifest(root: Path, manifest: dict) -> Path:
-    manifest = dict(manifest)
+@dataclass
+class ModelSection:
+    """The input model as loaded: `source` is its path, `sha256` its bytes."""
+    source: str
+    format: str
+    sha256: str
+    input: dict  # {name, shape, dtype}
+    output: dict
+    notes: list
+
+
+@dataclass
+class OptionsSection:
+    """The command-line options that shaped the build."""
+    layout: str
+    input_shape: list[int] | None
+    import_route: str
+    verify: bool
+    schedules: bool
+    integer_kernels: bool
+
+
+@dataclass
+class RunnerSection:
+    file: str
+    arch: str
+    glibc_required: str | None
+    tvm_runtime: str  # where the TVM runtime libraries came from
+
+
+@dataclass
+class Manifest:
+    """manifest.json as built by `edgecls compile`; to_dict() is the schema above, keys in this order.
+
+    Sections whose shape varies with the build (target, layout, stats, stages, verification,
+    acceptance ...) stay dicts: other code reads them by key, and older artifacts carry them as is.
+    """
+    model: ModelSection
+    target: dict  # Target.to_dict() + tvm_resolved
+    layout: dict  # {requested, chosen, reason}
+    preprocess: dict
+    labels: list[str] | None
+    options: OptionsSection
+    passes: list[dict]
+    stats: dict
+    stages: list[dict]
+    variant: str
+    optimized_from: str | None
+    runner: RunnerSection
+    versions: dict
+    batches: dict  # {"1": "model.so", "4": "model_b4.so", ...}
+    runtimes_shipped: list[str]
+    backend: dict
+    timings: dict
+    verification: dict | None = None  # set once the artifact has been run
+    acceptance: dict | None = None
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def to_dict(self) -> dict:
+        out = {"schema": SCHEMA_VERSION, "kind": "edgecls-artifact", "created": self.created,
+               "edgecls_version": __version__}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if name == "created" or (name in ("verification", "acceptance") and value is None):
+                continue
+            out[name] = asdict(value) if hasattr(value, "__dataclass_fields__") else value
+        return out
+
+
+def write_manifest(root: Path, manifest: dict | Manifest) -> Path:
+    """manifest.json with the file table of everything else under root (so: write it last)."""
+    manifest = manifest.to_dict() if isinstance(manifest, Manifest) else dict(manifest)
     manifest["files"] = file_table(root)
     path = root / MANIFEST
     path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")

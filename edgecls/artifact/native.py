@@ -14,15 +14,14 @@ GLIBCXX_3.4.29 (GCC 11+) requirement, met by every distribution with glibc >= 2.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import struct
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from edgecls.artifact.package import publish_dir, temp_dir_beside
 from edgecls.artifact.runtime_libs import (
     LIB_FFI,
     LIB_RUNTIME,
@@ -110,7 +109,7 @@ def build_runner(arch: str, compiler: str, out_dir: Path, libs: RuntimeLibs) -> 
 
     if not (cached / RUNNER_NAME).is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=cached.parent))
+        tmp = temp_dir_beside(cached, ".build-")
         try:
             libdir = tmp / "lib"  # link against copies under the canonical names, whatever the source
             libdir.mkdir()
@@ -127,11 +126,8 @@ def build_runner(arch: str, compiler: str, out_dir: Path, libs: RuntimeLibs) -> 
             shutil.rmtree(libdir)
             if elf_arch(tmp / RUNNER_NAME) != arch:
                 raise ToolchainError(f"{compiler} built the runner for {elf_arch(tmp / RUNNER_NAME)}, not {arch}")
-            try:
-                os.rename(tmp, cached)  # atomic: a cache entry is complete or absent
-            except OSError:
-                if not (cached / RUNNER_NAME).is_file():  # else a concurrent build won; use theirs
-                    raise
+            # A cache entry is complete or absent; when a concurrent build won the race, use theirs.
+            publish_dir(tmp, cached, taken=lambda: (cached / RUNNER_NAME).is_file())
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

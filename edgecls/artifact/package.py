@@ -1,7 +1,8 @@
-"""Atomic artifact directories: build in a temp dir beside the destination, rename when complete.
+"""Atomic directories: build in a temp dir beside the destination, rename when complete.
 
 A crash, Ctrl-C or full disk leaves no half-written artifact under the user's output name, and an
-existing artifact is replaced only with `force`, after the new one is complete.
+existing artifact is replaced only with `force`, after the new one is complete. The cache entries
+of runners (native.py) and TVM runtimes (runtime_libs.py) are published the same way.
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ def staging_dir(out_dir: Path, force: bool):
     parent = out_dir.parent if str(out_dir.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+        tmp = temp_dir_beside(out_dir, f".{out_dir.name}.partial-")
     except OSError as exc:
         raise _os_error(exc, parent) from None
     try:
         yield tmp
-        _publish(tmp, out_dir, force)
+        if out_dir.exists() and not force:
+            raise UsageError(f"output {out_dir} already exists; pass --force to replace it")
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an artifact is shared like any build output
+        publish_dir(tmp, out_dir, replace=True)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _os_error(exc, out_dir) from None
@@ -46,21 +50,32 @@ def staging_dir(out_dir: Path, force: bool):
         raise
 
 
-def _publish(tmp: Path, out_dir: Path, force: bool) -> None:
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an artifact is shared like any build output
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    if not force:
-        raise UsageError(f"output {out_dir} already exists; pass --force to replace it")
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    os.rename(out_dir, old)
+def temp_dir_beside(final: Path, prefix: str) -> Path:
+    """A fresh dir in final's parent: the same filesystem, so publish_dir's rename is atomic."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+
+
+def publish_dir(tmp: Path, final: Path, replace: bool = False, taken=lambda: False) -> None:
+    """Rename the complete dir `tmp` to `final` in one step: readers see the old, no or the new
+    entry, never a partial one.
+
+    replace: an existing `final` is moved aside first, put back if the rename fails, deleted after.
+    taken(): asked when the rename fails; True when a concurrent writer published `final` first,
+    then theirs is kept and `tmp` is left to the caller to delete.
+    """
+    aside = None
+    if replace and final.exists():
+        aside = temp_dir_beside(final, f".{final.name}.old-")
+        os.rename(final, aside / "x")
     try:
-        os.rename(tmp, out_dir)
+        os.rename(tmp, final)
     except OSError:
-        os.rename(old, out_dir)  # put the previous artifact back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        if not taken():
+            if aside is not None:
+                os.rename(aside / "x", final)  # put the previous one back
+            raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _os_error(exc: OSError, where: Path) -> EdgeclsError:

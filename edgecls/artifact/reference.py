@@ -35,3 +35,11 @@ def onnx_reference(onnx_path: Path, x: np.ndarray) -> np.ndarray:
     # is the exact reference, for fp32 and int8 alike.
     sess = onnx_session(onnx_path, optimize=False)
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def onnx_top1(onnx_path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 of the model in ONNX Runtime, one image at a time (the batch the artifact carries)."""
+    sess = onnx_session(onnx_path, optimize=False)
+    name = sess.get_inputs()[0].name
+    pred = np.array([sess.run(None, {name: x[i:i + 1]})[0].argmax() for i in range(len(y))])
+    return float((pred == y).mean())

@@ -24,8 +24,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecls.hashing import sha256_file
+from edgecls.artifact.package import publish_dir, temp_dir_beside
 from edgecls.errors import ToolchainError
+from edgecls.hashing import sha256_file
 
 LIB_RUNTIME = "libtvm_runtime.so"
 LIB_FFI = "libtvm_ffi.so"
@@ -167,7 +168,7 @@ def fetch_runtime(arch: str = "aarch64", quiet: bool = False) -> RuntimeLibs:
         wheels = {w.name: w for w in Path(wheel_dir).glob("*.whl")}
         # Build the new cache entry in a sibling temp dir, then rename it into place in one step,
         # so an interrupted fetch never leaves a half-written runtime behind.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{tvm_version}.tmp-", dir=final.parent))
+        tmp = temp_dir_beside(final, f".{tvm_version}.tmp-")
         try:
             records = []
             for lib, member in _WHEEL_MEMBERS.items():
@@ -194,25 +195,11 @@ def fetch_runtime(arch: str = "aarch64", quiet: bool = False) -> RuntimeLibs:
             (tmp / "source.json").write_text(json.dumps(
                 {"arch": arch, "tvm_version": tvm_version, "tvm_ffi_version": ffi_version,
                  "python_version": pyver, "wheels": records}, indent=2) + "\n")
-            _replace_dir(tmp, final)
+            # Replaces a stale entry; losing a race to a concurrent fetch keeps theirs.
+            publish_dir(tmp, final, replace=True, taken=lambda: (final / "source.json").is_file())
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     libs = runtime_libs(arch)
     if not quiet:
         print(f"TVM runtime for {arch} cached in {final}", file=sys.stderr)
     return libs
-
-
-def _replace_dir(new: Path, final: Path) -> None:
-    """Atomically put directory `new` at `final`, replacing a stale entry if there is one."""
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.rename(final, old / "x")  # readers see the old, no or the new entry, never a partial one
-    try:
-        os.rename(new, final)
-    except OSError:
-        if not (final / "source.json").is_file():  # lost a race to a concurrent fetch: keep theirs
-            raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -76,11 +76,8 @@ class OptimizedModel:
 
 
 def _onnx_size_and_accuracy(path: Path, val: Dataset) -> tuple[int, float]:
-    from edgecls.artifact.reference import onnx_session
-    sess = onnx_session(path, optimize=False)
-    name = sess.get_inputs()[0].name
-    pred = np.array([sess.run(None, {name: val.x[i:i + 1]})[0].argmax() for i in range(len(val))])
-    return path.stat().st_size, float((pred == val.y).mean())
+    from edgecls.artifact.reference import onnx_top1
+    return path.stat().st_size, onnx_top1(path, val.x, val.y)
 
 
 def _export(model, example, path: Path) -> Path:
