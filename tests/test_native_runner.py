@@ -26,6 +26,7 @@ from edgecls.artifact.harness.contract import INPUT_OPTIONS, MEASURE_OPTIONS, SC
 from edgecls.artifact.native import build_runner, elf_arch, required_glibc, required_glibcxx
 from edgecls.artifact.runtime_libs import LIB_FFI, LIB_RUNTIME, fetch_runtime, host_arch, runtime_libs
 from edgecls.errors import ArtifactError, ToolchainError
+from edgecls.export.onnx import export_onnx
 
 SHAPE = (1, 3, 16, 16)
 A64_CXX = "aarch64-linux-gnu-g++"
@@ -74,7 +75,7 @@ def model(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
     onnx_path = d / "tiny.onnx"
-    torch.onnx.export(Tiny().eval(), (torch.randn(*SHAPE),), str(onnx_path), dynamo=True, external_data=False)
+    export_onnx(Tiny().eval(), torch.randn(*SHAPE), onnx_path, named=False)
     x = np.random.default_rng(0).standard_normal(SHAPE).astype("float32")
     np.save(d / "x.npy", x)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
