@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import edgecls
 
 
+@pytest.mark.slow
 def test_batch_sizes_compile_verify_bench_and_recommend(demo, tmp_path):
     art = tmp_path / "art"
     p = edgecls("compile", demo.pt2, "--target", "x86-host", "--batch-sizes", "1,4", "--val-data", demo.dir,

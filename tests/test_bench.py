@@ -49,6 +49,7 @@ def test_local_bench_tvm_and_onnxruntime(artifacts, tmp_path):
         assert r["board"]["kind"] == "local"
 
 
+@pytest.mark.slow
 @needs_aarch64
 def test_emulated_board_over_ssh_deploy_and_bench(artifacts, ssh_board, tmp_path):  # noqa: F811
     art = artifacts.get("digits", "rk3399")

@@ -41,6 +41,7 @@ def test_reference_nets_fold_bn_and_fuse_every_conv_epilogue(artifacts, net):
     assert v["how"] == "native" and v["top5_match"] and v["max_abs_diff"] < 1e-4
 
 
+@pytest.mark.slow
 def test_batchnorm_nodes_from_other_exporters_are_folded_by_our_passes(artifacts):
     art = artifacts.get("mobilenet_v2_bn", "x86-host")
     m = read_manifest(art)

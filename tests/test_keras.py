@@ -115,6 +115,7 @@ def test_prune_message_is_one_line():
     assert "\n" not in KERAS_PRUNE_MESSAGE and "unstructured" in KERAS_PRUNE_MESSAGE
 
 
+@pytest.mark.slow
 def test_cli_optimize_keras_to_int8_tflite(digits, tmp_path):
     """`edgecls optimize model.keras`: TF-MOT QAT to model.tflite; --prune and compile are refused."""
     import json

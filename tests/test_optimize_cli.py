@@ -21,6 +21,7 @@ def digits_folder(tmp_path_factory):
     return write_digits_image_folder(tmp_path_factory.mktemp("imgs") / "digits")
 
 
+@pytest.mark.slow
 def test_compile_with_prune_and_ptq_records_every_stage(demo, digits_folder, tmp_path):
     out = tmp_path / "art"
     p = edgecls("compile", demo.module, "--target", "x86-host", "--data", digits_folder, "--prune", "0.5",
@@ -72,6 +73,7 @@ def test_fp16_halves_the_file_and_compiles(demo, digits_folder, tmp_path):
     assert m["verification"]["max_abs_diff"] < 1e-3  # same fp16-rounded weights, fp32 arithmetic
 
 
+@pytest.mark.slow
 def test_optimize_qat_stops_before_tvm(demo, digits_folder, tmp_path):
     out = tmp_path / "opt"
     p = edgecls("optimize", demo.module, "--data", digits_folder, "--quantize", "qat", "--epochs", "2",
@@ -142,6 +144,7 @@ def test_separate_train_calib_val_folders(demo, digits_folder, tmp_path):
     _one_line_error(p, "--calib")
 
 
+@pytest.mark.slow
 def test_prune_and_qat_together_for_rk3399_measured_under_qemu(demo, digits_folder, tmp_path):
     out = tmp_path / "art"
     p = edgecls("compile", demo.module, "--target", "rk3399", "--data", digits_folder, "--prune", "0.5",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import edgecls
 
 
@@ -12,6 +13,7 @@ def _reports(d: Path) -> list[dict]:
     return [json.loads(f.read_text()) for f in sorted(d.glob("*.json"))]
 
 
+@pytest.mark.slow
 def test_auto_runtime_choice_becomes_the_artifacts_backend(demo, tmp_path):
     art = tmp_path / "art"
     assert edgecls("compile", demo.pt2, "--target", "x86-host", "--val-data", demo.dir, "-o", art).returncode == 0

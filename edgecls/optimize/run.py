@@ -121,13 +121,38 @@ def _load_splits(req: OptimizeRequest, log):
 def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> OptimizedModel:
     import torch
 
-    from edgecls.optimize.finetune import finetune
-    from edgecls.optimize.prune import prune_model
-    from edgecls.optimize.fp16 import fp16_weights_onnx
-    from edgecls.optimize.qat import qat_pt2e
-    from edgecls.optimize.quantize import ptq_onnx
-    from edgecls.optimize.keras_qat import KERAS_PRUNE_MESSAGE, is_keras_model
+    from edgecls.optimize.keras_qat import is_keras_model
 
+    _check_request(req)
+    data, tune, calib, val = _load_splits(req, log)
+    if is_keras_model(req.model):
+        return _optimize_keras(req, tune, calib, val, work_dir, log)
+    model = load_torch_module(req.model)
+    example = torch.from_numpy(val.x[:1])
+    _check_model_fits_data(model, example, req, data)
+    log(f"data: {len(tune)} fine-tune / {len(calib)} calibration / {len(val)} validation images, "
+        f"{len(data.classes)} classes")
+
+    work_dir = Path(work_dir)
+    stages = [_stage("original", model, example, val, _export(model, example, work_dir / "original.onnx"))]
+    log(f"original: top-1 {stages[0]['top1']:.4f}, {stages[0]['macs']:,} MACs")
+    variant, current = [], model
+    if req.prune > 0:
+        current = _prune_and_finetune(req, model, example, tune, val, work_dir, stages, log)
+        variant.append(f"pruned{int(round(req.prune * 100))}")
+    fp32_onnx = work_dir / ("pruned.onnx" if req.prune > 0 else "original.onnx")
+    final = fp32_onnx
+    if req.quantize != "none":
+        final = _quantized(req, current, fp32_onnx, example, tune, calib, val, work_dir, stages, log)
+        variant.append("fp16" if req.quantize == "fp16" else "int8")
+        log(f"quantized ({req.quantize}): {stages[-1]['size_bytes']:,} bytes, top-1 {stages[-1]['top1']:.4f}")
+    tflite = _export_tflite(req, current, example, calib, val, work_dir, stages, log)
+    return OptimizedModel(onnx=final, variant="-".join(variant) or "fp32", stages=stages, val=val, tflite=tflite,
+                          original_onnx=work_dir / "original.onnx")
+
+
+def _check_request(req: OptimizeRequest) -> None:
+    from edgecls.optimize.keras_qat import KERAS_PRUNE_MESSAGE, is_keras_model
     if req.quantize not in QUANTIZE_MODES:
         raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{req.quantize}'")
     if req.tflite not in TFLITE_MODES:
@@ -139,11 +164,11 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
         raise UsageError(f"--prune {req.prune} must be a number in [0, 1) (fraction of channels removed per layer)")
     if is_keras_model(req.model) and req.prune > 0:
         raise UsageError(KERAS_PRUNE_MESSAGE)
-    data, tune, calib, val = _load_splits(req, log)
-    if is_keras_model(req.model):
-        return _optimize_keras(req, tune, calib, val, work_dir, log)
-    model = load_torch_module(req.model)
-    example = torch.from_numpy(val.x[:1])
+
+
+def _check_model_fits_data(model, example, req: OptimizeRequest, data) -> None:
+    """The model takes the data's images and has one output per class folder, or a UsageError."""
+    import torch
     try:
         with torch.no_grad():
             out = model(example)
@@ -152,53 +177,47 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
                          f"{first_line(exc)}") from None
     if out.shape[-1] != len(data.classes):
         raise UsageError(f"the model outputs {out.shape[-1]} classes but {req.data or req.val} has {len(data.classes)} class folders")
-    log(f"data: {len(tune)} fine-tune / {len(calib)} calibration / {len(val)} validation images, "
-        f"{len(data.classes)} classes")
 
-    work_dir = Path(work_dir)
-    stages = [_stage("original", model, example, val, _export(model, example, work_dir / "original.onnx"))]
-    log(f"original: top-1 {stages[0]['top1']:.4f}, {stages[0]['macs']:,} MACs")
-    variant, current = [], model
-    if req.prune > 0:
-        pr = prune_model(model, example, req.prune, importance=req.importance, round_to=req.round_to,
-                         calib_batches=[(torch.from_numpy(tune.x[:64]), torch.from_numpy(tune.y[:64]))])
-        stages.append(_stage("pruned", pr.model, example, val, ratio=req.prune, importance=req.importance))
-        log(f"pruned {req.prune}: MACs x{pr.macs_ratio:.3f}, params x{pr.params_ratio:.3f}, "
-            f"top-1 {stages[-1]['top1']:.4f} before fine-tuning")
-        ft = finetune(pr.model, model, tune, val, epochs=req.epochs, seed=req.seed, threads=req.threads,
-                      progress=lambda e: log(f"fine-tune epoch {e['epoch']}/{e['epochs']}: loss "
-                                             f"{e['loss']:.4f}, val top-1 {e['val_top1']:.4f}"))
-        current = ft.model
-        onnx_ft = _export(current, example, work_dir / "pruned.onnx")
-        stages.append(_stage("fine-tuned", current, example, val, onnx_ft, epochs=req.epochs,
-                             history=ft.history))
-        variant.append(f"pruned{int(round(req.prune * 100))}")
-    fp32_onnx = work_dir / ("pruned.onnx" if req.prune > 0 else "original.onnx")
+
+def _prune_and_finetune(req: OptimizeRequest, model, example, tune, val, work_dir: Path, stages: list, log):
+    """Structured pruning, then distillation fine-tuning from the original; both stages recorded.
+    Returns the fine-tuned module (its ONNX in work_dir/pruned.onnx)."""
+    import torch
+
+    from edgecls.optimize.finetune import finetune
+    from edgecls.optimize.prune import prune_model
+    pr = prune_model(model, example, req.prune, importance=req.importance, round_to=req.round_to,
+                     calib_batches=[(torch.from_numpy(tune.x[:64]), torch.from_numpy(tune.y[:64]))])
+    stages.append(_stage("pruned", pr.model, example, val, ratio=req.prune, importance=req.importance))
+    log(f"pruned {req.prune}: MACs x{pr.macs_ratio:.3f}, params x{pr.params_ratio:.3f}, "
+        f"top-1 {stages[-1]['top1']:.4f} before fine-tuning")
+    ft = finetune(pr.model, model, tune, val, epochs=req.epochs, seed=req.seed, threads=req.threads,
+                  progress=lambda e: log(f"fine-tune epoch {e['epoch']}/{e['epochs']}: loss "
+                                         f"{e['loss']:.4f}, val top-1 {e['val_top1']:.4f}"))
+    onnx_ft = _export(ft.model, example, work_dir / "pruned.onnx")
+    stages.append(_stage("fine-tuned", ft.model, example, val, onnx_ft, epochs=req.epochs, history=ft.history))
+    return ft.model
+
+
+def _quantized(req: OptimizeRequest, current, fp32_onnx: Path, example, tune, calib, val, work_dir: Path,
+               stages: list, log) -> Path:
+    """PTQ (ONNX Runtime), QAT (torchao PT2E) or fp16 weights; the stage recorded, its file returned."""
+    from edgecls.optimize.fp16 import fp16_weights_onnx
+    from edgecls.optimize.qat import qat_pt2e
+    from edgecls.optimize.quantize import ptq_onnx
+    size = {"macs": stages[-1]["macs"], "params": stages[-1]["params"]}
     if req.quantize == "ptq":
         q = ptq_onnx(fp32_onnx, work_dir / "int8.onnx", calib.x, method=req.calib_method)
-        stages.append(_stage("quantized", None, example, val, q.path, method=f"ptq-{req.calib_method}",
-                             macs=stages[-1]["macs"], params=stages[-1]["params"]))
-        final = q.path
+        stages.append(_stage("quantized", None, example, val, q.path, method=f"ptq-{req.calib_method}", **size))
     elif req.quantize == "qat":
         q = qat_pt2e(current, tune, val, epochs=max(1, req.epochs // 2), onnx_out=work_dir / "int8.onnx",
                      seed=req.seed, threads=req.threads, log=log)
-        stages.append(_stage("quantized", None, example, val, q.path, method="qat",
-                             macs=stages[-1]["macs"], params=stages[-1]["params"]))
-        final = q.path
-    elif req.quantize == "fp16":
+        stages.append(_stage("quantized", None, example, val, q.path, method="qat", **size))
+    else:  # fp16
         q = fp16_weights_onnx(fp32_onnx, work_dir / "fp16.onnx")
         stages.append(_stage("quantized", None, example, val, q.path,
-                             **{k: v for k, v in q.to_dict().items() if k != "path"},
-                             macs=stages[-1]["macs"], params=stages[-1]["params"]))
-        final = q.path
-    else:
-        final = fp32_onnx
-    if req.quantize != "none":
-        variant.append("fp16" if req.quantize == "fp16" else "int8")
-        log(f"quantized ({req.quantize}): {stages[-1]['size_bytes']:,} bytes, top-1 {stages[-1]['top1']:.4f}")
-    tflite = _export_tflite(req, current, example, calib, val, work_dir, stages, log)
-    return OptimizedModel(onnx=final, variant="-".join(variant) or "fp32", stages=stages, val=val, tflite=tflite,
-                          original_onnx=work_dir / "original.onnx")
+                             **{k: v for k, v in q.to_dict().items() if k != "path"}, **size))
+    return q.path
 
 
 def _optimize_keras(req: OptimizeRequest, tune, calib, val, work_dir: Path, log) -> OptimizedModel:
