@@ -19,7 +19,7 @@ from edgecls.artifact.native import build_runner, required_glibc
 from edgecls.artifact.package import check_destination, staging_dir
 from edgecls.artifact.reference import onnx_reference, reference_input
 from edgecls.artifact.runtime_libs import host_arch, runtime_libs
-from edgecls.compile import tvm_adapter
+from edgecls.compile import tvm as tvm_adapter
 from edgecls.compile.build import compile_model, integer_kernels_for
 from edgecls.data import Preprocess
 from edgecls.errors import ArtifactError, UsageError
