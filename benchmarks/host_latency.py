@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engines import litert_engine  # noqa: E402
 from edgecls.artifact.reference import onnx_session  # noqa: E402
-from edgecls.compile import tvm_adapter  # noqa: E402
+from edgecls.compile import tvm as tvm_adapter  # noqa: E402
 from edgecls.models import MobileNetV2, ResNet18  # noqa: E402
 from edgecls.optimize.prune import count_macs_params  # noqa: E402
 from edgecls.pipeline import CompileRequest, compile_artifact  # noqa: E402

@@ -3,8 +3,8 @@
 Engines per net (all in one process, timed round by round, interleaved, so machine noise hits
 all alike):
   tvm_fp32        TVM, edgecls' zero-trial rule schedules
-  tvm_int8        TVM integer kernels (tvm_int8) with the widening multiply-accumulate
-                  intrinsics (tvm_int8_schedules), zero-trial
+  tvm_int8        TVM integer kernels (compile/tvm/quant) with the widening multiply-accumulate
+                  intrinsics (compile/tvm/schedules/widening_int8.py), zero-trial
   tvm_int8_plain  the same integer kernels on the plain rule (the previous state)
   ort_fp32 / ort_int8        ONNX Runtime; int8 = the QDQ file TVM compiles (quantize_static U8S8)
   litert_fp32 / litert_int8  LiteRT (XNNPACK), converted from the torch module; int8 = full int8
@@ -43,9 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engines import litert_engine, ort_engine  # noqa: E402
 from edgecls.artifact.reference import onnx_session  # noqa: E402
-from edgecls.compile import tvm_adapter as ta  # noqa: E402
-from edgecls.compile import int8_machine_code as imc  # noqa: E402
-from edgecls.compile import tvm_int8_schedules as tis  # noqa: E402
+from edgecls.compile import tvm as ta  # noqa: E402
 from edgecls.compile.tune import TuneRequest, tune_model  # noqa: E402
 from edgecls.export.tflite import export_tflite  # noqa: E402
 from edgecls.models import MobileNetV2, ResNet18  # noqa: E402
@@ -78,11 +76,11 @@ def tvm_engine(onnx_path: Path, shape, out: Path, int8: bool, widening: bool = T
     if widening:
         _, sched = ta.build(fused, tt, out, tgt.compiler, tuning_db=tuning_db)
     else:
-        with tis.widening_disabled():
+        with ta.widening_disabled():
             _, sched = ta.build(fused, tt, out, tgt.compiler)
     info = {"compile_s": round(time.perf_counter() - t0, 1), "so_bytes": out.stat().st_size, "schedules": sched}
     if int8:
-        info["widened_kernels"] = len(imc.widened_kernels(out, "avx2"))
+        info["widened_kernels"] = len(ta.widened_kernels(out, "avx2"))
     return info, ta.load_host_library(out)
 
 
@@ -141,7 +139,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgecls-int8-bench-"))
     nets = args.nets.split(",")
     results: dict = {"size": args.size, "threads": args.threads, "batch": 1, "layout": "NHWC",
-                     "cpu": ta._import_tvm().target.codegen.llvm_get_system_cpu(), "nets": {}}
+                     "cpu": ta.load_tvm().target.codegen.llvm_get_system_cpu(), "nets": {}}
     table, inputs = {}, {}
     for i, name in enumerate(nets):
         runs, info, qdq, shape = engines_for(name, work, args.size, args.threads, seed=10 * i, trials=args.trials)

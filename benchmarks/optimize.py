@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engines import litert_engine  # noqa: E402
 from edgecls.artifact.reference import onnx_session  # noqa: E402
-from edgecls.compile import tvm_adapter  # noqa: E402
+from edgecls.compile import tvm as tvm_adapter  # noqa: E402
 from edgecls.models import MobileNetV2  # noqa: E402
 from edgecls.optimize.prune import prune_model  # noqa: E402
 from edgecls.optimize.quantize import ptq_onnx  # noqa: E402

@@ -46,7 +46,7 @@ class CompileRequest:
     schedules: bool = True  # edgecls' zero-trial CPU schedules (off: TVM's naive loop nests)
     backend: str = "tvm"  # the artifact's default runtime: tvm | onnxruntime | tflite | auto (from_reports)
     from_reports: tuple[Path, ...] = ()  # `bench --runtime auto` reports deciding --backend auto
-    integer_kernels: bool | None = None  # QDQ int8 -> int8 x int8 -> int32 kernels (tvm_int8); None: CPU targets
+    integer_kernels: bool | None = None  # QDQ int8 -> int8 x int8 -> int32 kernels (compile/tvm/quant); None: CPU targets
     batch_sizes: tuple[int, ...] = (1,)  # extra static batch sizes: model_bN.so each
     tuning_db: Path | str | None = "auto"  # MetaSchedule records: auto = the default database if present
     tflite: str = "auto"  # ship model.tflite for LiteRT: auto (when edgecls[tflite] is installed) | yes | no

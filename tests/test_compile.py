@@ -11,7 +11,7 @@ from conftest import ort_run
 from edgecls.artifact.manifest import read_manifest, verify_files
 from edgecls.artifact.native import elf_arch
 from edgecls.cli import main
-from edgecls.compile import tvm_adapter
+from edgecls.compile import tvm as tvm_adapter
 
 
 def test_digits_host_matches_onnxruntime_on_whole_validation_set(artifacts, demo):

@@ -1,4 +1,4 @@
-"""Tuning on a fleet of boards through TVM's RPC tracker (edgecls.remote.tvm_fleet), and the lock
+"""Tuning on a fleet of boards through TVM's RPC tracker (edgecls.compile.tvm.tuning.tracker), and the lock
 that keeps two tune runs on one database from losing each other's ledger updates.
 
 Both "boards" are the one loopback sshd of the ssh_board fixture, with the test's python (TVM
@@ -21,7 +21,7 @@ import pytest
 import sshd
 from test_tuning import TARGET, _cli, _group_alive, _lines, _onnx
 
-from edgecls.compile import tvm_adapter, tvm_tuning
+from edgecls.compile import tvm as tvm_adapter
 from edgecls.compile.tune import TuneRequest, tune_model
 from edgecls.errors import UsageError
 from edgecls.remote.boards import Board, add_board
@@ -35,8 +35,8 @@ def tiny(tmp_path_factory):
     return _onnx(tmp_path_factory.mktemp("model"), convs=1)
 
 
-def _spec(board, name: str, python: str = sys.executable) -> tvm_tuning.RpcSpec:
-    return tvm_tuning.RpcSpec(host=board.name, name=name, ssh_config=str(board.ssh_config), python=python)
+def _spec(board, name: str, python: str = sys.executable) -> tvm_adapter.RpcSpec:
+    return tvm_adapter.RpcSpec(host=board.name, name=name, ssh_config=str(board.ssh_config), python=python)
 
 
 def _leftovers(board, wait_s: float = 10.0) -> list[str]:
@@ -66,8 +66,8 @@ def _leftovers(board, wait_s: float = 10.0) -> list[str]:
 def test_fleet_of_two_boards_shares_the_measurements(ssh_board, tiny, tmp_path):
     """Two boards behind the tracker: 8 measurements, both servers registered and serving."""
     mod = tiny[1]
-    res = tvm_tuning.tune(mod, TARGET, tmp_path / "db", trials=8,
-                          runner=[_spec(ssh_board, "a"), _spec(ssh_board, "b")])
+    res = tvm_adapter.tune(mod, TARGET, tmp_path / "db", trials=8,
+                           runner=[_spec(ssh_board, "a"), _spec(ssh_board, "b")])
     assert res.stopped is None and res.measured == 8, res
     assert _lines(res.db_dir / "database_tuning_record.json") == 8
     assert res.tasks[0].best_s is not None
@@ -128,12 +128,12 @@ def test_two_tune_runs_on_one_database_wait_for_each_other(tiny, tmp_path):
 
     def run(name, trials, progress=lambda e: None):
         try:
-            results[name] = tvm_tuning.tune(fused, TARGET, db, trials=trials, progress=progress)
+            results[name] = tvm_adapter.tune(fused, TARGET, db, trials=trials, progress=progress)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
     watch = Watch()
-    logging.getLogger("edgecls.compile.tvm_tuning").addHandler(watch)
+    logging.getLogger("edgecls.compile.tvm.tuning.tuner").addHandler(watch)
     try:
         a = threading.Thread(target=run, args=("a", 2, progress_a))
         a.start()
@@ -143,7 +143,7 @@ def test_two_tune_runs_on_one_database_wait_for_each_other(tiny, tmp_path):
         a.join(300)
         b.join(300)
     finally:
-        logging.getLogger("edgecls.compile.tvm_tuning").removeHandler(watch)
+        logging.getLogger("edgecls.compile.tvm.tuning.tuner").removeHandler(watch)
     assert not errors and waiting.is_set(), errors
     a, b = results["a"], results["b"]
     assert a.measured == 2 and b.measured == 2, (a, b)  # B only tops up to its quota of 4
@@ -172,7 +172,7 @@ def test_a_server_that_loses_the_port_race_is_started_again(ssh_board, tmp_path)
     started again and the yielded port reaches a live TVM RPC server."""
     from tvm import rpc
 
-    from edgecls.remote.tvm_rpc import rpc_server
+    from edgecls.compile.tvm.tuning.rpc_server import rpc_server
     python = tmp_path / "python"
     python.write_text(f'#!/bin/sh\nif mkdir "$0.lost" 2>/dev/null; then exec {sys.executable} -c \'{_LOSE_THE_PORT_RACE}\'; fi\n'
                       f'exec {sys.executable} "$@"\n')

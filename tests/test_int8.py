@@ -1,7 +1,7 @@
-"""Integer compute for QDQ int8 models (edgecls.compile.tvm_int8): real ORT-quantized digits demo,
+"""Integer compute for QDQ int8 models (edgecls.compile.tvm.quant): real ORT-quantized digits demo,
 the rewrite checked on the IR, then a real x86 build compared with ONNX Runtime's exact QDQ
 semantics (graph optimisations off) over the validation split. The widening multiply-accumulate
-kernels (tvm_int8_schedules) are checked bit for bit against the plain integer rule, on x86 and
+kernels (schedules/widening_int8.py) are checked bit for bit against the plain integer rule, on x86 and
 on rk3399 under qemu, and in the machine code they compile to.
 """
 
@@ -16,10 +16,8 @@ import pytest
 from conftest import host_runs, needs_aarch64, needs_host_cpu, x86_target
 from edgecls.artifact.execute import run_runner
 from edgecls.artifact.reference import onnx_session
-from edgecls.compile import tvm_adapter as ta
-from edgecls.compile import int8_machine_code as imc
-from edgecls.compile import tvm_int8_schedules as tis
-from edgecls.compile.tvm_int8 import int8_summary, quantize_int8
+from edgecls.compile import tvm as ta
+from edgecls.compile.tvm import int8_summary, quantize_int8
 from edgecls.pipeline import CompileRequest, compile_artifact
 from edgecls.data import digits_dataset, split
 from edgecls.optimize.quantize import ptq_onnx
@@ -71,12 +69,12 @@ def test_rewrite_keeps_int8_weights_and_int32_products(qdq):
     assert b.get("float32", 0) < 4 * 1000 and b.get("int32", 0) < 4 * 1000
     # Nothing float is computed by the conv chain: after FoldConstant too, no float32 weight.
     tt = ta.resolve_target(get_target("x86-host").tvm)
-    with ta._target(tt):
-        folded = ta._import_tvm().relax.transform.FoldConstant()(mod)
+    with ta.target(tt):
+        folded = ta.load_tvm().relax.transform.FoldConstant()(mod)
     assert int8_summary(folded)["const_bytes"].get("float32", 0) < 4 * 1000
     # Regular convs and the matmul read int16(x_q) - z_x (the widening kernels' input); the
     # depthwise conv keeps the 8-bit input. The RGB conv got a zero 4th channel to pair up.
-    relax = ta._import_tvm().relax
+    relax = ta.load_tvm().relax
     inputs = []
     relax.analysis.post_order_visit(mod["main"], lambda e: inputs.append(
         (e.op.name, str(e.args[0].ty.dtype), int(e.args[1].ty.shape[1]), int(e.attrs.groups) if "conv" in e.op.name
@@ -99,7 +97,7 @@ def test_rewrite_keeps_int8_weights_and_int32_products(qdq):
 def builds(qdq, tmp_path_factory):
     """Builds of the QDQ file through the real pipeline passes (NHWC, rule schedules): True the
     integer kernels, False the float QDQ graph, "plain" the integer kernels without the widening
-    intrinsics (the rule tvm_int8_schedules refines). Compiled for AVX2 (AVX2 above)."""
+    intrinsics (the rule widening_int8 refines). Compiled for AVX2 (AVX2 above)."""
     tgt = get_target("x86-host")
     tt = ta.resolve_target(x86_target(AVX2))
     out = {}
@@ -108,7 +106,7 @@ def builds(qdq, tmp_path_factory):
         assert (records[0].name == "QuantizeInt8") == int8
         lib = tmp_path_factory.mktemp("lib") / f"int8-{key}.so"
         if key == "plain":
-            with tis.widening_disabled():
+            with ta.widening_disabled():
                 _, sched = ta.build(fused, tt, lib, tgt.compiler)
         else:
             _, sched = ta.build(fused, tt, lib, tgt.compiler)
@@ -153,7 +151,7 @@ def test_int8_kernels_fuse_schedule_and_shrink(builds):
 # --------------------------------------------------------------------------- widening kernels
 
 # DigitsCNN's integer kernels: 4 regular conv2d, 1 depthwise and the classifier matmul. The
-# intrinsic takes the 4 convs (the first one's 3 RGB channels padded to 4 by tvm_int8), not the
+# intrinsic takes the 4 convs (the first one's 3 RGB channels padded to 4 by quant.int8), not the
 # depthwise (no input-channel reduction), not the matmul (10 classes: vectors of 2, not 8 or 4).
 WIDENED = 4
 
@@ -173,9 +171,9 @@ def test_widening_kernels_compile_to_byte_pairs_for_7bit_weights(builds):
     pairs (vpmaddubsw: u8 x s8, exact for |w| <= 64) and sums them by vpmaddwd; the 4 activation
     bytes are one 32-bit broadcast (vpbroadcastd). LLVM never emits vpmaddubsw for the plain
     rule (it saturates), nor int16 pairs (its vpmaddwd are on dwords)."""
-    widened = imc.widened_kernels(builds[True]["lib"], "avx2", extra=("vpmaddubsw", "vpbroadcastd"))
+    widened = ta.widened_kernels(builds[True]["lib"], "avx2", extra=("vpmaddubsw", "vpbroadcastd"))
     assert len(widened) == WIDENED, widened
-    assert not imc.widened_kernels(builds["plain"]["lib"], "avx2")
+    assert not ta.widened_kernels(builds["plain"]["lib"], "avx2")
 
 
 def test_full_range_weights_get_exact_int16_pairs(demo, val, tmp_path):
@@ -189,11 +187,11 @@ def test_full_range_weights_get_exact_int16_pairs(demo, val, tmp_path):
     fused, _ = ta.run_graph_passes(_import(path), tt, "NHWC", int8=True)
     libs = {k: tmp_path / f"{k}.so" for k in ("widened", "plain")}
     ta.build(fused, tt, libs["widened"], tgt.compiler)
-    with tis.widening_disabled():
+    with ta.widening_disabled():
         ta.build(fused, tt, libs["plain"], tgt.compiler)
-    widened = imc.widened_kernels(libs["widened"], "avx2", extra=("vpmovsxbw", "vpbroadcastd"))
+    widened = ta.widened_kernels(libs["widened"], "avx2", extra=("vpmovsxbw", "vpbroadcastd"))
     assert len(widened) == WIDENED, widened
-    assert not any("vpmaddubsw" in ops for ops in imc.kernel_mnemonics(libs["widened"]).values())
+    assert not any("vpmaddubsw" in ops for ops in ta.kernel_mnemonics(libs["widened"]).values())
     if not host_runs(AVX2):
         pytest.skip(f"machine code checked; this host's CPU cannot run code built for {AVX2}")
     x = val[0][:100]
@@ -201,14 +199,14 @@ def test_full_range_weights_get_exact_int16_pairs(demo, val, tmp_path):
 
 
 def test_widening_isa_follows_the_target():
-    tvm = ta._import_tvm()
-    assert tis.widening_isa(4) == "neon"  # NEON targets (all aarch64 in targets/)
+    tvm = ta.load_tvm()
+    assert ta.widening_isa(4) == "neon"  # NEON targets (all aarch64 in targets/)
     with tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}):
-        assert tis.widening_isa(8) == "neon"
+        assert ta.widening_isa(8) == "neon"
     with tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"}):  # SSE2 only: no vpmaddwd ymm
-        assert tis.widening_isa(8) is None
+        assert ta.widening_isa(8) is None
     with tvm.target.Target({"kind": "llvm", "mcpu": "znver3"}):
-        assert tis.widening_isa(8) == "avx2"
+        assert ta.widening_isa(8) == "avx2"
 
 
 @needs_aarch64
@@ -229,7 +227,7 @@ def test_arm_widening_build_matches_x86_under_qemu(qdq, builds, val, tmp_path, t
     # A72: the centered int16 activation times the widened weights (mul.8h), sadalp into int32.
     # A78: sdot of the int8 activation (uint8 shifted by -128) and the transposed weight rows.
     marks = ("mul", "sadalp") if target == "rk3399" else ("sdot",)
-    widened = imc.widened_kernels(art / "model.so", "neon", "aarch64-linux-gnu-objdump", extra=marks)
+    widened = ta.widened_kernels(art / "model.so", "neon", "aarch64-linux-gnu-objdump", extra=marks)
     assert len(widened) == WIDENED, widened
 
 
@@ -307,7 +305,7 @@ class _ResidualPoolNet(__import__("torch").nn.Module):
 
 
 def test_residual_add_and_max_pool_run_on_quantized_nhwc_tensors(tmp_path):
-    """The QDQ add and max pool become integer/elementwise ops (tvm_int8_elementwise): in an
+    """The QDQ add and max pool become integer/elementwise ops (quant/elementwise.py): in an
     NHWC build no transpose is left between the convs, and results match ORT's QDQ reference."""
     import torch
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edgecls.artifact.manifest import read_manifest
-from edgecls.compile.tvm_adapter import run_host_library
+from edgecls.compile.tvm import run_host_library
 from edgecls.data import digits_dataset, split
 from edgecls.errors import UsageError
 from edgecls.optimize.qat import qat_pt2e

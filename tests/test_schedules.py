@@ -1,8 +1,9 @@
-"""Rule-based CPU schedules (edgecls.compile.tvm_schedules): numerics, loop kinds, fallbacks.
+"""Rule-based CPU schedules (edgecls.compile.tvm.schedules): numerics, loop kinds, fallbacks.
 
 Small Relax graphs are built directly (NCHW, as the ONNX importer produces them) and go through
 the real run_graph_passes (NHWC/HWIO conversion, legalization, fusion); scheduled and
-unscheduled builds run in-process without linking, so the whole file takes seconds.
+unscheduled builds go through the real build path (build_executable) and run in-process without
+linking, so the whole file takes seconds.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from edgecls.compile import tvm_adapter
-from edgecls.compile.tvm_prepack import pack_array, repack_constants
-from edgecls.compile.tvm_schedules import apply_default_schedules, simd_lanes
+from edgecls.compile import tvm as tvm_adapter
+from edgecls.compile.tvm import apply_default_schedules, pack_array, repack_constants, simd_lanes
+from edgecls.compile.tvm.schedules import rule_target
+from edgecls.compile.tvm.schedules.multi_reduction import ParallelReductionsRule
+from edgecls.compile.tvm.schedules.reduction import ReductionRule
 
-tvm = tvm_adapter._import_tvm()
+tvm = tvm_adapter.load_tvm()
 import tvm_ffi
 from tvm import relax
 
@@ -29,16 +32,10 @@ ATOL = 1e-4
 
 
 def _run(mod, x: np.ndarray, schedules: bool, target_dict: dict = TARGET) -> np.ndarray:
-    """Build like tvm_adapter.build (same pipeline) but keep the executable in memory."""
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-    target = tvm.target.Target(target_dict)
-    if schedules:
-        mod, _ = apply_default_schedules(mod, target_dict)
-        mod, _ = repack_constants(mod)  # as build() does: weights the rules blocked
-    rest = tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
-    vm = relax.VirtualMachine(relax.build(mod, target, relax_pipeline=rest), tvm.cpu())
-    out = vm["main"](tvm.runtime.tensor(x))
-    return (out if hasattr(out, "numpy") else out[0]).numpy()
+    """Build as `compile` does (build_executable: rule schedules, packed weights, the CPU
+    pipeline), keep the executable in memory and run it."""
+    executable, _ = tvm_adapter.build_executable(mod, target_dict, schedules=schedules)
+    return tvm_adapter.load_executable(executable)(x)
 
 
 def _conv_net(cin, hw, cout, k, stride=1, groups=1, epilogue=(), seed=0):
@@ -171,9 +168,19 @@ def test_pack_array_layout():
     assert p.shape == (2, 2, 3, 8) and p[1, 0, 2, 5] == w[0, 2, 13]
 
 
-def test_scheduled_nchw_conv_still_correct():
-    # x86-host keeps NCHW: the same rule must stay correct there (vectorized along the width).
+def test_scheduled_nchw_conv_gets_the_parallel_rule_and_stays_correct():
+    """An NCHW conv (--layout NCHW): no operand is contiguous along the output's innermost axis
+    (the width), so the reduction rule does not apply (its vector loads would be gathers) and the
+    next rule of the table, parallel loops only, schedules it; still exact."""
     fused = _fused(_conv_net(8, 16, 16, 3, 1, 1, ("bias", "relu6")), layout=None)
+    gvar, conv = next((gv, f) for gv, f in fused.functions_items()
+                      if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint)
+    target = rule_target(TARGET)
+    assert ReductionRule().apply(conv, target) is None
+    assert ParallelReductionsRule().apply(conv, target).kind == "generic"
+    scheduled, stats = apply_default_schedules(fused, TARGET)
+    assert stats["conv2d"] == 0 and stats["generic"] >= 1 and stats["unscheduled"] == 0, stats
+    assert "PARALLEL" in _for_kinds(scheduled[gvar]) and "PARALLEL" not in _for_kinds(conv)
     x = np.random.default_rng(3).standard_normal((1, 8, 16, 16)).astype("float32")
     np.testing.assert_allclose(_run(fused, x, True), _run(fused, x, False), atol=ATOL, rtol=0)
 

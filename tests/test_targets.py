@@ -25,7 +25,7 @@ def test_builtin_targets_are_complete():
 
 
 def test_every_builtin_target_is_accepted_by_tvm():
-    from edgecls.compile.tvm_adapter import resolve_target
+    from edgecls.compile.tvm import resolve_target
     for t in load_targets().values():
         resolved = resolve_target(t.tvm)
         assert resolved["num-cores"] > 0 and resolved.get("mcpu") != "native"

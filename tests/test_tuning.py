@@ -1,4 +1,4 @@
-"""MetaSchedule tuning (edgecls.compile.tvm_tuning): records, warm database, zero-trial and tuned builds,
+"""MetaSchedule tuning (edgecls.compile.tvm.tuning): records, warm database, zero-trial and tuned builds,
 and measuring on a board through the real sshd fixture (RPC server over SSH, `ssh -L`).
 
 Budgets are tiny (a few measurements per kernel): these check the plumbing, not the search.
@@ -17,7 +17,7 @@ import sshd
 import torch
 from conftest import ort_run
 
-from edgecls.compile import tvm_adapter, tvm_tuning
+from edgecls.compile import tvm as tvm_adapter
 
 ssh_board = sshd.ssh_board
 TARGET = tvm_adapter.resolve_target({"kind": "llvm", "mcpu": "native", "num-cores": 0})
@@ -55,10 +55,10 @@ def _lines(path: Path) -> int:
 
 
 def test_target_key_separates_targets():
-    x86 = tvm_tuning.target_key(TARGET)
-    arm = tvm_tuning.target_key({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72",
-                                 "mattr": ["+neon"], "num-cores": 6})
-    assert x86 != arm and x86 == tvm_tuning.target_key(dict(reversed(list(TARGET.items()))))
+    x86 = tvm_adapter.target_key(TARGET)
+    arm = tvm_adapter.target_key({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72",
+                                  "mattr": ["+neon"], "num-cores": 6})
+    assert x86 != arm and x86 == tvm_adapter.target_key(dict(reversed(list(TARGET.items()))))
     assert "/" not in x86 + arm
 
 
@@ -67,7 +67,7 @@ def test_local_tuning_records_warm_database_and_tuned_build(tmp_path):
     fused, _ = tvm_adapter.run_graph_passes(mod, TARGET, layout="NHWC")
     db = tmp_path / "db"
     events = []
-    res = tvm_tuning.tune(fused, TARGET, db, trials=12, progress=events.append)
+    res = tvm_adapter.tune(fused, TARGET, db, trials=12, progress=events.append)
     records = res.db_dir / "database_tuning_record.json"
     assert res.stopped is None and res.measured >= len(res.tasks) > 0
     assert _lines(records) == res.measured  # every measurement is a record, written as it came
@@ -80,7 +80,7 @@ def test_local_tuning_records_warm_database_and_tuned_build(tmp_path):
     assert convs and all(t.zero_trial_s is not None and t.gflops > 0 for t in convs)
 
     # Warm database: same budget again measures nothing and takes no tuning time.
-    again = tvm_tuning.tune(fused, TARGET, db, trials=12)
+    again = tvm_adapter.tune(fused, TARGET, db, trials=12)
     assert again.measured == 0 and all(t.skipped for t in again.tasks)
     assert _lines(records) == res.measured and again.seconds < 10
 
@@ -98,9 +98,9 @@ def test_local_tuning_records_warm_database_and_tuned_build(tmp_path):
 
 def test_time_budget_and_missing_database(tmp_path):
     _, mod = _onnx(tmp_path, convs=1)
-    res = tvm_tuning.tune(mod, TARGET, tmp_path / "db", trials=8, time_budget_s=1e-6)
+    res = tvm_adapter.tune(mod, TARGET, tmp_path / "db", trials=8, time_budget_s=1e-6)
     assert res.stopped == "time budget" and res.measured == 0
-    _, stats = tvm_tuning.apply_database(mod, TARGET, tmp_path / "nothing-here")
+    _, stats = tvm_adapter.apply_database(mod, TARGET, tmp_path / "nothing-here")
     assert stats == {"tasks": 1, "hit": 0, "missed": 1}
 
 
@@ -108,11 +108,11 @@ def test_early_stopping_ends_a_kernel_and_stays_ended(tmp_path):
     """A kernel whose search stops gaining is left with its quota unspent, and a rerun with the
     same budget does not reopen it (a larger budget would)."""
     _, mod = _onnx(tmp_path, convs=1)
-    res = tvm_tuning.tune(mod, TARGET, tmp_path / "db", trials=200, early_stopping=1)
+    res = tvm_adapter.tune(mod, TARGET, tmp_path / "db", trials=200, early_stopping=1)
     assert res.stopped is None and 1 < res.measured < 200, res
     ledger = json.loads((res.db_dir / "edgecls-tasks.json").read_text())
     assert any(e.get("converged_at_quota") == 200 for e in ledger.values()), ledger
-    again = tvm_tuning.tune(mod, TARGET, tmp_path / "db", trials=200, early_stopping=1)
+    again = tvm_adapter.tune(mod, TARGET, tmp_path / "db", trials=200, early_stopping=1)
     assert again.measured == 0 and all(t.skipped for t in again.tasks)
 
 
@@ -136,9 +136,9 @@ def _group_alive(pgid: int, wait_s: float = 10.0) -> list[int]:
 def test_rpc_tuning_through_ssh_board(ssh_board, tmp_path):
     """The board's python is the one running the tests (TVM importable), runtime-only as on a board."""
     _, mod = _onnx(tmp_path, convs=1)  # NCHW: one conv+relu kernel
-    spec = tvm_tuning.RpcSpec(host=ssh_board.name, ssh_config=str(ssh_board.ssh_config),
-                              python=sys.executable)
-    res = tvm_tuning.tune(mod, TARGET, tmp_path / "db", trials=3, runner=spec)
+    spec = tvm_adapter.RpcSpec(host=ssh_board.name, ssh_config=str(ssh_board.ssh_config),
+                               python=sys.executable)
+    res = tvm_adapter.tune(mod, TARGET, tmp_path / "db", trials=3, runner=spec)
     assert res.stopped is None and res.measured == 3, res
     assert _lines(res.db_dir / "database_tuning_record.json") == 3
     assert res.tasks[0].best_s is not None

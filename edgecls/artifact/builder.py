@@ -22,7 +22,7 @@ from edgecls.artifact.batches import build_batches
 from edgecls.artifact.native import build_runner, required_glibc
 from edgecls.artifact.reference import onnx_reference, reference_input
 from edgecls.artifact.runtime_libs import RuntimeLibs
-from edgecls.compile import tvm_adapter
+from edgecls.compile import tvm as tvm_adapter
 from edgecls.targets import Target
 
 # Standalone board-side harnesses (ONNX Runtime / LiteRT, TensorRT + its parsers), shipped as files.

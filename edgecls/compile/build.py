@@ -1,7 +1,7 @@
 """Compile stage: Model + Target -> model.so, with the graph passes recorded.
 
 Policy lives here (which layout, which import route, what to record); the mechanism is in
-tvm_adapter, the only module that talks to TVM.
+edgecls.compile.tvm, the one door to TVM.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecls.compile import tvm_adapter
+from edgecls.compile import tvm as tvm_adapter
 from edgecls.errors import UsageError
 from edgecls.load import Model
 from edgecls.targets import Target
@@ -66,7 +66,8 @@ def _has_qdq(model: Model) -> bool:
 
 def integer_kernels_for(target: Target, requested: bool | None) -> bool:
     """--integer-kernels / --float-kernels, or by default (None) integer kernels on CPU (LLVM)
-    targets, where tvm_int8_schedules has exact int8 kernels faster than fp32; float elsewhere."""
+    targets, where the widening int8 schedules have exact int8 kernels faster than fp32; float
+    elsewhere."""
     return requested if requested is not None else target.tvm.get("kind") == "llvm"
 
 

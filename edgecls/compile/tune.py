@@ -1,6 +1,7 @@
 """The `edgecls tune` job: MetaSchedule on this machine or on a board, into a tuning database.
 
-Policy lives here (which database, which runner, what budget); the mechanism is in tvm_tuning.
+Policy lives here (which database, which runner, what budget); the mechanism is in
+edgecls.compile.tvm (tuning/).
 The kernels tuned are exactly those `compile` builds (same import, passes and layout: the
 database is keyed by the kernels' structure), so a later `compile --tuning-db` applies them.
 """
@@ -13,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecls.compile import tvm as tvm_adapter
 from edgecls.errors import UsageError
 
 
@@ -81,11 +83,10 @@ def _runner(req: TuneRequest, target):
             raise UsageError(f"target {target.name} is {target.arch}: measure on a board of it with "
                              f"--board NAME or --fleet (this machine is {host_arch()})")
         return "local", "this machine"
-    from edgecls.compile.tvm_tuning import RpcSpec
     from edgecls.remote.board_tvm import tvm_python
     boards = _boards(req, target)
-    specs = [RpcSpec(host=b.host, name=b.name, compiler=target.compiler, python=tvm_python(b),
-                     ssh_config=str(req.ssh_config) if req.ssh_config else None) for b in boards]
+    specs = [tvm_adapter.RpcSpec(host=b.host, name=b.name, compiler=target.compiler, python=tvm_python(b),
+                                 ssh_config=str(req.ssh_config) if req.ssh_config else None) for b in boards]
     if len(specs) == 1:
         return specs[0], f"board {boards[0].name} ({boards[0].host}) over SSH"
     return specs, f"{len(specs)} boards ({', '.join(b.name for b in boards)}) over SSH through TVM's RPC tracker"
@@ -93,7 +94,6 @@ def _runner(req: TuneRequest, target):
 
 def tune_model(req: TuneRequest, log=lambda msg: None, progress=None) -> dict:
     """Tune every kernel of the model for the target; returns a summary (also the CLI's table)."""
-    from edgecls.compile import tvm_tuning
     from edgecls.compile.build import fuse_model
     from edgecls.load import load_model
     from edgecls.targets import get_target
@@ -109,9 +109,9 @@ def tune_model(req: TuneRequest, log=lambda msg: None, progress=None) -> dict:
     log(f"tuning {model.path.name} for {target.name} on {where}: {req.trials} trials"
         + (f", at most {req.time_budget_s:.0f} s" if req.time_budget_s else "") + f"; database {db_dir}")
     t0 = time.perf_counter()
-    result = tvm_tuning.tune(graph.mod, graph.tvm_target, db_dir, trials=req.trials,
-                             time_budget_s=req.time_budget_s, early_stopping=req.early_stopping, runner=runner,
-                             progress=progress or (lambda d: None))
+    result = tvm_adapter.tune(graph.mod, graph.tvm_target, db_dir, trials=req.trials,
+                              time_budget_s=req.time_budget_s, early_stopping=req.early_stopping, runner=runner,
+                              progress=progress or (lambda d: None))
     ms = lambda s: round(s * 1e3, 6) if s else None  # noqa: E731
     # RPC sessions each board served (one per measurement): how the work spread over a fleet.
     per_board = result.rpc.get("boards") or ({runner.name: result.rpc} if result.rpc else {})

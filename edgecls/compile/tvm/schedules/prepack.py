@@ -1,16 +1,16 @@
 """Weight prepacking: conv2d/dense weights stored blocked by the kernel's output-channel tile.
 
 An HWIO conv weight (or a KxN matmul weight) is contiguous along the output channel, but one
-register tile of tvm_schedules reads only its nv*vl channels of every (kh, kw, ci) row: rows
+register tile of the reduction rule reads only its nv*vl channels of every (kh, kw, ci) row: rows
 O*4 bytes apart. For a 3x3x512x512 weight that is 4608 rows spread over 9.4 MB per tile, a TLB
 and cache-line miss each (ResNet-18's last stage measured 22 GFLOPS). Stored as
 (O/B, KH, KW, I, B), B = the tile's channel count, a tile reads one contiguous slice instead
 (the same kernel: 48 GFLOPS), which is what ONNX Runtime's and XNNPACK's packed weights do.
 
 Mechanism in three steps, all at compile time (the artifact ships the packed constants):
-1. mark_constant_params: TVM's AttachAttrLayoutFreeBuffers lists, per PrimFunc, the params
-   that are Relax constants at every call site ("layout_free_buffers");
-2. pack_last_axis (called by the schedule rule): transform_layout of such a param buffer,
+1. TVM's AttachAttrLayoutFreeBuffers (the last of passes.run_graph_passes) lists, per PrimFunc,
+   the params that are Relax constants at every call site ("layout_free_buffers");
+2. pack_last_axis (called by the reduction rule): transform_layout of such a param buffer,
    (..., O) -> (O // B, ..., O % B); the PrimFunc's signature changes, nothing is copied at run
    time. A record of the tuning database replays the same step (it is in the trace);
 3. repack_constants: every call site whose constant no longer matches its param's shape gets
@@ -21,15 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecls.compile.tvm_adapter import _import_tvm
+from edgecls.compile.tvm.core import load_tvm
 
 LAYOUT_FREE_ATTR = "layout_free_buffers"
-
-
-def mark_constant_params(mod):
-    _import_tvm()
-    from tvm import relax
-    return relax.transform.AttachAttrLayoutFreeBuffers()(mod)
 
 
 def _constant_param(sch, buffer) -> bool:
@@ -71,7 +65,7 @@ def _blocked(have: list[int], want: list[int]) -> int | None:
 
 def _packed_args(mod, call, call_tir) -> dict[int, int]:
     """{arg index: block size} of the constants of a call_tir whose params were packed."""
-    tvm = _import_tvm()
+    tvm = load_tvm()
     from tvm import relax
     if not call.op.same_as(call_tir) or not isinstance(call.args[1], relax.Tuple):
         return {}
@@ -91,7 +85,7 @@ def repack_constants(mod):
 
     The packed PrimFuncs are re-added under new GlobalVars: a GlobalVar keeps the signature of
     the function it was made for, and CallTIRRewrite checks the call's arguments against it."""
-    tvm = _import_tvm()
+    tvm = load_tvm()
     from tvm import relax
     call_tir = tvm.ir.Op.get("relax.call_tir")
     relax_funcs = [(gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)]

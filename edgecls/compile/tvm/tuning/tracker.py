@@ -3,9 +3,9 @@
 `fleet()` runs TVM's tracker on a thread of this process, on 127.0.0.1 (no extra process that
 re-imports TVM for 5-50 s), and for each board:
   1. `ssh -R 127.0.0.1:0:127.0.0.1:<tracker>`: the tracker on the board's loopback, port chosen
-     by the board's sshd (tvm_rpc.reverse_forward);
+     by the board's sshd (edgecls.remote.tunnels.reverse_forward);
   2. `python -m tvm.exec.rpc_server --host 127.0.0.1 --tracker 127.0.0.1:<that port> --key K
-     --custom-addr A` through tvm_rpc.rpc_server's watchdog;
+     --custom-addr A` through rpc_server.rpc_server's watchdog;
   3. `ssh -L A:<server port>:127.0.0.1:<server port>` back to it.
 The tracker hands a client what the server registered: [custom_addr, its own port] (TVM
 rpc/server.py sends `[PUT, key, (port, matchkey), custom_addr]`; rpc/tracker.py keeps
@@ -14,7 +14,7 @@ port 9090, so the boards get distinct loopback addresses A of this machine (Linu
 127.0.0.0/8 to lo): 127.X.Y.(k+2), with X.Y random per run so two fleet runs on one machine do
 not collide. That also lets tests run all "boards" on one loopback sshd.
 
-MetaSchedule's RPCRunner then asks the tracker for a session per measurement (tvm_measure.
+MetaSchedule's RPCRunner then asks the tracker for a session per measurement (measure.
 tracker_runner, one worker per board); the tracker's FIFO hands out free servers in turn, and a
 server re-registers after each session, so the work spreads over the boards.
 """
@@ -27,8 +27,10 @@ import socket
 import threading
 import time
 
-from edgecls.remote.ssh import RemoteError, SshHost
-from edgecls.remote.tvm_rpc import reverse_forward, rpc_server, stop
+from edgecls.compile.tvm.tuning.rpc_server import rpc_server
+from edgecls.errors import RemoteError
+from edgecls.remote.ssh import SshHost
+from edgecls.remote.tunnels import reverse_forward, stop
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
-"""What MetaSchedule searches with in tvm_tuning: the design space, the cost model, and a guard
-that keeps TuneContext from loading every tensor intrinsic. Used only by tvm_tuning."""
+"""What MetaSchedule searches with in tuner.tune: the design space, the cost model, and a guard
+that keeps TuneContext from loading every tensor intrinsic."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 
 def space(ms):
     # Explicit lists: "from-target" picks intrinsic rules for VNNI/AVX-512/ARM dotprod targets
-    # (the 70 s tensor_intrin registration), and RewriteLayout is left out (see tvm_tuning's docstring).
+    # (the 70 s tensor_intrin registration), and RewriteLayout is left out: it would change weight
+    # layouts behind Relax's back.
     return ms.space_generator.PostOrderApply(
         sch_rules=ms.schedule_rule.ScheduleRule.create("llvm"),
         postprocs=[ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteParallelVectorizeUnroll(),

@@ -1,9 +1,10 @@
-"""Zero-trial, rule-based CPU schedules for the PrimFuncs of a fused Relax module.
+"""The reduction rule: conv2d (regular, pointwise, depthwise), dense and pooling kernels with a
+single reduction block, scheduled from their loop/access structure alone.
 
 TVM 0.27's CPU pipeline lowers every kernel as the naive TE loop nest: no parallel loop (so
 TVM_NUM_THREADS does nothing), no vectorization and an accumulator that lives in memory. Tuning
-(MetaSchedule) fixes that but costs hours per network; these rules, in the spirit of the GPU
-"dlight" rules, pick one reasonable schedule per kernel from its loop/access structure alone.
+(MetaSchedule) fixes that but costs hours per network; this rule, in the spirit of the GPU
+"dlight" rules, picks one reasonable schedule per kernel.
 
 Everything is derived from the access pattern of the kernel's single reduction block, never from
 the op name, so one rule covers regular, pointwise and depthwise conv2d, dense and pooling:
@@ -15,33 +16,23 @@ the op name, so one rule covers regular, pointwise and depthwise conv2d, dense a
 * register axis = a spatial iterator the vector operand does not depend on (output width for a
                   conv): blocking it reuses each loaded vector for several FMAs;
 * the register tile (rb x nv vectors) accumulates in a tile-sized buffer (a stack array LLVM
-  keeps in registers, see ACC_SCOPE), padding is inlined into the
+  keeps in registers, see tir.ACC_SCOPE), padding is inlined into the
   loads, the elementwise epilogue (bias, ReLU/ReLU6, residual add) runs on the tile while it is
   hot, and the fused outer spatial loops run in parallel.
 
-Functions without a reduction get the injective rule (inline, vectorize innermost, parallel;
-tvm_generic_schedules); anything a rule does not recognise is left as it was and counted.
+The op name only labels the result (the stats key): "conv2d", "depthwise", "dense", "generic".
 """
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 
-from edgecls.compile import tir_helpers as th
-from edgecls.compile.tvm_adapter import _import_tvm
-from edgecls.compile.tvm_generic_schedules import (  # noqa: F401  (NotRecognised: ts.NotRecognised)
-    PARALLEL_MIN_WORK,
-    NotRecognised,
-    schedule_injective,
-    schedule_injective_block,
-    schedule_reductions_parallel,
-)
-from edgecls.compile.tvm_prepack import pack_last_axis
-from edgecls.errors import first_line
+from edgecls.compile.tvm.core import load_tvm
+from edgecls.compile.tvm.schedules import tir as th
+from edgecls.compile.tvm.schedules.injective import schedule_injective_block
+from edgecls.compile.tvm.schedules.prepack import pack_last_axis
+from edgecls.compile.tvm.schedules.rule import PARALLEL_MIN_WORK, NotRecognised, Rule, RuleTarget
 
-log = logging.getLogger(__name__)
-
-STAT_KEYS = ("conv2d", "depthwise", "dense", "generic", "unscheduled", "skipped_already_scheduled")
 # Vector accumulators in the register tile. AVX2 has 16 ymm registers: 12 accumulators, two
 # weight vectors and the broadcast input fit; 14 made LLVM spill the whole tile every iteration.
 MAX_ACCUMULATORS = 12
@@ -50,45 +41,40 @@ MAX_ACCUMULATORS = 12
 # separate pad stage measured faster (no bounds check per input channel in the inner loop).
 INLINE_PAD_KINDS = ("depthwise",)
 INLINE_PAD_MAX_CIN = 4  # ... and regular convs over this few input channels
-# Scope of the register tile's accumulator buffer. Not "local": TVM's LowerTVMBuiltin keeps only
-# "global" constant-size allocations (< 1 KB) on the stack; a "local" tile became a
-# TVMBackendAllocWorkspace call per tile, whose pointer LLVM cannot promote to registers across
-# the outer reduction loops (depthwise 3x3 0.40 -> 0.16 ms, 1x1 16->96 at 112x112 0.98 -> 0.47).
-# CompactBufferAllocation shrinks the buffer to the tile, so it is a small alloca here.
-ACC_SCOPE = "global"
 # A conv2d/dense whose whole weight is at most this many bytes splits its threads' work by
 # pixel rows, like the depthwise conv that reads its output, not by output channels: with the
 # split by channels every thread wrote part of every pixel, so the next kernel (split by rows)
 # read half its input from the other core's cache. The weight is small enough to stay hot in
 # each core anyway. Pruned MobileNetV2 int8, 2 threads: 1.55 -> 1.29 ms; one thread unchanged.
 OWN_WEIGHT_SLICE_BYTES = 64 << 10
-SCHEDULED_ATTR = "tirx.is_scheduled"  # the attribute dlight/MetaSchedule check to skip a function
 
 
-def simd_lanes(tvm_target: dict) -> int:
-    """fp32 lanes of the widest SIMD unit of the target: NEON 4, AVX-512 16, otherwise 8 (AVX2)."""
-    tvm = _import_tvm()
-    mattr = tvm_target.get("mattr", "")
-    mattr = ",".join(mattr) if isinstance(mattr, (list, tuple)) else str(mattr)
-    mtriple = str(tvm_target.get("mtriple", ""))
-    if "+neon" in mattr or mtriple.startswith(("aarch64", "arm")):
-        return 4
-    try:
-        # TargetFeatures are not populated for x86 in 0.27; LLVM's own feature query is.
-        from tvm.target import codegen
-        if codegen.target_has_features("avx512f", tvm.target.Target(tvm_target)):
-            return 16
-    except Exception:  # noqa: BLE001, S110  (an exotic target dict: keep the AVX2 default)
-        pass
-    return 8
+@dataclass
+class ReductionBlock:
+    """The reduction block's iterators mapped to its loops, with the vector and register axes
+    (`analyse`; indices are into `loops` and `iters`, one loop per iterator)."""
+    loops: list  # LoopRVs, TE's order
+    iters: list  # the block's IterVars
+    spatial: list[int]  # the data-parallel iterators
+    vec: int  # vector axis: the spatial iterator indexing the output's innermost dimension
+    reg: int | None  # register axis: a spatial iterator the vector operand does not depend on
+    operand: object  # the vector operand's buffer (contiguous along the vector axis)
+    reads_with_vec: int  # operands (not the output) whose access depends on the vector axis
+    n_reads: int  # operands (not the output)
+
+    def kind(self, name: str) -> str:
+        """The stats key: "conv2d", "depthwise", "dense" or "generic" (pooling and the rest)."""
+        if "conv" in name:
+            # Depthwise: every operand (input and weight) follows the output channel.
+            return "depthwise" if self.n_reads > 1 and self.reads_with_vec == self.n_reads else "conv2d"
+        if "matmul" in name or "dense" in name:
+            return "dense"
+        return "generic"
 
 
-# --------------------------------------------------------------------------- reduction rule
-
-
-def _analyse(sch, block):
+def analyse(sch, block) -> ReductionBlock:
     """Map the reduction block's iterators to loops and find the vector and register axes."""
-    tvm = _import_tvm()
+    tvm = load_tvm()
     stmt = sch.get(block)
     loops = sch.get_loops(block)
     iters = list(stmt.iter_vars)
@@ -109,28 +95,17 @@ def _analyse(sch, block):
                     and r.region[-1].min.same_as(iters[vec].var)), None)
     if operand is None:
         # e.g. NCHW/OIHW: no operand is contiguous along the output's innermost axis, so vector
-        # loads would be gathers (measured slower than scalar code on MobileNetV2). The caller
-        # falls back to the parallel-only rule.
+        # loads would be gathers (measured slower than scalar code on MobileNetV2). The rule
+        # table falls back to the parallel-only rule (multi_reduction).
         raise NotRecognised("no operand is contiguous along the vector axis")
-    reg = None
-    if operand is not None:
-        # A spatial axis the vector operand does not depend on: each loaded vector is reused
-        # for every position of that axis. Prefer the output's second-innermost (conv width).
-        free = [i for i in spatial if i != vec and int(iters[i].dom.extent) > 1
-                and not any(th.uses(r.min, iters[i].var) for r in operand.region)]
-        second = [i for i in free if len(out_idx) > 1 and iters[i].var.same_as(out_idx[-2])]
-        reg = (second or free or [None])[0]
+    # A spatial axis the vector operand does not depend on: each loaded vector is reused for
+    # every position of that axis. Prefer the output's second-innermost (conv width).
+    free = [i for i in spatial if i != vec and int(iters[i].dom.extent) > 1
+            and not any(th.uses(r.min, iters[i].var) for r in operand.region)]
+    second = [i for i in free if len(out_idx) > 1 and iters[i].var.same_as(out_idx[-2])]
+    reg = (second or free or [None])[0]
     reads_with_vec = sum(1 for r in reads if any(th.uses(x.min, iters[vec].var) for x in r.region))
-    return loops, iters, spatial, vec, reg, len(out_idx), reads_with_vec, len(reads), th.buffer(operand)
-
-
-def _classify(name: str, ndim: int, reads_with_vec: int, n_reads: int) -> str:
-    if "conv" in name:
-        # Depthwise: every operand (input and weight) follows the output channel.
-        return "depthwise" if n_reads > 1 and reads_with_vec == n_reads else "conv2d"
-    if "matmul" in name or "dense" in name:
-        return "dense"
-    return "generic"
+    return ReductionBlock(loops, iters, spatial, vec, reg, th.buffer(operand), reads_with_vec, len(reads))
 
 
 def _is_padding(sch, block) -> bool:
@@ -142,13 +117,11 @@ def _is_padding(sch, block) -> bool:
     return [int(d) for d in out.shape] != [int(d) for d in src.shape]
 
 
-def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str:
-    """The reduction rule (module doc). prefer_rows: register-tile ties go to more rows of one
-    vector, for kernels whose per-vector weight preparation costs more than a load (the int8
-    widening kernels transpose or interleave the weight rows in registers)."""
+def _isolate(sch, block, kind: str, operand) -> tuple[object, list[str], object]:
+    """Inline the producers (all but a padding stage the kind keeps) and every epilogue step but
+    the last; give the reduction its tile-sized accumulator. Returns (the reduction block, the
+    names of the producers kept, the epilogue block that writes the output)."""
     main = th.name(sch, block)
-    loops, iters, spatial, vec, reg, ndim, rwv, nreads, operand = _analyse(sch, block)
-    kind = _classify(main, ndim, rwv, nreads)
     # Padding inlined into the conv puts a bounds check on every load of the inner loop (and
     # for regular convs a branch per register-tile row per input channel); as a separate
     # parallel, vectorized copy it costs one pass over the input. Copies are always inlined.
@@ -158,8 +131,7 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str
     if kind not in INLINE_PAD_KINDS and int(operand.shape[-2]) > INLINE_PAD_MAX_CIN:
         keep |= {th.name(sch, p) for p in sch.get_producers(block) if _is_padding(sch, p)}
     th.inline_all_but_outputs(sch, keep=keep)
-    root = th.root(sch)
-    children = sch.get_child_blocks(root)
+    children = sch.get_child_blocks(th.root(sch))
     names = [th.name(sch, b) for b in children]
     producers, others = names[:names.index(main)], children[names.index(main) + 1:]
     block = sch.get_sblock(main)
@@ -167,33 +139,38 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str
         raise NotRecognised(f"{len(others)} blocks after the reduction after inlining")
     if any(p not in keep for p in producers):
         raise NotRecognised("a producer of the reduction could not be inlined")
-
     # Accumulate in a tile-sized buffer (ACC_SCOPE): LLVM keeps it in registers once the tile is
     # unrolled, where an accumulator in the output (or a full-size intermediate) is reloaded
     # every iteration.
     if others:
-        sch.set_scope(block, 0, ACC_SCOPE)
-        epilogue = others[0]
-    else:
-        epilogue = sch.cache_write(block, 0, ACC_SCOPE)
+        sch.set_scope(block, 0, th.ACC_SCOPE)
+        return block, producers, others[0]
+    return block, producers, sch.cache_write(block, 0, th.ACC_SCOPE)
 
-    vext = int(iters[vec].dom.extent)
-    vl = th.pow2_lanes(vext, lanes)
-    rext = int(iters[reg].dom.extent) if reg is not None else 1
-    # Register tile rb x nv vectors: the most accumulators within budget, with no tail (rb
-    # divides the register axis, nv*vl the vector axis); ties go to more vectors per row (or,
-    # prefer_rows, to more rows).
-    # Without a register axis (a matmul of one row) the vectors are the only independent
-    # accumulators: any divisor of the vector count (1000 = 8 x 5 x 25 channels: 5; one
-    # accumulator left each FMA waiting on the last, 4 GFLOPS).
+
+def register_tile(vext: int, vl: int, rext: int, prefer_rows: bool) -> tuple[int, int]:
+    """(rb, nv): the register tile, rb rows x nv vectors of vl lanes, for a vector axis of vext
+    and a register axis of rext (1: none).
+
+    The most accumulators within budget, with no tail (rb divides the register axis, nv*vl the
+    vector axis); ties go to more vectors per row (or, prefer_rows, to more rows). Without a
+    register axis (a matmul of one row) the vectors are the only independent accumulators: any
+    divisor of the vector count (1000 = 8 x 5 x 25 channels: 5; one accumulator left each FMA
+    waiting on the last, 4 GFLOPS)."""
     best = (0, 0, 1, 1)
     for nv in ((2, 1) if rext > 1 else range(MAX_ACCUMULATORS // 2, 0, -1)):
         if vext % (vl * nv):
             continue
         rb = max(d for d in range(1, min(rext, MAX_ACCUMULATORS // nv) + 1) if rext % d == 0)
         best = max(best, (rb * nv, -nv if prefer_rows else nv, rb, nv))
-    _, _, rb, nv = best
+    return best[2], best[3]
 
+
+def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv: int):
+    """Split, order, fuse and annotate the loop nest: [parallel tiles, reduction loops, rb rows
+    (unrolled), nv vectors (unrolled), vl lanes (vectorized)]. Returns (the parallel tile loop,
+    the reduction loops)."""
+    loops, iters, spatial, vec, reg = red.loops, red.iters, red.spatial, red.vec, red.reg
     v_o, v_m, v_l = sch.split(loops[vec], [None, nv, vl])
     outer = []
     inner = []
@@ -207,7 +184,7 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str
     # one weight slice (rows of the HWIO weight) hot in L1/L2. Depthwise/pooling have no weight
     # reuse to win but read the input at the vector axis: channel block innermost keeps each
     # pixel's channels together. So does a conv whose whole weight is small (OWN_WEIGHT_SLICE_BYTES).
-    if kind in ("conv2d", "dense") and _nbytes(operand) > OWN_WEIGHT_SLICE_BYTES:
+    if kind in ("conv2d", "dense") and _nbytes(red.operand) > OWN_WEIGHT_SLICE_BYTES:
         outer.insert(0, v_o)
     else:
         outer.append(v_o)
@@ -223,7 +200,23 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str
         sch.unroll(loop)
     if vl > 1:
         sch.vectorize(v_l)
+    return tile, reduce_loops
 
+
+def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str:
+    """The reduction rule (module doc) on `block`, the function's single reduction block.
+    prefer_rows: register-tile ties go to more rows of one vector, for kernels whose per-vector
+    weight preparation costs more than a load (the int8 widening kernels transpose or interleave
+    the weight rows in registers). Returns the stats key."""
+    main = th.name(sch, block)
+    red = analyse(sch, block)
+    kind = red.kind(main)
+    block, producers, epilogue = _isolate(sch, block, kind, red.operand)
+    vext = int(red.iters[red.vec].dom.extent)
+    vl = th.pow2_lanes(vext, lanes)
+    rext = int(red.iters[red.reg].dom.extent) if red.reg is not None else 1
+    rb, nv = register_tile(vext, vl, rext, prefer_rows)
+    tile, reduce_loops = _tile_loops(sch, block, red, kind, vl, rb, nv)
     # Epilogue (bias, ReLU6, residual add or the plain write-back) on the tile while it is hot.
     sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
     _vectorize_tail(sch, epilogue, skip=1, lanes=vl)
@@ -232,8 +225,8 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str
         _vectorize_tail(sch, init, skip=1, lanes=vl)
     for name in producers:
         schedule_injective_block(sch, sch.get_sblock(name), lanes)
-    if kind in ("conv2d", "dense"):  # the tile's weights contiguous (tvm_prepack)
-        pack_last_axis(sch, block, operand, vl * nv)
+    if kind in ("conv2d", "dense"):  # the tile's weights contiguous (prepack)
+        pack_last_axis(sch, block, red.operand, vl * nv)
     return kind
 
 
@@ -268,69 +261,13 @@ def _vectorize_tail(sch, block, skip: int, lanes: int) -> None:
             sch.unroll(loop)
 
 
-# --------------------------------------------------------------------------- entry points
+class ReductionRule(Rule):
+    """Functions with exactly one reduction block (schedule_reduction at the target's lanes)."""
 
+    name = "reduction"
 
-def rule_schedule(func, lanes: int):
-    """(traced Schedule, stats key) of the first rule that applies to `func`, or (None, "unscheduled").
-
-    The trace is what tvm_tuning stores as the zero-trial record of a kernel."""
-    from tvm import s_tir
-    probe = s_tir.Schedule(func)
-    reductions = [th.name(probe, b) for b in probe.get_child_blocks(th.root(probe)) if th.is_reduction(probe, b)]
-    attempts = []
-    if len(reductions) == 1:
-        from edgecls.compile.tvm_int8_schedules import schedule_widening  # int8 x int8 -> int32 only
-        attempts.append(lambda s: schedule_widening(s, s.get_sblock(reductions[0]), lanes))
-        attempts.append(lambda s: schedule_reduction(s, s.get_sblock(reductions[0]), lanes))
-    if reductions:
-        attempts.append(schedule_reductions_parallel)
-    else:
-        attempts.append(lambda s: schedule_injective(s, lanes))
-    for attempt in attempts:
-        sch = s_tir.Schedule(func)  # a failed attempt may leave a half-transformed schedule
-        try:
-            return sch, attempt(sch)
-        except Exception as exc:  # noqa: BLE001  (ScheduleError, NotRecognised, TVMError)
-            log.debug("schedule rule failed: %s", first_line(exc))
-    return None, "unscheduled"
-
-
-def schedule_prim_func(func, lanes: int):
-    """(scheduled PrimFunc, stats key) or (the original, "unscheduled")."""
-    tvm = _import_tvm()
-    sch, kind = rule_schedule(func, lanes)
-    if sch is None:
-        return func, kind
-    return sch.mod["main"].with_attr(SCHEDULED_ATTR, tvm.tirx.IntImm("int32", 1)), kind
-
-
-def apply_default_schedules(mod, tvm_target: dict):
-    """Schedule every PrimFunc of a fused Relax IRModule (after FuseTIR, before relax.build) for
-    CPU. Returns the new module and stats {"conv2d": n, "depthwise": n, "dense": n,
-    "generic": n, "unscheduled": n, "skipped_already_scheduled": n}."""
-    tvm = _import_tvm()
-    lanes = simd_lanes(tvm_target)
-    stats = dict.fromkeys(STAT_KEYS, 0)
-    updates = {}
-    target = tvm.target.Target(tvm_target)  # the int8 rules pick intrinsics by its features
-    for gvar, func in mod.functions_items():
-        if not isinstance(func, tvm.tirx.PrimFunc):
-            continue
-        if func.attrs is not None and SCHEDULED_ATTR in func.attrs and int(func.attrs[SCHEDULED_ATTR]):
-            stats["skipped_already_scheduled"] += 1
-            continue
-        try:
-            with target:
-                new, kind = schedule_prim_func(func, lanes)
-        except Exception as exc:  # noqa: BLE001  (never fail a build over a schedule)
-            log.debug("leaving %s unscheduled: %s", gvar.name_hint, exc)
-            new, kind = func, "unscheduled"
-        stats[kind] += 1
-        if kind != "unscheduled":
-            updates[gvar] = new
-    if updates:
-        mod = mod.clone()  # update_func mutates in place; the caller's module stays as it was
-        for gvar, new in updates.items():
-            mod.update_func(gvar, new)
-    return mod, stats
+    def schedule(self, sch, target: RuleTarget) -> str:
+        reductions = th.reduction_blocks(sch)
+        if len(reductions) != 1:
+            raise NotRecognised(f"{len(reductions)} reduction blocks, not one")
+        return schedule_reduction(sch, sch.get_sblock(reductions[0]), target.lanes)

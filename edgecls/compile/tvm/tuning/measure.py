@@ -1,7 +1,7 @@
-"""How tvm_tuning builds and measures candidates: in this process, on a board, or on a fleet of
+"""How tuner.tune builds and measures candidates: in this process, on a board, or on a fleet of
 boards over RPC (measurer).
 
-Used only by tvm_tuning. MetaSchedule's own LocalBuilder/LocalRunner run in popen workers; on
+MetaSchedule's own LocalBuilder/LocalRunner run in popen workers; on
 the 2-core dev machine each worker re-imports TVM (30-50 s when loaded), the builder starts new
 workers for every batch, and the 30 s default timeout then fails every candidate with no
 message. Builds happen here instead, and local measurements too.
@@ -14,19 +14,21 @@ import logging
 import os
 import tempfile
 
-from edgecls.compile.tvm_adapter import _import_tvm
+from edgecls.compile.tvm.core import load_tvm
+from edgecls.compile.tvm.tuning.rpc_server import rpc_server
+from edgecls.compile.tvm.tuning.tracker import fleet
 
 log = logging.getLogger(__name__)
 
 
 def _ms():
-    _import_tvm()
+    load_tvm()
     from tvm.s_tir import meta_schedule as ms
     return ms
 
 
 def builder(compiler: str):
-    tvm = _import_tvm()
+    tvm = load_tvm()
     ms = _ms()
     from tvm.ir.utils import derived_object
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
@@ -54,7 +56,7 @@ def builder(compiler: str):
 
 
 def local_runner(evaluator):
-    tvm = _import_tvm()
+    tvm = load_tvm()
     ms = _ms()
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
@@ -141,7 +143,7 @@ def rpc_runner(evaluator, local_port: int, session_timeout_s: int):
 def tracker_runner(evaluator, tracker_port: int, key: str, session_timeout_s: int, workers: int):
     """MetaSchedule's RPCRunner on a fleet: its default session creation asks the tracker on
     127.0.0.1:tracker_port for a free server of `key`; one worker per board, so every board can
-    measure at once (edgecls.remote.tvm_fleet starts and registers the servers)."""
+    measure at once (tracker.fleet starts and registers the servers)."""
     config = _ms().runner.RPCConfig(tracker_host="127.0.0.1", tracker_port=tracker_port,
                                     tracker_key=key, session_timeout_sec=session_timeout_s)
     return _rpc_runner(evaluator, config, None, workers)
@@ -149,7 +151,7 @@ def tracker_runner(evaluator, tracker_port: int, key: str, session_timeout_s: in
 
 @contextlib.contextmanager
 def measurer(runner, evaluator, key: str, info: dict):
-    """Yield (builder, runner) for tvm_tuning.tune's `runner`: "local"; one RpcSpec (its server
+    """Yield (builder, runner) for tuner.tune's `runner`: "local"; one RpcSpec (its server
     reached directly); or a list of RpcSpec, one per board of the target: a fleet behind TVM's
     RPC tracker, `key` naming the target there (a list of one is the direct path). Servers,
     forwards and the tracker stop when the context ends; `info` gets their pids, ports, sessions."""
@@ -159,10 +161,8 @@ def measurer(runner, evaluator, key: str, info: dict):
     specs = list(runner) if isinstance(runner, (list, tuple)) else [runner]
     first = specs[0]
     if len(specs) == 1:
-        from edgecls.remote.tvm_rpc import rpc_server
         with rpc_server(first, info) as port:
             yield builder(first.compiler), rpc_runner(evaluator, port, first.session_timeout_s)
         return
-    from edgecls.remote.tvm_fleet import fleet
     with fleet(specs, key, info) as port:
         yield builder(first.compiler), tracker_runner(evaluator, port, key, first.session_timeout_s, len(specs))

@@ -17,7 +17,7 @@ into
   the int32 bias as -z_x * sum(W_q[o]) (the sum-of-weights term). That is exact only where every
   tap reads a real input, so a padded conv with z_x != 0 gets an explicit pad with value z_x
   (real 0.0 in the quantized domain) and an unpadded conv2d.
-* the input of regular (not depthwise) convs and matmuls is what tvm_int8_schedules' kernels
+* the input of regular (not depthwise) convs and matmuls is what the widening_int8 schedule's kernels
   multiply: on AVX2 with weights within [-64, 64], uint8 (an int8 input shifted by 128) for
   vpmaddubsw; with ARMv8.2 dotprod, int8 (a uint8 input shifted by -128) for sdot; both with
   channels padded to fours; otherwise int16(x_q) - z_x (zero padded, no correction term) for
@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecls.compile.tvm_adapter import _import_tvm
-
-QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
+from edgecls.compile.tvm.core import load_tvm
+from edgecls.compile.tvm.quant.elementwise import rewrite_elementwise
+from edgecls.compile.tvm.quant.qdq import QRANGE
 
 
 class _Skip(Exception):
@@ -51,7 +51,7 @@ class _Skip(Exception):
 
 
 def _np(expr) -> np.ndarray:
-    tvm = _import_tvm()
+    tvm = load_tvm()
     if not isinstance(expr, tvm.ir.GenericConst):
         raise _Skip("not a constant")
     return expr.value.numpy()
@@ -69,7 +69,7 @@ def _dtype(expr) -> str:
 
 
 def _patterns():
-    _import_tvm()
+    load_tvm()
     from tvm.relax.dpl import is_const, is_op, wildcard
 
     p = {"x_q": wildcard(), "x_s": is_const(), "x_z": is_const(),
@@ -193,10 +193,55 @@ def _prepared_input(x_q, z_x: int, mode: str):
     return x_q, z_x
 
 
+def _int_bias(m, p, w_q: np.ndarray, is_conv: bool, n_out: int, z_in: int, acc_scale: np.ndarray):
+    """(the int32 bias, the bias in real units when it must be added in float, else None) of a
+    match: its own bias at the accumulator's scale, minus the zero-point correction."""
+    # Zero-point correction: sum over everything one output channel reduces over.
+    w_sum = w_q.reshape(n_out, -1).sum(1, dtype=np.int64) if is_conv else w_q.sum(0, dtype=np.int64)
+    k = w_q.reshape(n_out, -1).shape[1] if is_conv else w_q.shape[0]
+    correction = z_in * w_sum
+    bias_int = _bias_i32(m, p, acc_scale, n_out)
+    float_bias = None
+    # The widest possible |acc| + bias must fit int32. A bias far beyond the products' range (a
+    # channel whose weights pruning or training left near zero: tiny s_w, so bias / (s_x * s_w)
+    # is huge; ORT then keeps that bias in float too) is added in float in the epilogue instead.
+    if 255 * 128 * k + np.abs(bias_int - correction).max(initial=0) >= 2 ** 31:
+        float_bias, bias = bias_int * acc_scale, -correction
+    else:
+        bias = bias_int - correction
+    if 255 * 128 * k + np.abs(bias).max(initial=0) >= 2 ** 31:
+        raise _Skip("accumulator could overflow int32")
+    return bias, float_bias
+
+
+def _int_product(m, p, x_q, data, w_const, extra: int, z_in: int, is_conv: bool, n_out: int):
+    """(the int32 conv2d/matmul of the prepared input and the int8 weight constant, the
+    per-channel shape of its output)."""
+    from tvm import relax
+
+    if is_conv:
+        a = m[p["conv"]].attrs
+        pad = [int(v) for v in a.padding]
+        if extra or (z_in != 0 and any(pad)):
+            # Padding must be the quantized value of real 0.0, i.e. z_in, for the bias correction;
+            # with the extra channels in the same pad, the conv is unpadded and tensorizes.
+            data = relax.op.nn.pad(data, [0, 0, 0, extra, pad[0], pad[2], pad[1], pad[3]], pad_value=float(z_in))
+            pad = [0, 0, 0, 0]
+        acc = relax.op.nn.conv2d(data, w_const, strides=[int(v) for v in a.strides], padding=pad,
+                                 dilation=[int(v) for v in a.dilation], groups=int(a.groups),
+                                 data_layout="NCHW", kernel_layout="OIHW", out_dtype="int32")
+        return acc, (1, n_out, 1, 1)
+    if x_q.ty.ndim < 1:
+        raise _Skip("matmul input rank")
+    if extra:
+        data = relax.op.nn.pad(data, [0, 0] * (x_q.ty.ndim - 1) + [0, extra], pad_value=float(z_in))
+    return relax.op.matmul(data, w_const, out_dtype="int32"), (n_out,)
+
+
 def _int_core(m, p, bb_const, eight_bit: str | None = None):
     """The int32 conv2d/matmul + bias of a match: (acc expr, per-channel shape, acc scale, the
     bias in real units when it must be added in float, else None)."""
-    _import_tvm()
+    load_tvm()
     from tvm import relax
 
     x_q = m[p["x_q"]]
@@ -216,41 +261,8 @@ def _int_core(m, p, bb_const, eight_bit: str | None = None):
     extra = -(w_q.shape[1] if is_conv else w_q.shape[0]) % multiple
     if extra:
         w_q = np.pad(w_q, [(0, 0), (0, extra), (0, 0), (0, 0)] if is_conv else [(0, extra), (0, 0)])
-    # Zero-point correction: sum over everything one output channel reduces over.
-    w_sum = w_q.reshape(n_out, -1).sum(1, dtype=np.int64) if is_conv else w_q.sum(0, dtype=np.int64)
-    k = w_q.reshape(n_out, -1).shape[1] if is_conv else w_q.shape[0]
-    correction = z_in * w_sum
-    bias_int = _bias_i32(m, p, acc_scale, n_out)
-    float_bias = None
-    # The widest possible |acc| + bias must fit int32. A bias far beyond the products' range (a
-    # channel whose weights pruning or training left near zero: tiny s_w, so bias / (s_x * s_w)
-    # is huge; ORT then keeps that bias in float too) is added in float in the epilogue instead.
-    if 255 * 128 * k + np.abs(bias_int - correction).max(initial=0) >= 2 ** 31:
-        float_bias, bias = bias_int * acc_scale, -correction
-    else:
-        bias = bias_int - correction
-    if 255 * 128 * k + np.abs(bias).max(initial=0) >= 2 ** 31:
-        raise _Skip("accumulator could overflow int32")
-    w_const = bb_const(w_q)
-    if is_conv:
-        a = m[p["conv"]].attrs
-        pad = [int(v) for v in a.padding]
-        if extra or (z_in != 0 and any(pad)):
-            # Padding must be the quantized value of real 0.0, i.e. z_in, for the bias correction;
-            # with the extra channels in the same pad, the conv is unpadded and tensorizes.
-            data = relax.op.nn.pad(data, [0, 0, 0, extra, pad[0], pad[2], pad[1], pad[3]], pad_value=float(z_in))
-            pad = [0, 0, 0, 0]
-        acc = relax.op.nn.conv2d(data, w_const, strides=[int(v) for v in a.strides], padding=pad,
-                                 dilation=[int(v) for v in a.dilation], groups=int(a.groups),
-                                 data_layout="NCHW", kernel_layout="OIHW", out_dtype="int32")
-        ch_shape = (1, n_out, 1, 1)
-    else:
-        if x_q.ty.ndim < 1:
-            raise _Skip("matmul input rank")
-        if extra:
-            data = relax.op.nn.pad(data, [0, 0] * (x_q.ty.ndim - 1) + [0, extra], pad_value=float(z_in))
-        acc = relax.op.matmul(data, w_const, out_dtype="int32")
-        ch_shape = (n_out,)
+    bias, float_bias = _int_bias(m, p, w_q, is_conv, n_out, z_in, acc_scale)
+    acc, ch_shape = _int_product(m, p, x_q, data, bb_const(w_q), extra, z_in, is_conv, n_out)
     if np.any(bias != 0):
         acc = relax.op.add(acc, bb_const(bias.astype(np.int32).reshape(ch_shape)))
     if float_bias is not None:
@@ -287,75 +299,87 @@ def _requantize(m, p, acc, ch_shape, acc_scale, float_bias, bb_const):
     return relax.op.astype(y, out_dtype)
 
 
-def quantize_int8(mod, stats: dict | None = None, eight_bit: str | None = None):
-    """Rewrite every QDQ conv2d/matmul of `main` into integer compute (see the module doc).
+class _Rewrites:
+    """The rewrite_call callbacks of quantize_int8, counting into `stats`."""
 
-    Run right after import, before FoldConstant. eight_bit: the target's 8-bit kernels
-    (tvm_int8_schedules.eight_bit_kernels): "u8" AVX2 byte pairs (7-bit weights), "s8" ARMv8.2
-    sdot, None (int16 pairs only). `stats` (a dict) receives the counts:
-    conv2d / matmul (requantized to int8/uint8), float_out (integer product, float epilogue),
-    relu (a QDQ-wrapped ReLU turned into max(q, z)), add / max_pool (tvm_int8_elementwise),
-    skipped (matched, left in float: the reasons in skipped_reasons).
-    """
-    _import_tvm()
-    from tvm import relax
-    from tvm.relax.dpl import rewrite_call
+    def __init__(self, p: dict, stats: dict, eight_bit: str | None):
+        self.p, self.stats, self.eight_bit = p, stats, eight_bit
 
-    from edgecls.compile.tvm_int8_elementwise import rewrite_elementwise
-    from edgecls.compile.tvm_int8_schedules import register_intrinsics
-    register_intrinsics()  # before a tuning record of these kernels is replayed (tvm_int8_schedules)
-    stats = {} if stats is None else stats
-    for key in ("conv2d", "matmul", "float_out", "relu", "skipped"):
-        stats.setdefault(key, 0)
-    stats.setdefault("skipped_reasons", [])
-    p = _patterns()
-
+    @staticmethod
     def const(a):
+        from tvm import relax
         return relax.const(np.ascontiguousarray(a))
 
-    def count(m, what):
-        stats[what if what == "float_out" else ("conv2d" if p["conv"] in m else "matmul")] += 1
+    def _count(self, m, what):
+        self.stats[what if what == "float_out" else ("conv2d" if self.p["conv"] in m else "matmul")] += 1
 
-    def skip(orig, exc):
-        stats["skipped"] += 1
-        stats["skipped_reasons"].append(str(exc))
+    def _skip(self, orig, exc):
+        self.stats["skipped"] += 1
+        self.stats["skipped_reasons"].append(str(exc))
         return orig
 
-    def rewrite_quantized(orig, m):
+    def quantized(self, orig, m):
+        """dequantize -> conv2d/matmul (+ bias, activation) -> quantize: integer, requantized."""
         try:
-            out = _requantize(m, p, *_int_core(m, p, const, eight_bit), const)
+            out = _requantize(m, self.p, *_int_core(m, self.p, self.const, self.eight_bit), self.const)
         except _Skip as exc:
-            return skip(orig, exc)
-        count(m, "quant")
+            return self._skip(orig, exc)
+        self._count(m, "quant")
         return out
 
-    def rewrite_float_out(orig, m):
+    def float_out(self, orig, m):
+        """conv2d/matmul + bias without a quantize after it: integer product, float epilogue."""
+        from tvm import relax
+        p = self.p
         if p["add"] not in m:
             return orig
         try:
-            acc, ch_shape, acc_scale, float_bias = _int_core(m, p, const, eight_bit)
+            acc, ch_shape, acc_scale, float_bias = _int_core(m, p, self.const, self.eight_bit)
         except _Skip as exc:
-            return skip(orig, exc)
-        count(m, "float_out")
+            return self._skip(orig, exc)
+        self._count(m, "float_out")
         # The integer bias is inside acc already; only the scale is left (and a float bias).
-        scale = const(acc_scale.astype(np.float32).reshape(ch_shape))
+        scale = self.const(acc_scale.astype(np.float32).reshape(ch_shape))
         y = relax.op.multiply(relax.op.astype(acc, "float32"), scale)
-        return y if float_bias is None else relax.op.add(y, const(float_bias.astype(np.float32)))
+        return y if float_bias is None else relax.op.add(y, self.const(float_bias.astype(np.float32)))
 
-    def rewrite_relu(orig, m):
+    def relu(self, orig, m):
+        """Q(relu(DQ(q, s, z)), s, z) -> max(q, z)."""
+        from tvm import relax
+        p = self.p
         q, (s_in, z_in), (s_out, z_out) = m[p["r_q"]], m[p["r_quant"]].args[1:], (m[p["r_s"]], m[p["r_z"]])
         same = (_dtype(q) == str(m[p["r_quant"]].attrs.out_dtype) and _np(s_in).size == 1 and _np(z_in).size == 1
                 and float(_np(s_in).reshape(-1)[0]) == _scalar(s_out) and float(_np(z_in).reshape(-1)[0]) == _scalar(z_out))
         if not same:
             return orig
-        stats["relu"] += 1
+        self.stats["relu"] += 1
         return relax.op.maximum(q, relax.const(int(_scalar(z_out)), _dtype(q)))
 
+
+def quantize_int8(mod, stats: dict | None = None, eight_bit: str | None = None):
+    """Rewrite every QDQ conv2d/matmul of `main` into integer compute (see the module doc).
+
+    Run right after import, before FoldConstant. eight_bit: the target's 8-bit kernels
+    (schedules.isa.eight_bit_kernels): "u8" AVX2 byte pairs (7-bit weights), "s8" ARMv8.2
+    sdot, None (int16 pairs only). `stats` (a dict) receives the counts:
+    conv2d / matmul (requantized to int8/uint8), float_out (integer product, float epilogue),
+    relu (a QDQ-wrapped ReLU turned into max(q, z)), add / max_pool (quant.elementwise),
+    skipped (matched, left in float: the reasons in skipped_reasons).
+    """
+    load_tvm()
+    from tvm import relax
+    from tvm.relax.dpl import rewrite_call
+
+    stats = {} if stats is None else stats
+    for key in ("conv2d", "matmul", "float_out", "relu", "skipped"):
+        stats.setdefault(key, 0)
+    stats.setdefault("skipped_reasons", [])
+    r = _Rewrites(_patterns(), stats, eight_bit)
     func = mod["main"]
-    func = rewrite_call(p["quant"], rewrite_quantized, func)
+    func = rewrite_call(r.p["quant"], r.quantized, func)
     func = rewrite_elementwise(func, stats)  # residual adds, max pools: layout-free, integer
-    func = rewrite_call(p["r_quant"], rewrite_relu, func)
-    func = rewrite_call(p["add"], rewrite_float_out, func)
+    func = rewrite_call(r.p["r_quant"], r.relu, func)
+    func = rewrite_call(r.p["add"], r.float_out, func)
     mod = mod.clone() if hasattr(mod, "clone") else mod
     mod["main"] = func
     mod = relax.transform.DeadCodeElimination(["main"])(mod)
@@ -364,7 +388,7 @@ def quantize_int8(mod, stats: dict | None = None, eight_bit: str | None = None):
 
 def int8_summary(mod) -> dict:
     """What the module computes in: int/float conv2d & matmul counts and constant bytes by dtype."""
-    tvm = _import_tvm()
+    tvm = load_tvm()
     from tvm import relax
 
     ops: dict[str, int] = {}

@@ -1,5 +1,5 @@
 """What the int8 kernels compiled to: instruction mnemonics per function of a built model.so
-(objdump), and which conv2d/matmul kernels carry tvm_int8_schedules' intrinsics. The proof, for
+(objdump), and which conv2d/matmul kernels carry the widening_int8 rule's intrinsics. The proof, for
 tests and benchmarks, that a tensorization did not fall back to the plain rule."""
 
 from __future__ import annotations

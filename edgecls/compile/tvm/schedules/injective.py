@@ -1,19 +1,11 @@
-"""Zero-trial CPU schedules for kernels without a single reduction block (tvm_schedules holds the
-reduction rule and the entry points): elementwise chains, transposes, standalone padding (the
-injective rule: inline, vectorize innermost, parallel), and functions with several reductions or
-a scalar result (parallel over each block's leading spatial loops)."""
+"""The injective rule: kernels without a reduction (elementwise chains, transposes, reshapes,
+standalone padding): inline, vectorize the innermost dimension, parallel over the rest. Its
+per-block step also schedules the producers the reduction rule keeps (a separate pad stage)."""
 
 from __future__ import annotations
 
-from edgecls.compile import tir_helpers as th
-from edgecls.compile.tvm_adapter import _import_tvm
-
-# Below this many loop iterations a parallel launch (a few microseconds) costs more than it saves.
-PARALLEL_MIN_WORK = 1 << 14
-
-
-class NotRecognised(Exception):
-    """The rule does not apply to this function; try the next rule or leave the function alone."""
+from edgecls.compile.tvm.schedules import tir as th
+from edgecls.compile.tvm.schedules.rule import PARALLEL_MIN_WORK, NotRecognised, Rule, RuleTarget
 
 
 def schedule_injective_block(sch, block, lanes: int) -> None:
@@ -86,28 +78,12 @@ def schedule_injective(sch, lanes: int) -> str:
     return "generic"
 
 
-def schedule_reductions_parallel(sch) -> str:
-    """Other reductions (several per function, a scalar result): parallel over each block's
-    leading spatial loops. Raises NotRecognised when that changes nothing."""
-    tvm = _import_tvm()
-    th.inline_all_but_outputs(sch, keep={th.name(sch, b) for b in sch.get_child_blocks(th.root(sch))
-                                       if th.is_reduction(sch, b)})
-    changed = False
-    for block in sch.get_child_blocks(th.root(sch)):
-        loops = sch.get_loops(block)
-        iters = sch.get(block).iter_vars
-        if len(loops) != len(iters):
-            continue
-        lead = []
-        for loop, iv in zip(loops, iters):
-            if iv.iter_type != tvm.tirx.IterVar.DataPar:
-                break
-            lead.append(loop)
-        if lead and th.work(sch, block) >= PARALLEL_MIN_WORK:
-            fused = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-            if th.extent(sch, fused) > 1:
-                sch.parallel(fused)
-                changed = True
-    if not changed:
-        raise NotRecognised("no parallel loop to be had")
-    return "generic"
+class InjectiveRule(Rule):
+    """Functions without a reduction block (schedule_injective)."""
+
+    name = "injective"
+
+    def schedule(self, sch, target: RuleTarget) -> str:
+        if th.reduction_blocks(sch):
+            raise NotRecognised("the function has a reduction")
+        return schedule_injective(sch, target.lanes)

@@ -1,4 +1,4 @@
-"""QDQ residual adds and max pools computed on the quantized tensors (part of tvm_int8's rewrite).
+"""QDQ residual adds and max pools computed on the quantized tensors (part of int8.quantize_int8).
 
 A QDQ graph wraps every residual add as quantize(add(dequantize(a), dequantize(b))) and every max
 pool as quantize(max_pool2d(dequantize(x))). relax.quantize / relax.dequantize have no layout
@@ -19,20 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecls.compile.tvm_adapter import _import_tvm
-from edgecls.compile.tvm_int8 import QRANGE
-
-
-def _scalar(expr) -> float | None:
-    tvm = _import_tvm()
-    if not isinstance(expr, tvm.ir.GenericConst):
-        return None
-    a = expr.value.numpy()
-    return float(a.reshape(-1)[0]) if a.size == 1 else None
+from edgecls.compile.tvm.core import load_tvm
+from edgecls.compile.tvm.quant.qdq import QRANGE
+from edgecls.compile.tvm.quant.qdq import scalar_const as _scalar
 
 
 def _patterns():
-    _import_tvm()
+    load_tvm()
     from tvm.relax.dpl import is_const, is_op, wildcard
 
     def deq(x):
@@ -57,7 +50,7 @@ def _params(call) -> tuple[float, float] | None:
 def rewrite_elementwise(func, stats: dict):
     """Rewrite the QDQ adds and max pools of a Relax function (see the module doc); counts go to
     stats["add"] and stats["max_pool"]."""
-    _import_tvm()
+    load_tvm()
     from tvm import relax
     from tvm.relax.dpl import rewrite_call
 

@@ -1,0 +1,97 @@
+"""Zero-trial, rule-based CPU schedules for the PrimFuncs of a fused Relax module.
+
+One rule per file, each a `Rule` (rule.py) whose `apply(func, target)` returns the scheduled
+function's schedule and stats key, or None when it does not apply; RULES below is the one
+ordered table: the first rule that applies to a kernel schedules it, a kernel no rule takes is
+left as it was and counted "unscheduled".
+
+    widening_int8.py    int8 x int8 -> int32 conv2d/dense with a widening tensor intrinsic
+    reduction.py        one reduction block: conv2d, depthwise, dense, pooling (register tiles)
+    multi_reduction.py  other reductions: parallel over the leading spatial loops only
+    injective.py        no reduction: elementwise, transpose, padding (vectorized, parallel)
+
+Helpers: tir.py (schedule queries), prepack.py (weights blocked by the register tile),
+isa/ (target features, the tensor intrinsics), machine_code.py (what a built library's kernels
+compiled to).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from edgecls.compile.tvm.core import load_tvm
+from edgecls.compile.tvm.schedules.injective import InjectiveRule
+from edgecls.compile.tvm.schedules.isa import simd_lanes
+from edgecls.compile.tvm.schedules.multi_reduction import ParallelReductionsRule
+from edgecls.compile.tvm.schedules.reduction import ReductionRule
+from edgecls.compile.tvm.schedules.rule import SCHEDULED_ATTR, Applied, NotRecognised, Rule, RuleTarget
+from edgecls.compile.tvm.schedules.widening_int8 import WideningInt8Rule, widening_disabled
+
+__all__ = ["RULES", "SCHEDULED_ATTR", "STAT_KEYS", "Applied", "NotRecognised", "Rule", "RuleTarget",
+           "apply_default_schedules", "rule_schedule", "rule_target", "simd_lanes", "widening_disabled"]
+
+log = logging.getLogger(__name__)
+
+# The rule table, in order: the first rule that applies to a function schedules it.
+RULES: tuple[Rule, ...] = (
+    WideningInt8Rule(),  # an int8 x int8 -> int32 reduction, on a target with a widening intrinsic
+    ReductionRule(),  # exactly one reduction block whose output channel has a contiguous operand
+    ParallelReductionsRule(),  # any other reduction: parallel loops only
+    InjectiveRule(),  # no reduction
+)
+STAT_KEYS = ("conv2d", "depthwise", "dense", "generic", "unscheduled", "skipped_already_scheduled")
+
+
+def rule_target(tvm_target: dict) -> RuleTarget:
+    """What the rules know of a (resolved) target dict."""
+    return RuleTarget(simd_lanes(tvm_target), load_tvm().target.Target(tvm_target))
+
+
+def rule_schedule(func, target: RuleTarget):
+    """(traced Schedule, stats key) of the first rule of RULES that applies to `func`, or
+    (None, "unscheduled"). The trace is what the tuning database stores as the zero-trial
+    record of a kernel."""
+    for rule in RULES:
+        applied = rule.apply(func, target)
+        if applied is not None:
+            return applied.sch, applied.kind
+    return None, "unscheduled"
+
+
+def _schedule_prim_func(func, target: RuleTarget):
+    """(scheduled PrimFunc, stats key) or (the original, "unscheduled")."""
+    tvm = load_tvm()
+    sch, kind = rule_schedule(func, target)
+    if sch is None:
+        return func, kind
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, tvm.tirx.IntImm("int32", 1)), kind
+
+
+def apply_default_schedules(mod, tvm_target: dict):
+    """Schedule every PrimFunc of a fused Relax IRModule (after FuseTIR, before relax.build) for
+    CPU. Returns the new module and stats {"conv2d": n, "depthwise": n, "dense": n,
+    "generic": n, "unscheduled": n, "skipped_already_scheduled": n}."""
+    tvm = load_tvm()
+    target = rule_target(tvm_target)
+    stats = dict.fromkeys(STAT_KEYS, 0)
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        if func.attrs is not None and SCHEDULED_ATTR in func.attrs and int(func.attrs[SCHEDULED_ATTR]):
+            stats["skipped_already_scheduled"] += 1
+            continue
+        try:
+            with target.target:  # the int8 rules pick intrinsics by its features
+                new, kind = _schedule_prim_func(func, target)
+        except Exception as exc:  # noqa: BLE001  (never fail a build over a schedule)
+            log.debug("leaving %s unscheduled: %s", gvar.name_hint, exc)
+            new, kind = func, "unscheduled"
+        stats[kind] += 1
+        if kind != "unscheduled":
+            updates[gvar] = new
+    if updates:
+        mod = mod.clone()  # update_func mutates in place; the caller's module stays as it was
+        for gvar, new in updates.items():
+            mod.update_func(gvar, new)
+    return mod, stats

@@ -1,0 +1,47 @@
+"""AArch64 NEON widening multiply-accumulates: 4 output channels per call.
+
+* int8 with ARMv8.2 dotprod (Orin's A78, A55/A76; quant.int8's "s8" mode): sdot, k = 4: the 4
+  activation bytes duplicated per lane, the weight rows transposed; 16 exact MACs per
+  instruction, accumulated in int32 (no saturation: any weights).
+* int16 on ARMv8.0 (no dotprod: rk3399, rpi4), one pair per call: the interleaved, widened weight
+  rows times the duplicated pair (ld1r .4s) give 8 int16 products (exact: |x*w| <= 255*128 <
+  2^15, mul.8h); sadalp adds each pair, widened, into the int32 accumulators. 8 MACs per
+  multiply where LLVM's code for the plain rule (smlal by lane) does 4: 2x fp32 fmla per
+  multiply. int8/uint8 pairs (smull.8b) are what quant.int8 gave these kernels before the int16
+  input; registered so that records of earlier tuning databases still replay.
+"""
+
+from __future__ import annotations
+
+from edgecls.compile.tvm.schedules.isa.common import pair_broadcast, rows_interleaved
+
+
+def dot_mac(A, B, act: str, pairs: int):
+    # ARMv8.2 dotprod: 4 input channels x 4 output channels per sdot (16 MACs, int8 x int8 summed
+    # straight into int32: exact for any weights). The 4 activation bytes duplicated per 32-bit
+    # lane (ld1r .4s), the 4 weight rows transposed to [w_k..k+3,o0  w_k..k+3,o1 ..]. sdot of a
+    # zero accumulator + the tile's: LLVM folds the add into sdot's accumulator.
+    from tvm import tirx
+    x = tirx.reinterpret("int8x16", tirx.Broadcast(
+        tirx.reinterpret("int32", A.vload([tirx.IntImm("int64", 0)], "int8x4")), 4))
+    rows = [B.vload([tirx.IntImm("int64", r), tirx.IntImm("int64", 0)], "int8x4") for r in range(4)]
+    w = tirx.Shuffle(rows, [4 * r + o for o in range(4) for r in range(4)])
+    zeros = tirx.Broadcast(tirx.IntImm("int32", 0), 4)
+    return tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", zeros, x, w)
+
+
+def pairs_mac(A, B, act: str, pairs: int):
+    # 8 int16 products of the duplicated pair and the interleaved rows, exact (|x*w| <= 255*128
+    # < 2^15): int8 by smull.8b (widens and multiplies in one); uint8 (255 is no int8) widened to
+    # int16 first and multiplied in int16 (mul.8h). saddlp + the add (LLVM: sadalp) sums each
+    # pair, widened, into its channel's int32. 8 MACs per multiply where the plain rule's smlal
+    # by lane does 4. One pair per call: ld1r loads the pair already duplicated.
+    from tvm import tirx
+    x, w = pair_broadcast(A, act, 4), rows_interleaved(B, 4)
+    if act == "int8":
+        prod = tirx.call_llvm_pure_intrin("int16x8", "llvm.aarch64.neon.smull.v8i16", x, w)
+    elif act == "int16":  # |x - z_x| <= 255: the int16 product is exact as for uint8
+        prod = x * tirx.Cast("int16x8", w)
+    else:
+        prod = tirx.Cast("int16x8", x) * tirx.Cast("int16x8", w)
+    return tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16", prod)

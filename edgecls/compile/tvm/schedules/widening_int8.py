@@ -1,0 +1,146 @@
+"""The widening int8 rule: the integer conv2d/matmul kernels of quant.int8 with a widening
+multiply-accumulate tensor intrinsic (isa/) as their innermost step.
+
+The reduction rule vectorizes an int8 x int8 -> int32 kernel like a float one: one input channel
+at a time, each operand extended to int32 lanes, so a multiply does one MAC per 32-bit lane: 8
+per instruction on AVX2 (LLVM picks vpmaddwd on dwords or vpmulld), 4 on NEON (smlal by lane).
+This rule keeps that rule's loop nest (register tile, fused epilogue, parallel tiles, packed
+weights; ties of the tile shape go to more rows, see schedule_widening) and only re-blocks its
+innermost step: k consecutive input channels x one vector of output channels become one TIR
+tensor intrinsic that does several exact MACs per 32-bit lane. Which one follows from the target
+(isa.widening_isa) and from the activation dtype quant.int8 gave the kernel: uint8 byte pairs
+(AVX2) or int8 sdot (ARMv8.2 dotprod), otherwise int16 pairs (isa/avx2.py, isa/neon.py).
+
+The weights stay the int8 constants quant.int8 made, in the rule's layout (HWIO, blocked by the
+tile's channels by prepack): transposed or interleaved in registers once per step and vector,
+and reused by every row of the register tile. (A constant in the intrinsic's own layout would
+save those shuffles; prepack's constant repacking only knows its blocking.)
+
+Which kernels: regular conv2d (including 1x1) and dense whose input-channel count is a multiple
+of k (quant.int8 pads the rest with zero channels) and whose output channels fill the vectors (8
+on AVX2, 4 on NEON). Depthwise convs keep the plain rule: with no input-channel reduction, the
+pair would be two taps whose activations also change per channel, so both operands need
+interleaving in registers, as many shuffles as the plain code's multiplies save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from edgecls.compile.tvm.core import load_tvm
+from edgecls.compile.tvm.schedules import tir as th
+from edgecls.compile.tvm.schedules.isa import ACT_DTYPES, K, LANES, has_dotprod, intrin_name, widening_isa
+from edgecls.compile.tvm.schedules.reduction import schedule_reduction
+from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
+
+_enabled = [True]
+
+
+@contextlib.contextmanager
+def widening_disabled():
+    """Schedule int8 kernels with the plain rule only (the reference the tests and
+    benchmarks/int8.py compare the intrinsics with)."""
+    _enabled[0] = False
+    try:
+        yield
+    finally:
+        _enabled[0] = True
+
+
+def _int8_operands(stmt):
+    """(activation region, weight region) of an int8 x int8 -> int32 reduction, or raise."""
+    out = th.buffer(stmt.writes[0])
+    if str(out.dtype) != "int32":
+        raise NotRecognised("not an int32 accumulation")
+    reads = [r for r in stmt.reads if not th.buffer(r).same_as(out)]
+    if len(reads) != 2 or {str(th.buffer(r).dtype) for r in reads} - set(ACT_DTYPES):
+        raise NotRecognised("not an int8/uint8 x int8 product")
+    return reads
+
+
+def _pair_loop(sch, block):
+    """(index in the block's loops, activation dtype) of the innermost reduction iterator k, when
+    it indexes the activation's innermost dimension and the weight's second-innermost one
+    (NHWC x HWIO, or [.., K] x [K, N])."""
+    tvm = load_tvm()
+    stmt = sch.get(block)
+    vec_var = stmt.writes[0].region[-1].min
+    # The weight: the read whose innermost index follows the vector axis (HWIO's O, or O % B once
+    # prepack has blocked it by the tile's channels).
+    weight = next((r for r in _int8_operands(stmt) if th.uses(r.region[-1].min, vec_var)), None)
+    act = next((r for r in _int8_operands(stmt) if r is not weight), None)
+    if weight is None or act is None or len(weight.region) < 2 or str(th.buffer(weight).dtype) != "int8":
+        raise NotRecognised("no int8 weight along the vector axis")
+    k = act.region[-1].min
+    if not weight.region[-2].min.same_as(k):
+        raise NotRecognised("activation and weight do not share the innermost reduction")
+    loops = sch.get_loops(block)
+    realize = sch.get(loops[-1]).body
+    for iv, value in zip(realize.block.iter_vars, realize.iter_values):
+        if iv.var.same_as(k) and iv.iter_type == tvm.tirx.IterVar.CommReduce:
+            for i, lp in enumerate(loops):
+                if sch.get(lp).loop_var.same_as(value):
+                    return i, str(th.buffer(act).dtype)
+    raise NotRecognised("the pair iterator is not a plain loop")
+
+
+def _intrinsic(sch, loop, isa: str, act: str, target) -> tuple[str, int]:
+    """(intrinsic family for intrin_name, k input channels per call) for the pair loop `loop` of an `act` x int8 kernel.
+
+    An 8-bit input to these kernels is quant.int8's "u8" mode on AVX2 (7-bit weights: byte
+    pairs) or its "s8" mode on a dotprod target (sdot), 4 channels per call. Otherwise int16
+    (or, replaying old records, 8-bit) pairs, the widest k that divides the channels."""
+    eight = {("avx2", "uint8"): "avx2_byte_pairs", ("neon", "int8"): "neon_dot"}.get((isa, act))
+    if eight == "neon_dot" and not has_dotprod(target):
+        eight = None
+    if eight and th.extent(sch, loop) % 4:
+        eight = None
+    k = 4 if eight else next((k for k in K[isa] if th.extent(sch, loop) % k == 0), None)
+    if k is None:
+        raise NotRecognised("odd input channels")
+    return eight or isa, k
+
+
+def schedule_widening(sch, block, lanes: int, target=None) -> str:
+    """The reduction rule with the widening intrinsic as its innermost step.
+
+    Raises NotRecognised for anything that is not an int8/uint8 x int8 -> int32 reduction or
+    runs on a target without an intrinsic here (the rule table then tries the plain rule);
+    depthwise kernels get the plain rule from here. target: a tvm.target.Target (None: the
+    current one) whose features pick the intrinsic.
+    """
+    _int8_operands(sch.get(block))
+    isa = widening_isa(lanes, target) if _enabled[0] else None
+    if isa is None:
+        raise NotRecognised("no widening int8 intrinsic for this target")
+    name = th.name(sch, block)
+    # More rows per tile: each vector's weights are transposed (byte pairs) or interleaved and
+    # widened (int16 pairs) in registers once per step and tile, then reused by every row.
+    # ResNet-18's 3x3 56x56x64 conv: 8 rows x 1 vector 1.9 ms, 4 x 2 2.9 ms (one thread).
+    kind = schedule_reduction(sch, block, LANES[isa], prefer_rows=True)
+    if kind not in ("conv2d", "dense"):
+        return kind
+    update = sch.get_sblock(name + "_update")
+    loops = sch.get_loops(update)
+    at, act = _pair_loop(sch, update)
+    family, k = _intrinsic(sch, loops[at], isa, act, target)
+    if th.extent(sch, loops[-1]) != LANES[isa]:
+        raise NotRecognised("a vector narrower than the intrinsic")
+    # [.., ci, rows (unrolled), vectors (unrolled), lanes] -> [.., ci/k, rows, vectors, lanes, k]
+    k_o, k_i = sch.split(loops[at], [None, k])
+    sch.reorder(k_o, *loops[at + 1:], k_i)
+    sch.tensorize(sch.get_loops(update)[-2], intrin_name(family, act, k))
+    return kind
+
+
+class WideningInt8Rule(Rule):
+    """Functions with exactly one reduction block that is an int8 x int8 -> int32 product, on a
+    target with a widening intrinsic (schedule_widening)."""
+
+    name = "widening-int8"
+
+    def schedule(self, sch, target: RuleTarget) -> str:
+        reductions = th.reduction_blocks(sch)
+        if len(reductions) != 1:
+            raise NotRecognised(f"{len(reductions)} reduction blocks, not one")
+        return schedule_widening(sch, sch.get_sblock(reductions[0]), target.lanes, target.target)
