@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from importlib import metadata
 
-from edgecls.errors import EdgeclsError
+from edgecls.errors import EdgeclsError, first_line
 
 # TVM is imported lazily: `edgecls targets` and `inspect` should not pay ~2 s of TVM start-up.
 _tvm = None
@@ -57,15 +57,10 @@ def resolve_target(tvm_target: dict) -> dict:
     try:
         tvm.target.Target(resolved)
     except Exception as exc:
-        raise EdgeclsError(f"TVM rejects target {resolved}: {str(exc).splitlines()[0]}") from None
+        raise EdgeclsError(f"TVM rejects target {resolved}: {first_line(exc)}") from None
     return resolved
 
 
 def target(tvm_target: dict):
     """The tvm.target.Target of a (resolved) target dict."""
     return load_tvm().target.Target(tvm_target)
-
-
-def last_line(exc: BaseException) -> str:
-    """The last line of a TVM error (where TVM puts the message, after its C++ backtrace)."""
-    return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__

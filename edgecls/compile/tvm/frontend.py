@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecls.compile.tvm.core import last_line, load_tvm
-from edgecls.errors import ModelError
+from edgecls.compile.tvm.core import load_tvm
+from edgecls.errors import ModelError, last_line
 
 
 def _clip_as_relax_ops(onnx_frontend, relax):

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.compile.tvm.core import last_line, load_tvm, target
+from edgecls.compile.tvm.core import load_tvm, target
 from edgecls.compile.tvm.schedules import apply_default_schedules
 from edgecls.compile.tvm.schedules.prepack import repack_constants
 from edgecls.compile.tvm.tuning.database import apply_database
-from edgecls.errors import EdgeclsError, ToolchainError
+from edgecls.errors import EdgeclsError, ToolchainError, last_line
 
 
 def build_executable(mod, tvm_target: dict, schedules: bool = True,

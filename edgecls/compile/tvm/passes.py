@@ -7,10 +7,10 @@ import functools
 import time
 from dataclasses import dataclass, field
 
-from edgecls.compile.tvm.core import last_line, load_tvm, target
+from edgecls.compile.tvm.core import load_tvm, target
 from edgecls.compile.tvm.quant import quantize_int8
 from edgecls.compile.tvm.schedules.isa import eight_bit_kernels
-from edgecls.errors import ModelError
+from edgecls.errors import ModelError, last_line
 
 
 @dataclass

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from edgecls.compile.tvm.core import load_tvm
+from edgecls.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Rule:
         try:
             return Applied(sch, self.schedule(sch, target))
         except Exception as exc:  # noqa: BLE001  (see the docstring)
-            log.debug("schedule rule %s failed: %s", self.name, str(exc).splitlines()[0] if str(exc) else exc)
+            log.debug("schedule rule %s failed: %s", self.name, first_line(exc))
             return None
 
     def schedule(self, sch, target: RuleTarget) -> str:
