@@ -136,29 +136,32 @@ def bench_summary(results) -> int:
     return sum(r.status == "failed" for r in results)
 
 
+def _first_per_place(reports: list[dict], key: str) -> list[tuple[str, dict]]:
+    """(place name, reports' `key` section) for the first report of each place that has one."""
+    seen: dict[str, dict] = {}
+    for rep in reports:
+        if rep.get(key) and rep["board"]["name"] not in seen:
+            seen[rep["board"]["name"]] = rep[key]
+    return list(seen.items())
+
+
 def _runtime_choice_lines(reports: list[dict]) -> list[str]:
     """--runtime auto: the winner per place."""
-    lines, chosen = [], set()
-    for rep in reports:
-        choice = rep.get("runtime_choice")
-        if choice and rep["board"]["name"] not in chosen:
-            chosen.add(rep["board"]["name"])
-            vs = f" ({choice['speedup_vs_tvm']:.2f}x TVM's speed)" if choice.get("speedup_vs_tvm") else ""
-            lines.append(f"{rep['board']['name']}: fastest runtime {choice['winner']}{vs}; make it the "
-                         f"default with `compile --backend auto --from-report <these reports>`")
+    lines = []
+    for name, choice in _first_per_place(reports, "runtime_choice"):
+        vs = f" ({choice['speedup_vs_tvm']:.2f}x TVM's speed)" if choice.get("speedup_vs_tvm") else ""
+        lines.append(f"{name}: fastest runtime {choice['winner']}{vs}; make it the "
+                     f"default with `compile --backend auto --from-report <these reports>`")
     return lines
 
 
 def _batch_recommendation_lines(reports: list[dict]) -> list[str]:
     """--batch: one recommendation per place."""
     from edgecls.commands.views import fmt
-    lines, seen = [], set()
-    for rep in reports:
-        rec = rep.get("batch_recommendation")
-        if rec and rep["board"]["name"] not in seen:
-            seen.add(rep["board"]["name"])
-            budget = f" within {rec['latency_budget_ms']} ms" if rec.get("latency_budget_ms") else ""
-            lines.append(f"{rep['board']['name']}: recommended batch {rec['batch']}{budget}: "
-                         f"{fmt(rec.get('images_per_s'), '.1f')} images/s at {fmt(rec.get('median_ms'))} ms"
-                         if rec.get("batch") else f"{rep['board']['name']}: {rec.get('reason')}")
+    lines = []
+    for name, rec in _first_per_place(reports, "batch_recommendation"):
+        budget = f" within {rec['latency_budget_ms']} ms" if rec.get("latency_budget_ms") else ""
+        lines.append(f"{name}: recommended batch {rec['batch']}{budget}: "
+                     f"{fmt(rec.get('images_per_s'), '.1f')} images/s at {fmt(rec.get('median_ms'))} ms"
+                     if rec.get("batch") else f"{name}: {rec.get('reason')}")
     return lines
