@@ -19,6 +19,8 @@ from edgecls.errors import TargetError, ToolchainError
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
 LAYOUTS = ("NCHW", "NHWC")
 ARCHES = ("x86_64", "aarch64")
+# qemu-aarch64 7.2's CPU models (`qemu-aarch64 -cpu help`), less `max` (SVE, i8mm: no board's).
+QEMU_AARCH64_CPUS = ("a64fx", "cortex-a35", "cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class Target:
     runtimes: tuple[str, ...] = ()
     emulator: tuple[str, ...] = ()  # runs a foreign-arch binary on the workstation
     emulator_package: str = ""
+    # qemu CPU models of the board's cores: the first runs verification, `run --emulate` and
+    # instruction counts; every one is checked at verification (qemu's default `max` CPU has
+    # SVE, dotprod and i8mm, which would hide an instruction the board cannot run).
+    emulator_cpus: tuple[str, ...] = ()
     cpus: dict[str, tuple[int, ...]] = field(default_factory=dict)  # cluster name -> cpu ids
     round_to: int = 8  # pruning keeps channel counts multiples of this (SIMD lanes)
     source: str = ""  # the TOML file it came from
@@ -46,7 +52,7 @@ class Target:
             "compiler": self.compiler, "compiler_package": self.compiler_package,
             "runtimes": list(self.runtimes), "emulator": list(self.emulator),
             "cpus": {k: list(v) for k, v in self.cpus.items()}, "round_to": self.round_to,
-            "emulator_package": self.emulator_package,
+            "emulator_package": self.emulator_package, "emulator_cpus": list(self.emulator_cpus),
             "source": self.source, "sha256": self.sha256,
         }
 
@@ -58,7 +64,7 @@ class Target:
             triple=d["triple"], tvm=dict(d["tvm"]), layout=d.get("layout", "NCHW"),
             compiler=d.get("compiler", ""), compiler_package=d.get("compiler_package", ""),
             runtimes=tuple(d.get("runtimes", ())), emulator=tuple(d.get("emulator", ())),
-            emulator_package=d.get("emulator_package", ""),
+            emulator_package=d.get("emulator_package", ""), emulator_cpus=tuple(d.get("emulator_cpus", ())),
             cpus={k: tuple(v) for k, v in d.get("cpus", {}).items()}, round_to=d.get("round_to", 8),
             source=d.get("source", ""), sha256=d.get("sha256", ""))
 
@@ -79,6 +85,17 @@ class Target:
                 f"emulator '{self.emulator[0]}' not found on PATH; "
                 f"install it with: apt-get install {self.emulator_package or 'qemu-user'}")
         return list(self.emulator)
+
+    def emulator_command(self, cpu: str | None = None) -> list[str]:
+        """The emulator with the CPU model to emulate: `cpu`, else the target's first."""
+        # A manifest written before targets named their qemu CPU: the TVM mcpu when qemu has it.
+        mcpu = str(self.tvm.get("mcpu", ""))
+        cpu = cpu or (self.emulator_cpus[0] if self.emulator_cpus else "") or (
+            mcpu if mcpu in QEMU_AARCH64_CPUS and self.arch == "aarch64" else "")
+        if not cpu:
+            raise ToolchainError(f"target {self.name} names no qemu CPU model: add "
+                                 f"toolchain.emulator_cpus = [\"cortex-a72\"] (or its cores) to {self.source or 'its TOML'}")
+        return self.require_emulator() + ["-cpu", cpu]
 
 
 def _search_dirs(extra: str | os.PathLike | None) -> list[Path]:
@@ -125,6 +142,11 @@ def parse_target(path: Path) -> Target:
     emulator = data.get("toolchain", {}).get("emulator", [])
     if not isinstance(emulator, list):
         raise TargetError(f"{path}: key 'toolchain.emulator' must be a list of strings")
+    emulator_cpus = data.get("toolchain", {}).get("emulator_cpus", [])
+    if not isinstance(emulator_cpus, list) or not all(isinstance(c, str) and c for c in emulator_cpus):
+        raise TargetError(f"{path}: key 'toolchain.emulator_cpus' must be a list of qemu CPU model names")
+    if emulator and "-cpu" in emulator:
+        raise TargetError(f"{path}: name the qemu CPU model in 'toolchain.emulator_cpus', not with -cpu in 'toolchain.emulator'")
     return Target(
         name=name,
         description=str(data.get("description", "")),
@@ -137,6 +159,7 @@ def parse_target(path: Path) -> Target:
         runtimes=tuple(data.get("runtimes", ["tvm"])),
         emulator=tuple(emulator),
         emulator_package=str(data.get("toolchain", {}).get("emulator_package", "")),
+        emulator_cpus=tuple(emulator_cpus),
         cpus={k: tuple(v) for k, v in cpus.items()},
         round_to=int(data.get("round_to", 8)),
         source=str(path),

@@ -21,34 +21,35 @@ from edgecls.targets import Target
 RUNNER = "edgecls-runner"
 
 
-def _emulator(manifest: dict) -> list[str]:
-    target = Target.from_dict(manifest["target"])
+def emulator_command(target: Target, cpu: str | None = None) -> list[str]:
+    """The target's emulator with its qemu CPU model (`cpu`, else the target's first)."""
     if not target.emulator:
         raise UsageError(f"target {target.name} declares no emulator; run the artifact on a board")
-    return target.require_emulator()
+    return target.emulator_command(cpu)
 
 
-def runner_prefix(artifact: Path, manifest: dict, emulate: bool) -> list[str]:
+def runner_prefix(artifact: Path, manifest: dict, emulate: bool, cpu: str | None = None) -> list[str]:
     arch = manifest["target"]["arch"]
     if arch == host_arch():
         return []
     if not emulate:
         raise UsageError(f"artifact {artifact} is for {arch} and this machine is {host_arch()}; "
                          f"pass --emulate to run it under qemu, or deploy it to a board")
-    return _emulator(manifest)
+    return emulator_command(Target.from_dict(manifest["target"]), cpu)
 
 
 def run_runner(artifact: str | Path, input_path: Path, *, emulate: bool = False, topk: int = 5,
                output_path: Path | None = None, warmup: int = 0, runs: int = 1,
                threads: int | None = None, timeout: float = 600, extra: list[str] = (),
-               model: str = "model.so") -> dict:
+               model: str = "model.so", cpu: str | None = None) -> dict:
     """Run the artifact's runner on one .npy input; returns the runner's JSON report.
 
     extra: more runner flags with paths relative to the artifact (e.g. --val-x reference/val_x.npy).
     """
     artifact = Path(artifact)
     manifest = require_intact(artifact)  # a tampered artifact never runs
-    cmd = runner_prefix(artifact, manifest, emulate) + [
+    prefix = runner_prefix(artifact, manifest, emulate, cpu)
+    cmd = prefix + [
         str((artifact / RUNNER).resolve()), "--model", str((artifact / model).resolve()),
         "--input", str(Path(input_path).resolve()), "--topk", str(topk),
         "--warmup", str(warmup), "--runs", str(runs)]
@@ -65,6 +66,12 @@ def run_runner(artifact: str | Path, input_path: Path, *, emulate: bool = False,
     except subprocess.TimeoutExpired:
         raise ArtifactError(f"runner did not finish within {timeout:.0f} s") from None
     if proc.returncode != 0:
+        if prefix and _illegal_instruction(proc):
+            cpu_model = prefix[prefix.index("-cpu") + 1]
+            raise ArtifactError(
+                f"the artifact executes an instruction the {cpu_model} lacks (illegal instruction under "
+                f"qemu -cpu {cpu_model}): target {manifest['target']['name']} claims CPU features "
+                f"(tvm mcpu/mattr) its board does not have; fix the target TOML")
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         msg = lines[-1] if lines else f"exit code {proc.returncode}"
         raise ArtifactError(f"runner failed: {msg.removeprefix('edgecls-runner: error: ')}")
@@ -72,6 +79,11 @@ def run_runner(artifact: str | Path, input_path: Path, *, emulate: bool = False,
         return json.loads(proc.stdout)
     except json.JSONDecodeError:
         raise ArtifactError(f"runner printed no JSON report: {proc.stdout[:200]!r}") from None
+
+
+def _illegal_instruction(proc: subprocess.CompletedProcess) -> bool:
+    """qemu-user re-raises the guest's SIGILL on itself (or reports it and exits 132)."""
+    return proc.returncode in (-4, 132) or "Illegal instruction" in (proc.stderr or "")
 
 
 def save_npy(path: Path, array: np.ndarray) -> Path:

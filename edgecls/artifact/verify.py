@@ -49,22 +49,24 @@ def verify_artifact(root: Path, emulator_ok: bool, log) -> dict:
     arch = manifest["target"]["arch"]
     if arch != host_arch() and not emulator_ok:
         return {"how": "skipped", "reason": f"{arch} artifact and no emulator installed"}
-    how = "native" if arch == host_arch() else "emulated (" + " ".join(manifest["target"]["emulator"]) + ")"
+    cpus = [None] if arch == host_arch() else list(manifest["target"].get("emulator_cpus") or [None])
+    how = "native" if arch == host_arch() else "emulated (" + " ".join(
+        [*manifest["target"]["emulator"], *(["-cpu", cpus[0]] if cpus[0] else [])]) + ")"
     log(f"verify: running the artifact's runner ({how}) on the reference input")
-    out_path = root.parent / f".{root.name}.verify.npy"
-    try:
-        report = run_runner(root, root / "reference" / "input.npy", emulate=True, output_path=out_path)
-        got = np.load(out_path)
-    finally:
-        out_path.unlink(missing_ok=True)
+    report, got = _run_reference(root, cpus[0])
     want = np.load(root / "reference" / "output.npy")
+    for cpu in cpus[1:]:  # the board's other cores: the same code must run there, with the same result
+        log(f"verify: running it again under qemu -cpu {cpu}")
+        if not np.array_equal(_run_reference(root, cpu)[1], got):
+            raise ArtifactError(f"the artifact's output under qemu -cpu {cpu} differs from -cpu {cpus[0]}; "
+                                f"nothing was written")
     if got.shape != want.shape:
         raise ArtifactError(f"artifact output shape {got.shape} differs from ONNX Runtime's {want.shape}")
     diff = float(np.abs(got.astype(np.float64) - want).max())
     k = min(5, want.shape[-1])
     top_got = np.argsort(-got.reshape(-1, want.shape[-1])[0])[:k].tolist()
     top_want = np.argsort(-want.reshape(-1, want.shape[-1])[0])[:k].tolist()
-    result = {"how": how, "reference": "onnxruntime", "max_abs_diff": diff,
+    result = {"how": how, "cpus": [c for c in cpus if c], "reference": "onnxruntime", "max_abs_diff": diff,
               "top1_match": top_got[0] == top_want[0], "top5_match": top_got == top_want,
               "runner_ms": report["timings_ms"]["median"]}
     atol = VERIFY_ATOL_QUANTIZED if _is_quantized(root / "model.onnx") else VERIFY_ATOL
@@ -73,6 +75,16 @@ def verify_artifact(root: Path, emulator_ok: bool, log) -> dict:
         raise ArtifactError(f"compiled artifact disagrees with ONNX Runtime: max abs diff {diff:.3g} "
                             f"on the reference input (miscompile); nothing was written")
     return result
+
+
+def _run_reference(root: Path, cpu: str | None) -> tuple[dict, np.ndarray]:
+    """The runner's report and output on the reference input (under qemu -cpu `cpu` if foreign)."""
+    out_path = root.parent / f".{root.name}.verify.npy"
+    try:
+        report = run_runner(root, root / "reference" / "input.npy", emulate=True, output_path=out_path, cpu=cpu)
+        return report, np.load(out_path)
+    finally:
+        out_path.unlink(missing_ok=True)
 
 
 def artifact_accuracy(root: Path, emulator_ok: bool, log) -> dict | None:

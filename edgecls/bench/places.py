@@ -71,13 +71,21 @@ class BoardPlace(Place):
     def prepare(self, artifact: Path, log) -> str:
         from edgecls.remote.deploy import deploy, verify_remote
         result = deploy(Path(artifact), self.board, self.ssh, log=log)
-        problems = verify_remote(self.board, self.ssh, result.remote_path, require_intact(artifact))
+        manifest = require_intact(artifact)
+        problems = verify_remote(self.board, self.ssh, result.remote_path, manifest)
         if problems:  # a corrupted file on the board refuses to run
             raise ArtifactError(f"artifact on {self.board.name} fails its checksums: {'; '.join(problems[:3])}")
+        self._cpus = list(manifest["target"].get("emulator_cpus") or [])
         return result.remote_path
 
     def binary_prefix(self) -> list[str]:
-        return list(self.board.emulator)
+        """The board's emulator (an emulated board), given the target's CPU model when it is qemu
+        and names none: qemu's default `max` CPU would run instructions the board lacks."""
+        emulator = list(self.board.emulator)
+        if emulator and Path(emulator[0]).name.startswith("qemu-") and "-cpu" not in emulator \
+                and getattr(self, "_cpus", None):
+            emulator += ["-cpu", self._cpus[0]]
+        return emulator
 
     def run(self, argv, cwd, timeout):
         return self.ssh.run(argv, cwd=cwd, timeout=timeout, text=True)

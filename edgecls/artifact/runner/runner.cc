@@ -335,6 +335,17 @@ std::vector<std::pair<double, int64_t>> TopK(const ffi::Tensor& out, size_t k) {
   return scores;
 }
 
+// EDGECLS_RUNNER_MAPS=PATH: copy this process's memory map there once the model is loaded, so
+// an instruction counter's block addresses can be named by the model's kernels (qemu-user shows
+// the guest's own addresses in /proc/self/maps). Best effort: a counting run needs no more.
+void DumpMaps() {
+  const char* path = std::getenv("EDGECLS_RUNNER_MAPS");
+  if (!path || !*path) return;
+  std::ifstream in("/proc/self/maps");
+  std::ofstream out(path);
+  out << in.rdbuf();
+}
+
 // dlopen() gives poor messages for the common mistakes (a relative name is searched on the
 // library path, a model for another CPU reads "No such file"), so check those first.
 std::string CheckModel(const std::string& path) {
@@ -493,6 +504,7 @@ int Run(const Options& o) {
 
   auto t0 = Clock::now();
   ffi::Module lib = ffi::Module::LoadFromFile(model);
+  DumpMaps();
   auto load_exec = lib->GetFunction("vm_load_executable", true);
   if (!load_exec) throw Fail("'" + o.model + "' is not a TVM Relax VM library (no vm_load_executable)");
   ffi::Module vm = (*load_exec)().cast<ffi::Module>();

@@ -1,0 +1,124 @@
+/* edgecls instruction counter: a QEMU TCG plugin (plugin API v1, qemu-user 7.2).
+ *
+ * Counts the guest instructions a program executes, per translated block, so that the count can
+ * be split by function (model.so's kernels, libtvm_runtime, libc) afterwards. Each translated
+ * block gets a record {vaddr, instructions}; an inline add bumps the record's execution counter
+ * every time the block runs. Inline adds are not atomic: the total is exact with one guest thread
+ * (count a runner started with --threads 1).
+ *
+ * Argument: out=PATH writes "vaddr n_insns executions" per record (hex, dec, dec) to PATH at exit,
+ * after a first line "total N". Without it only the total goes to qemu's log (stderr).
+ *
+ * The few API declarations below are the stable v1 ABI of QEMU's include/qemu/qemu-plugin.h;
+ * Debian ships qemu-user with plugin support but not the header.
+ */
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+typedef uint64_t qemu_plugin_id_t;
+typedef struct qemu_info_t qemu_info_t; /* only passed through */
+struct qemu_plugin_tb;
+enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
+typedef void (*tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
+typedef void (*udata_cb_t)(qemu_plugin_id_t id, void *userdata);
+
+void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, tb_trans_cb_t cb);
+void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qemu_plugin_op op,
+                                              void *ptr, uint64_t imm);
+size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
+uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
+void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, udata_cb_t cb, void *userdata);
+void qemu_plugin_outs(const char *string);
+
+EXPORT int qemu_plugin_version = 1;
+
+struct block {
+    uint64_t vaddr;
+    uint64_t n_insns;
+    uint64_t executions; /* bumped by generated code: its address must never move */
+};
+
+/* Records live in fixed-size chunks that are never reallocated (the inline add holds a pointer). */
+#define CHUNK 8192
+struct chunk {
+    struct block blocks[CHUNK];
+    size_t used;
+    struct chunk *next;
+};
+
+static struct chunk *chunks;
+static char *out_path;
+
+static struct block *new_block(void)
+{
+    if (chunks == NULL || chunks->used == CHUNK) {
+        struct chunk *c = calloc(1, sizeof(*c));
+        if (c == NULL) {
+            abort();
+        }
+        c->next = chunks;
+        chunks = c;
+    }
+    return &chunks->blocks[chunks->used++];
+}
+
+static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
+{
+    struct block *b = new_block();
+    b->vaddr = qemu_plugin_tb_vaddr(tb);
+    b->n_insns = qemu_plugin_tb_n_insns(tb);
+    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &b->executions, 1);
+}
+
+static void on_plugin_exit(qemu_plugin_id_t id, void *userdata)
+{
+    uint64_t total = 0;
+    for (struct chunk *c = chunks; c != NULL; c = c->next) {
+        for (size_t i = 0; i < c->used; i++) {
+            total += c->blocks[i].n_insns * c->blocks[i].executions;
+        }
+    }
+    char line[96];
+    snprintf(line, sizeof(line), "edgecls-insn-count: total %" PRIu64 "\n", total);
+    qemu_plugin_outs(line);
+    if (out_path == NULL) {
+        return;
+    }
+    FILE *f = fopen(out_path, "w");
+    if (f == NULL) {
+        qemu_plugin_outs("edgecls-insn-count: cannot write the out= file\n");
+        return;
+    }
+    fprintf(f, "total %" PRIu64 "\n", total);
+    for (struct chunk *c = chunks; c != NULL; c = c->next) {
+        for (size_t i = 0; i < c->used; i++) {
+            const struct block *b = &c->blocks[i];
+            if (b->executions != 0) {
+                fprintf(f, "%" PRIx64 " %" PRIu64 " %" PRIu64 "\n", b->vaddr, b->n_insns, b->executions);
+            }
+        }
+    }
+    fclose(f);
+}
+
+EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        if (strncmp(argv[i], "out=", 4) == 0) {
+            out_path = strdup(argv[i] + 4);
+        } else {
+            fprintf(stderr, "edgecls-insn-count: unknown argument '%s' (expected out=PATH)\n", argv[i]);
+            return -1;
+        }
+    }
+    qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
+    qemu_plugin_register_atexit_cb(id, on_plugin_exit, NULL);
+    return 0;
+}
