@@ -22,8 +22,9 @@ class PlaceResult:
 
 
 def _medians(reports: list[dict]) -> dict:
+    """Median ms per runtime (and batch) for the live table; a counted report has none."""
     return {r["runtime"] + (f" b{r['batch']}" if r.get("batch", 1) != 1 else ""): r["timings_ms"]["median"]
-            for r in reports}
+            for r in reports if r.get("timings_ms")}
 
 
 def bench_places(artifact: Path, places: list[Place], opts: BenchOptions, out_dir: Path,

@@ -41,6 +41,8 @@ class BenchOptions:
     extra: dict = field(default_factory=dict)
     batches: tuple[int, ...] = (1,)  # TVM: model_bN.so of an artifact compiled with --batch-sizes
     latency_budget_ms: float | None = None  # recommend the batch with most images/s within it
+    count: bool = False  # instructions per inference under qemu instead of timing (bench/counted.py)
+    count_cpu: str | None = None  # the qemu CPU model to count on; default: the target's first
 
 
 class PartialBench(ArtifactError):
@@ -130,6 +132,10 @@ def bench_one(artifact: Path, place: Place, opts: BenchOptions, log=lambda m: No
     manifest = read_manifest(artifact)
     cores = resolve_cores(opts.cores, manifest["target"])
     remote_dir = place.prepare(artifact, log)
+    if opts.count:
+        from edgecls.bench.counted import check_countable, count_report
+        check_countable(place, opts.runtimes, manifest["target"]["arch"])
+        return [count_report(artifact, manifest, place, opts, batch, log) for batch in opts.batches]
     from edgecls.bench.choice import AUTO, choose_runtime, default_runtimes, expand_auto
     auto = opts.runtimes == (AUTO,)
     runtimes = expand_auto(manifest) if auto else (opts.runtimes or default_runtimes(manifest))

@@ -7,7 +7,8 @@ compiler) counts executed instructions per translated block; the artifact's runn
 
     per inference = (count of 3 - count of 1) / 2
 
-so loading, set-up and the first (cold) run cancel out. Measured: repeat counts agree exactly.
+so loading, set-up and the first (cold) run cancel out. Measured: repeat counts agree to a few
+hundred instructions (the runner formats its timings and reads /proc outside the inferences).
 The runner dumps its memory map (EDGECLS_RUNNER_MAPS), so each block's address is named by the
 model.so kernel (or library) it lies in: the top kernels by instructions come with the total.
 

@@ -17,6 +17,10 @@ from edgecls.errors import EdgeclsError
 @click.option("--board", "-b", "board_spec", default=None, help="Board name(s): b1,b2 or all.")
 @click.option("--local", is_flag=True, help="Measure on this machine.")
 @click.option("--emulate", is_flag=True, help="With --local: run a foreign-arch artifact under qemu.")
+@click.option("--count", is_flag=True, help="With --local --emulate: count instructions per inference under qemu "
+              "(the target's CPU model, one thread) instead of timing: deterministic emulated instructions, not time.")
+@click.option("--cpu-model", default=None, metavar="QEMU_CPU",
+              help="With --count: the qemu CPU model to count on (e.g. cortex-a53); default: the target's.")
 @click.option("--runtime", default=None, help="auto (every CPU runtime the artifact carries; the fastest is "
               "recorded) or a comma list of tvm,onnxruntime,tflite,tensorrt. Default: the artifact's backend "
               "(compile --backend), else tvm.")
@@ -39,7 +43,7 @@ from edgecls.errors import EdgeclsError
 @ssh_config_option
 @accept_new_option
 @mlflow_option
-def bench(artifact, board_spec, local, emulate, runtime, precision, threads, cores, runs, warmup, warmup_ms, min_ms,
+def bench(artifact, board_spec, local, emulate, count, cpu_model, runtime, precision, threads, cores, runs, warmup, warmup_ms, min_ms,
           cooldown_ms, parallel, batches, latency_budget, out_dir, inventory, ssh_config, accept_new_host_key,
           mlflow_uri):
     """Benchmark an artifact on boards (in parallel) or locally; one JSON report per board and runtime."""
@@ -48,6 +52,7 @@ def bench(artifact, board_spec, local, emulate, runtime, precision, threads, cor
     from edgecls.artifact.batches import parse_batches
     from edgecls.bench.harness import BenchOptions, parse_runtimes
     from edgecls.bench.run import make_places, run_bench
+    from edgecls.bench.counted import check_cpu_model
     from edgecls.bench.tensorrt import check_precision
     from edgecls.commands.views import console
     runtimes = parse_runtimes(runtime)
@@ -57,7 +62,8 @@ def bench(artifact, board_spec, local, emulate, runtime, precision, threads, cor
     opts = BenchOptions(runtimes=runtimes, threads=threads, cores=cores, runs=runs,
                         warmup=warmup, warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms,
                         extra={"precision": check_precision(precision, runtimes)},
-                        batches=parse_batches(batches), latency_budget_ms=latency_budget)
+                        batches=parse_batches(batches), latency_budget_ms=latency_budget,
+                        count=count, count_cpu=check_cpu_model(cpu_model, count))
     places = make_places(board_spec, local, emulate, inventory, ssh_config, accept_new_host_key)
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         results = run_bench(artifact, places, opts, out_dir, parallel,
@@ -92,6 +98,22 @@ def bench_table(reports: list[dict]):
     return table
 
 
+def count_table(reports: list[dict], top: int = 5):
+    """--count: instructions per inference and the kernels that execute most of them."""
+    from rich.table import Table
+    first = reports[0]["instructions"]
+    table = Table(title=f"instructions per inference under qemu -cpu {first['cpu']}, {first['threads']} thread "
+                        f"(emulated instructions, not time)")
+    for col in ("artifact", "variant", "instructions", f"top {top} kernels (share)"):
+        table.add_column(col, justify="right" if col == "instructions" else "left")
+    for r in reports:
+        ins = r["instructions"]
+        variant = r["artifact"].get("variant", "fp32") + (f" b{r['batch']}" if r.get("batch", 1) != 1 else "")
+        kernels = "\n".join(f"{k['name'].split(':', 1)[-1]} ({k['share']:.1%})" for k in ins["kernels"][:top])
+        table.add_row(r["artifact"]["name"], variant, f"{ins['per_inference'] / 1e6:.1f} M", kernels)
+    return table
+
+
 def _measurement_warnings(r: dict) -> list[str]:
     """Why a report's times may not be the board's real speed."""
     system = r.get("system") or {}
@@ -122,8 +144,12 @@ def bench_summary(results) -> int:
     """Print every report written and the per-runtime table; returns how many places failed."""
     from edgecls.commands.views import console
     reports = [json.loads(p.read_text()) for r in results for p in r.reports]
-    if reports:
-        console.print(bench_table(reports))
+    timed = [r for r in reports if not r.get("instructions")]
+    counted = [r for r in reports if r.get("instructions")]
+    if timed:
+        console.print(bench_table(timed))
+    if counted:
+        console.print(count_table(counted))
     for line in _runtime_choice_lines(reports):
         console.print(line)
     for line in _batch_recommendation_lines(reports):

@@ -85,7 +85,8 @@ def row_params(r: Row) -> dict:
 
 def row_metrics(r: Row) -> dict:
     m = {"median_ms": r.median, "p90_ms": r.p90, "p99_ms": r.p99, "fps": r.fps, "top1": r.top1,
-         "size_bytes": r.size_bytes, "macs": r.macs, "warnings": len(r.warnings)}
+         "size_bytes": r.size_bytes, "macs": r.macs, "emulated_instructions": r.instructions,
+         "warnings": len(r.warnings)}
     m.update({f"{k}_vs_baseline": v for k, v in r.ratios.items()})
     return m
 

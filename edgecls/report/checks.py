@@ -98,6 +98,8 @@ def big_little_mix(report: dict, cores: list[int] | None, target_name: str) -> s
 def row_warnings(report: dict, row) -> list[str]:
     system = report.get("system") if isinstance(report.get("system"), dict) else {}
     board = report.get("board") if isinstance(report.get("board"), dict) else {}
+    if isinstance(report.get("instructions"), dict):  # bench --count: no clock, no cores, no system
+        return [f"emulated instructions under qemu -cpu {report['instructions'].get('cpu', '?')}, not time"]
     warn = []
     ratio = freq_ratio(system)
     if system.get("throttled") or (ratio is not None and ratio < BELOW_MAX):

@@ -114,7 +114,7 @@ def _numeric(col: str) -> bool:
 
 
 def page(loaded: Loaded, pngs: dict[str, bytes], baseline: Row | None = None, title: str = "edgecls report") -> str:
-    cols = display_columns(baseline is not None)
+    cols = display_columns(baseline is not None, loaded.rows)
     head = "".join(f'<th data-type="{"num" if _numeric(c) else "text"}" aria-sort="none">{_e(HEADERS[c])}</th>'
                    for c in cols)
     body = []

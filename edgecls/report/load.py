@@ -37,6 +37,7 @@ class Row:
     top1: float | None = None
     size_bytes: int | None = None
     macs: int | None = None
+    instructions: int | None = None  # per inference under qemu (bench --count): emulated, not time
     warnings: list[str] = field(default_factory=list)
     runs: list[float] = field(default_factory=list)
     created: str = ""
@@ -154,11 +155,13 @@ def to_row(r: dict, path: Path) -> tuple[Row, list[str]]:
               threads=str(threads) if threads is not None else "default", cores=cpu_list(cores),
               median=median, p90=p90, p99=p99, fps=fps, top1=_num(acc.get("top1")),
               size_bytes=_int(art.get("size_bytes")), macs=_int(art.get("macs")), runs=runs,
+              instructions=_int(_dict(r.get("instructions")).get("per_inference")),
               created=str(r.get("created") or ""), path=str(path), schema=schema,
               artifact_id=_str(art.get("id")), artifact_name=_str(art.get("name")),
               model_sha256=_str(art.get("model_sha256")), runtime_version=_str(r.get("runtime_version")))
     for name, value in (("board name", board.get("name")), ("runtime", r.get("runtime")),
-                        ("target", row.target != "?" or None), ("median latency", median),
+                        ("target", row.target != "?" or None),
+                        ("median latency", median if row.instructions is None else True),
                         ("created", r.get("created"))):
         if value is None:
             missing.append(name)
@@ -233,4 +236,5 @@ def apply_baseline(rows: list[Row], base: Row) -> None:
     for r in rows:
         r.ratios = {"median": ratio(r.median, base.median), "p90": ratio(r.p90, base.p90),
                     "p99": ratio(r.p99, base.p99), "fps": ratio(r.fps, base.fps),
+                    "instructions": ratio(r.instructions, base.instructions),
                     "top1_delta": (r.top1 - base.top1) if r.top1 is not None and base.top1 is not None else None}

@@ -10,16 +10,18 @@ from rich.table import Table
 
 from edgecls.report.load import KEY_FIELDS, Loaded, Row
 
-METRICS = ("median", "p90", "p99", "fps", "top1", "size_bytes", "macs")
+METRICS = ("median", "p90", "p99", "fps", "top1", "size_bytes", "macs", "instructions")
 HEADERS = {"board": "board", "target": "target", "runtime": "runtime", "variant": "variant",
            "threads": "threads", "cores": "cores", "median": "median ms", "p90": "p90 ms", "p99": "p99 ms",
            "fps": "fps", "top1": "top-1", "size_bytes": "size", "macs": "MACs",
+           "instructions": "emulated instr/inference", "instructions_ratio": "instr/base",
            "median_ratio": "med/base", "fps_ratio": "fps/base", "top1_delta": "top-1 vs base",
            "warnings": "warnings"}
 
 
 SHORT = {"median": "median\nms", "p90": "p90\nms", "p99": "p99\nms", "median_ratio": "median\n/base",
-         "fps_ratio": "fps\n/base", "top1_delta": "top-1\nvs base"}
+         "fps_ratio": "fps\n/base", "top1_delta": "top-1\nvs base", "instructions": "emulated\ninstr/inf",
+         "instructions_ratio": "instr\n/base"}
 
 
 def size_text(n) -> str:
@@ -58,10 +60,12 @@ def _f(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def display_columns(has_baseline: bool) -> list[str]:
-    cols = list(KEY_FIELDS) + list(METRICS)
+def display_columns(has_baseline: bool, rows=()) -> list[str]:
+    """The columns shown; instruction counts (bench --count) only when a row has one."""
+    counted = any(r.instructions is not None for r in rows)
+    cols = list(KEY_FIELDS) + [m for m in METRICS if m != "instructions" or counted]
     if has_baseline:
-        cols += ["median_ratio", "fps_ratio", "top1_delta"]
+        cols += ["median_ratio", "fps_ratio", "top1_delta"] + (["instructions_ratio"] if counted else [])
     return cols + ["warnings"]
 
 
@@ -79,6 +83,10 @@ def cell_text(row: Row, col: str) -> str:
         return size_text(row.size_bytes)
     if col == "macs":
         return macs_text(row.macs)
+    if col == "instructions":
+        return "-" if row.instructions is None else f"{row.instructions / 1e6:.1f} M"
+    if col == "instructions_ratio":
+        return _f(row.ratios.get("instructions"), ".2f")
     if col == "median_ratio":
         return _f(row.ratios.get("median"), ".2f")
     if col == "fps_ratio":
@@ -104,6 +112,8 @@ def cell_value(row: Row, col: str):
         return row.ratios.get("fps")
     if col == "top1_delta":
         return row.ratios.get("top1_delta")
+    if col == "instructions_ratio":
+        return row.ratios.get("instructions")
     return len(row.warnings)
 
 
@@ -114,7 +124,7 @@ def rich_table(loaded: Loaded, baseline: Row | None = None) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, show_lines=True, pad_edge=False,
                   collapse_padding=True)
     table.add_column("board (target)\nruntime variant\nthreads, cpus", overflow="fold", min_width=16)
-    cols = [c for c in display_columns(baseline is not None) if c not in KEY_FIELDS and c != "warnings"]
+    cols = [c for c in display_columns(baseline is not None, loaded.rows) if c not in KEY_FIELDS and c != "warnings"]
     for c in cols:
         table.add_column(SHORT.get(c, HEADERS[c]), justify="right", no_wrap=True)
     table.add_column("!", style="bold yellow", no_wrap=True)
@@ -132,6 +142,7 @@ def warning_lines(loaded: Loaded) -> list[str]:
 
 
 CSV_FIELDS = (list(KEY_FIELDS) + ["median_ms", "p90_ms", "p99_ms", "fps", "top1", "size_bytes", "macs",
+                                  "emulated_instructions",
                                   "median_ratio", "p90_ratio", "p99_ratio", "fps_ratio", "top1_delta",
                                   "warnings", "runs", "artifact", "artifact_id", "model_sha256",
                                   "runtime_version", "schema", "created", "report"])
@@ -143,7 +154,7 @@ def csv_text(loaded: Loaded) -> str:
     w.writerow(CSV_FIELDS)
     for r in loaded.rows:
         ratios = r.ratios
-        values = [*r.key, r.median, r.p90, r.p99, r.fps, r.top1, r.size_bytes, r.macs,
+        values = [*r.key, r.median, r.p90, r.p99, r.fps, r.top1, r.size_bytes, r.macs, r.instructions,
                     ratios.get("median"), ratios.get("p90"), ratios.get("p99"), ratios.get("fps"),
                     ratios.get("top1_delta"), "; ".join(r.warnings), len(r.runs), r.artifact_name,
                     r.artifact_id, r.model_sha256, r.runtime_version, r.schema, r.created, r.path]
@@ -156,7 +167,7 @@ def _md_escape(text: str) -> str:
 
 
 def markdown_text(loaded: Loaded, baseline: Row | None = None) -> str:
-    cols = display_columns(baseline is not None)
+    cols = display_columns(baseline is not None, loaded.rows)
     lines = ["# edgecls benchmark report", ""]
     if baseline is not None:
         lines += [f"Baseline: `{baseline.label}` (ratios: latency row/baseline, fps row/baseline).", ""]
