@@ -6,58 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
+
+from conftest import NET_MACS, NET_PARAMS, quantize_static_ort, small_net_onnx
 
 from edgecls.compile.graph_facts import graph_facts, variant_name
-
-# conv 3->8 3x3 at 16x16, conv 8->16 3x3 stride 2 (8x8 out), linear 16->10
-NET_MACS = 16 * 16 * 8 * 3 * 9 + 8 * 8 * 16 * 8 * 9 + 16 * 10
-NET_PARAMS = (8 * 3 * 9 + 8) + (16 * 8 * 9 + 16) + (16 * 10 + 10)
-
-
-class SmallNet(torch.nn.Module):
-    """Two convolutions and a linear layer: every kind of MAC the counter knows, at 16x16."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.c2 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.fc = torch.nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.c2(torch.relu(self.c1(x))))
-        return self.fc(x.mean((2, 3)))
-
-
-def small_net_onnx(path: Path, seed: int = 0) -> Path:
-    from edgecls.export.onnx import export_onnx
-    torch.manual_seed(seed)
-    export_onnx(SmallNet().eval(), torch.zeros(1, 3, 16, 16), path, named=False)
-    return path
-
-
-def quantize_static_ort(src: Path, dst: Path, *, qdq: bool = True, per_channel: bool = True,
-                        activations: str = "int8") -> Path:
-    """ONNX Runtime's own quantizer, as a user quantizing outside edgecls would call it."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    name = onnx.load(str(src)).graph.input[0].name
-    rng = np.random.default_rng(0)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{name: rng.random((1, 3, 16, 16), np.float32)} for _ in range(4)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
-                    per_channel=per_channel,
-                    activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8)
-    return dst
-
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory) -> Path:
