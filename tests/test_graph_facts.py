@@ -49,6 +49,26 @@ def test_quantize_dynamic_and_fp16_weights(net, tmp_path):
     assert half["variant"] == "fp16" and half["params"] == NET_PARAMS and half["macs"] == NET_MACS
 
 
+def test_float_weights_behind_quantize_linear(net, tmp_path):
+    """Float weights -> QuantizeLinear -> DequantizeLinear (left unfolded by some exporters): int8."""
+    import onnx
+    from onnx import helper, numpy_helper
+    q = onnx.load(str(quantize_static_ort(net, tmp_path / "q.onnx", per_channel=False)))
+    inits = {i.name: i for i in q.graph.initializer}
+    for node in list(q.graph.node):
+        if node.op_type == "DequantizeLinear" and inits.get(node.input[0]) is not None \
+                and inits[node.input[0]].data_type == onnx.TensorProto.INT8:
+            w = inits[node.input[0]]
+            scale = numpy_helper.to_array(inits[node.input[1]])
+            q.graph.initializer.remove(w)
+            q.graph.initializer.append(numpy_helper.from_array(
+                numpy_helper.to_array(w).astype("float32") * scale, w.name + "_f"))
+            q.graph.node.insert(0, helper.make_node("QuantizeLinear", [w.name + "_f", node.input[1], node.input[2]],
+                                                    [w.name]))
+    facts = graph_facts(q)
+    assert facts["variant"] == "int8-static-pertensor-s8" and facts["params"] == NET_PARAMS
+
+
 def test_variant_name_takes_pruning_and_qat_from_the_stages():
     int8 = {"precision": "int8", "how": "static", "weights": "per-channel", "activations": "u8"}
     stages = [{"stage": "original"}, {"stage": "pruned", "ratio": 0.5}, {"stage": "fine-tuned"},

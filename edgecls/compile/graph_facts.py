@@ -113,15 +113,29 @@ def count_params(model) -> int:
                if name not in bookkeeping and init.data_type != 7)  # 7: INT64
 
 
+def _stored_weight(dq, inits: dict, producers: dict):
+    """The integer tensor a weight DequantizeLinear reads: an initializer, or (float weights left
+    behind a QuantizeLinear, as some exporters do) that QuantizeLinear's zero point, which has the
+    stored type. None for activations."""
+    if dq.input[0] in inits:
+        return inits[dq.input[0]]
+    q = producers.get(dq.input[0])
+    if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in inits and len(q.input) > 2:
+        return inits.get(q.input[2])
+    return None
+
+
 def _int_weights(model, inits: dict) -> list[tuple[str, bool]]:
     """(weight dtype, per-channel) of every integer weight: DequantizeLinear of an integer
     initializer, or the weight input of an integer kernel."""
     found = []
+    producers = {o: n for n in model.graph.node for o in n.output}
     for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+        stored = _stored_weight(node, inits, producers) if node.op_type == "DequantizeLinear" else None
+        if stored is not None:
             scale = inits.get(node.input[1]) if len(node.input) > 1 else None
             per_channel = scale is not None and int(np.prod(scale.dims)) > 1
-            found.append((INT_WEIGHT_TYPES.get(inits[node.input[0]].data_type), per_channel))
+            found.append((INT_WEIGHT_TYPES.get(stored.data_type), per_channel))
         elif node.op_type in INTEGER_KERNELS:
             w = node.input[(CONV_OPS.get(node.op_type) or MATMUL_OPS[node.op_type])[1]]
             scale_at = {"QLinearConv": 4, "QLinearMatMul": 4, "QGemm": 4}.get(node.op_type)
