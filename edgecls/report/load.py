@@ -259,7 +259,8 @@ def _model_matches(row: Row, model: str | None) -> bool:
     if model is None:
         return True
     name, _, sha = row.model.partition("@")
-    return model in (row.model, name) or bool(sha and len(model) >= 4 and (sha.startswith(model) or model.startswith(sha)))
+    by_sha = bool(sha) and len(model) >= 4 and (sha.startswith(model) or model.startswith(sha))
+    return model in (row.model, name) or by_sha
 
 
 def find_baseline(rows: list[Row], spec: str) -> Row:

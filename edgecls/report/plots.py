@@ -123,7 +123,7 @@ def accuracy_png(rows: list[Row]) -> bytes | None:
     ax.plot([p[0] for p in fr], [p[1] for p in fr], "-o", c="#d62728", drawstyle="steps-post",
             label="Pareto front", zorder=3)
     for i, (lat, acc, r) in enumerate(sorted(pts, key=lambda p: p[0])):
-        ax.annotate(f"{r.board}:{_series(r, rows).replace(' ', ':')}", (lat, acc), fontsize=7, textcoords="offset points",
+        ax.annotate(f"{r.board}:{_series(r, rows, sep=':')}", (lat, acc), fontsize=7, textcoords="offset points",
                     xytext=(4, 5 if i % 2 == 0 else -11))  # alternate above/below: neighbours overlap less
     skipped = len(rows) - len(pts)
     ax.set_title("top-1 on device vs median latency" + (f" ({skipped} row(s) without top-1)" if skipped else ""))

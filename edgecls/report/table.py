@@ -20,7 +20,8 @@ HEADERS = {"board": "board", "target": "target", "model": "model", "runtime": "r
            "warnings": "warnings"}
 
 
-SHORT = {"model_bytes": "model\nfile", "median": "median\nms", "p90": "p90\nms", "p99": "p99\nms", "median_ratio": "median\n/base",
+SHORT = {"model_bytes": "model\nfile",
+         "median": "median\nms", "p90": "p90\nms", "p99": "p99\nms", "median_ratio": "median\n/base",
          "fps_ratio": "fps\n/base", "top1_delta": "top-1\nvs base", "instructions": "emulated\ninstr/inf",
          "instructions_ratio": "instr\n/base"}
 
