@@ -7,6 +7,7 @@ files and manifest are edgecls.artifact.builder's, its checks edgecls.artifact.v
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from edgecls.artifact.verify import record_checks
 from edgecls.compile.build import CompiledModel, compile_model, integer_kernels_for
 from edgecls.data import Preprocess
 from edgecls.errors import ArtifactError, UsageError, first_line
+from edgecls.hashing import sha256_file
 from edgecls.load import load_model
 from edgecls.targets import Target, get_target
 
@@ -50,6 +52,7 @@ class CompileRequest:
     batch_sizes: tuple[int, ...] = (1,)  # extra static batch sizes: model_bN.so each
     tuning_db: Path | str | None = "auto"  # MetaSchedule records: auto = the default database if present
     tflite: str = "auto"  # ship model.tflite for LiteRT: auto (when edgecls[tflite] is installed) | yes | no
+    variant: str | None = None  # the row label reports use; None: read from the graph (graph_facts)
 
 
 def read_labels(path: Path | None, num_classes: int | None) -> list[str] | None:
@@ -104,12 +107,35 @@ class _Optimized:
     tflite: Path | None
 
 
+def check_variant_label(label: str | None) -> None:
+    """A --variant label ends up in report keys and `--baseline board:runtime:variant`: no ':' or '/'."""
+    if label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,39}", label):
+        raise UsageError(f"--variant '{label}': use up to 40 letters, digits and . _ + - (it names report rows)")
+
+
+def _graph_facts(model, stages: list[dict], optimized: _Optimized | None, log) -> dict:
+    """MACs and parameters of the compiled graph; its precision from the ONNX file given when there
+    is one (onnxsim folds fp16 weights' Casts into fp32 constants), else from the compiled graph."""
+    from edgecls.compile.graph_facts import graph_facts, quantization, variant_name
+    facts = graph_facts(model.onnx, stages)
+    if model.format == "onnx":
+        import onnx
+        facts["quantization"] = quantization(onnx.load(str(model.path)))
+        facts["variant"] = variant_name(facts["quantization"], stages)
+    origin = Path(optimized.source) if optimized else model.path
+    facts["origin"] = {"name": origin.stem or origin.name,
+                       "sha256": sha256_file(origin) if optimized and origin.is_file() else model.sha256}
+    log(f"graph: {facts['macs']:,} MACs, {facts['params']:,} parameters, variant {facts['variant']}")
+    return facts
+
+
 def compile_artifact(req: CompileRequest, log=lambda msg: None) -> Path:
     if req.optimize is not None:
         from edgecls.optimize.keras_qat import is_keras_model
         if is_keras_model(req.optimize.model):
             raise UsageError("TVM compiles ONNX or torch models; a Keras model stops at `edgecls optimize` "
                              "(TF-MOT -> model.tflite for LiteRT)")
+    check_variant_label(req.variant)
     target = get_target(req.target, req.targets_dir)
     check_destination(req.out_dir, req.force)  # before minutes of work
     target.require_compiler()
@@ -239,8 +265,9 @@ def _build(req: CompileRequest, build: ArtifactBuilder, model, preprocess: Prepr
                              tuning_db=tuning_db, integer_kernels=req.integer_kernels)
 
     compiled = compile_to(model, build.library)
-    variant = optimized.variant if optimized else "fp32"
-    build.add_onnx(model, fp16_weights=variant.endswith("fp16"))
+    stages = (optimized and optimized.stages) or [{"stage": "original", "size_bytes": model.path.stat().st_size}]
+    facts = _graph_facts(model, stages, optimized, build.log)
+    build.add_onnx(model, fp16_weights=facts["quantization"]["precision"] == "fp16")
     build.add_runner()
     build.add_reference(model)
     build.add_batches(model, tuple(req.batch_sizes), compile_to)
@@ -251,12 +278,12 @@ def _build(req: CompileRequest, build: ArtifactBuilder, model, preprocess: Prepr
     _add_tflite(req, build, model, optimized.tflite if optimized else None, backend)
     options = OptionsSection(layout=req.layout, input_shape=list(req.input_shape) if req.input_shape else None,
                              import_route=compiled.import_route, verify=req.verify, schedules=req.schedules,
-                             integer_kernels=integer_kernels_for(target, req.integer_kernels))
+                             integer_kernels=integer_kernels_for(target, req.integer_kernels), variant=req.variant)
+    origin = facts.pop("origin")
     return build.manifest(
-        model, compiled, preprocess=preprocess.to_dict(), labels=labels, options=options,
-        stages=(optimized and optimized.stages) or [{"stage": "original", "size_bytes": model.path.stat().st_size}],
-        variant=variant, optimized_from=str(optimized.source) if optimized else None,
-        backend=backend, load_s=load_s)
+        model, compiled, preprocess=preprocess.to_dict(), labels=labels, options=options, stages=stages,
+        variant=req.variant or facts["variant"], optimized_from=str(optimized.source) if optimized else None,
+        backend=backend, load_s=load_s, graph=facts, origin=origin)
 
 
 def _add_tflite(req: CompileRequest, build: ArtifactBuilder, model, tflite: Path | None, backend: dict) -> None:

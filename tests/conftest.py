@@ -129,6 +129,53 @@ def ref_models(tmp_path_factory):
     }
 
 
+# conv 3->8 3x3 at 16x16, conv 8->16 3x3 stride 2 (8x8 out), linear 16->10
+NET_MACS = 16 * 16 * 8 * 3 * 9 + 8 * 8 * 16 * 8 * 9 + 16 * 10
+NET_PARAMS = (8 * 3 * 9 + 8) + (16 * 8 * 9 + 16) + (16 * 10 + 10)
+
+
+class SmallNet(torch.nn.Module):
+    """Two convolutions and a linear layer at 16x16: the kinds of MAC graph_facts counts, and a
+    model ORT's quantize_static takes in a second (tests of variants and reports)."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, width, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(2 * width, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def small_net_onnx(path: Path, seed: int = 0, width: int = 8) -> Path:
+    torch.manual_seed(seed)
+    onnx_export.export_onnx(SmallNet(width).eval(), torch.zeros(1, 3, 16, 16), path, named=False)
+    return path
+
+
+def quantize_static_ort(src: Path, dst: Path, *, qdq: bool = True, per_channel: bool = True,
+                        activations: str = "int8") -> Path:
+    """ONNX Runtime's own quantizer, as a user quantizing outside edgecls would call it."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    name = onnx.load(str(src)).graph.input[0].name
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{name: rng.random((1, 3, 16, 16), np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+                    per_channel=per_channel,
+                    activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8)
+    return dst
+
+
 class Artifacts:
     """Compile on first use, keep for the session."""
 

@@ -47,6 +47,13 @@ def test_local_bench_tvm_and_onnxruntime(artifacts, tmp_path):
         check_report(r, runtime)
         assert r["accuracy"]["n"] == 64 and r["accuracy"]["top1"] == pytest.approx(want)
         assert r["board"]["kind"] == "local"
+        a = r["artifact"]
+        assert a["macs"] == 17_286_400 and a["params"] == 177_226 and a["variant"] == "fp32"
+        assert a["model_file"] == {"tvm": "model.so", "onnxruntime": "model.onnx"}[runtime]
+        assert 0 < a["model_bytes"] < a["size_bytes"]
+    # One vocabulary: both runtimes' defaults read the same in `edgecls report`.
+    from edgecls.report.load import place_text
+    assert place_text(reports["tvm"]) == place_text(reports["onnxruntime"]) == ("default", "all")
 
 
 @pytest.mark.slow

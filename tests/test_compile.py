@@ -86,6 +86,10 @@ def test_manifest_records_how_the_artifact_was_made(artifacts, demo):
     assert [p["name"] for p in m["passes"]][-3:] == ["FuseOps", "FuseTIR", "AttachAttrLayoutFreeBuffers"]
     assert m["runner"]["glibc_required"]
     assert elf_arch(art / "model.so") == "x86_64" and elf_arch(art / "edgecls-runner") == "x86_64"
+    # Graph facts counted at compile time (the DigitsCNN's convs and linear layers, BN folded).
+    assert m["graph"]["macs"] == 17_286_400 and m["graph"]["params"] == 177_226
+    assert m["variant"] == m["graph"]["variant"] == "fp32" and m["graph"]["macs_unknown_nodes"] == 0
+    assert m["model"]["name"] == demo.onnx.stem and m["model"]["origin_sha256"] == m["model"]["sha256"]
 
 
 def test_run_cli_on_a_png_prints_top5_json(artifacts, demo, tmp_path, capsys):

@@ -36,7 +36,9 @@ def test_compile_with_prune_and_ptq_records_every_stage(demo, digits_folder, tmp
     assert stages["quantized"]["size_bytes"] <= 0.35 * stages["original"]["size_bytes"]
     assert stages["compiled"]["how"] == "edgecls-runner (native)" and stages["compiled"]["n"] == 64
     assert (stages["original"]["top1"] - stages["compiled"]["top1"]) * 100 <= 2.0
-    assert m["variant"] == "pruned50-int8" and m["acceptance"]["accepted"]
+    # The variant read from the graph: ORT's static QDQ, int8 weights per channel, uint8 activations.
+    assert m["variant"] == "pruned50-int8-static-perchannel-u8" and m["acceptance"]["accepted"]
+    assert m["graph"]["macs"] <= 0.55 * stages["original"]["macs"] and m["graph"]["params"] > 0
     assert set(weight_dtypes(out / "model.onnx").values()) == {"INT8"}
     assert "accuracy at every stage" in p.stdout
     if not HAS_TFLITE:
@@ -156,4 +158,4 @@ def test_prune_and_qat_together_for_rk3399_measured_under_qemu(demo, digits_fold
     assert stages["quantized"]["method"] == "qat"
     assert stages["compiled"]["how"] == "edgecls-runner (emulated)"
     assert (stages["original"]["top1"] - stages["compiled"]["top1"]) * 100 <= 2.0
-    assert m["target"]["round_to"] == 8 and m["variant"] == "pruned50-int8"
+    assert m["target"]["round_to"] == 8 and m["variant"].startswith("pruned50-int8-qat-")

@@ -57,10 +57,13 @@ RK3399_KHZ = {0: 1416000, 1: 1416000, 2: 1416000, 3: 1416000, 4: 1800000, 5: 180
 
 def board_report(real: dict, *, variant="fp32", runtime="tvm", scale=10.0, top1=0.8125, cores=(4, 5),
                  threads=2, created="2026-01-02T10:00:00+00:00", artifact_id="a" * 64, **system) -> dict:
-    """A real local report moved to an RK3399 board named rk1: timings scaled, system facts set."""
+    """A real local report moved to an RK3399 board named rk1 (run with --threads and --cores):
+    timings scaled, system facts set."""
     r = copy.deepcopy(real)
     r["board"] = {"name": "rk1", "kind": "board", "host": "rk1.lan", "target": "rk3399", "emulator": []}
     r["runtime"], r["created"], r["threads"], r["cores"] = runtime, created, threads, list(cores)
+    r["options"].update(threads=threads, cores_resolved=list(cores))
+    r["device"] = {**(r.get("device") or {}), "online_cpus": 6}
     r["artifact"].update(target="rk3399", variant=variant, id=artifact_id, macs=640, name=f"tiny-rk3399-{variant}")
     t = r["timings_ms"]
     for k in ("median", "p90", "p95", "p99", "min", "max", "mean"):
@@ -132,13 +135,19 @@ EXPECTED = {  # row key -> what the table must say about it
 }
 
 
+def model_of(report: dict) -> str:
+    """The report table's model column: the file's stem and the start of its sha256."""
+    return f"tiny@{report['artifact']['model_sha256'][:8]}"
+
+
 def read_csv(path: Path) -> dict[tuple, dict]:
     with open(path, newline="") as f:
         return {(r["board"], r["target"], r["runtime"], r["variant"]): r for r in csv.DictReader(f)}
 
 
-def test_table_csv_markdown_baseline_and_warnings(report_dir, tmp_path):
+def test_table_csv_markdown_baseline_and_warnings(report_dir, real_reports, tmp_path):
     out = tmp_path / "out"
+    model = model_of(real_reports["tvm"])
     p = edgecls("report", *sorted(report_dir.glob("*.json")), "--csv", out / "r.csv", "--md", out / "r.md",
                 "--baseline", "rk1:tvm:fp32")
     assert p.returncode == 0, p.stderr
@@ -159,7 +168,13 @@ def test_table_csv_markdown_baseline_and_warnings(report_dir, tmp_path):
     assert float(int8["fps_ratio"]) == pytest.approx(2.5, rel=1e-6)
     assert float(int8["top1_delta"]) == pytest.approx(0.75 - 0.8125)
     assert int8["threads"] == "6" and int8["cores"] == "0-5" and base["cores"] == "4-5"
-    assert base["macs"] == "640" and int(base["size_bytes"]) > 0
+    assert base["macs"] == "640" and int(base["size_bytes"]) > 0 and base["model"] == model
+    # One vocabulary: the same defaults read the same whichever runner measured.
+    tvm, ort = rows[("local", "x86-host", "tvm", "fp32")], rows[("local", "x86-host", "onnxruntime", "fp32")]
+    assert (tvm["threads"], tvm["cores"]) == (ort["threads"], ort["cores"]) == ("default", "all")
+    # Graph facts from compile: the tiny model's 64x10 MatMul and its 650 weights; two sizes.
+    assert tvm["macs"] == ort["macs"] == "640" and tvm["params"] == ort["params"] == "650"
+    assert 0 < int(ort["model_bytes"]) < int(tvm["model_bytes"]) < int(tvm["size_bytes"])
     # The newest of two reports for one row is kept, the other named in a note.
     assert base["report"].endswith("rk1-tvm-fp32.json")
     assert "rk1-tvm-fp32-older.json" in p.stdout and "different artifact" in p.stdout
@@ -173,8 +188,8 @@ def test_table_csv_markdown_baseline_and_warnings(report_dir, tmp_path):
     table = [ln for ln in md.splitlines() if ln.startswith("| ") and "---" not in ln]
     assert len(table) == 1 + len(EXPECTED)  # header + one line per row
     for board, target, runtime, variant in EXPECTED:
-        assert any(f"| {board} | {target} | {runtime} | {variant} |" in ln for ln in table)
-    assert "Baseline: `rk1:tvm:fp32" in md and "| 0.40 |" in md and "corrupt.json" in md
+        assert any(f"| {board} | {target} | {model} | {runtime} | {variant} |" in ln for ln in table)
+    assert f"Baseline: `{model}/rk1:tvm:fp32" in md and "| 0.40 |" in md and "corrupt.json" in md
     # The terminal table names every row and numbers the flagged ones.
     for board, target, runtime, variant in EXPECTED:
         assert f"{board} ({target})" in p.stdout and f"{runtime} {variant}" in p.stdout
@@ -183,6 +198,7 @@ def test_table_csv_markdown_baseline_and_warnings(report_dir, tmp_path):
 
 
 def test_plots_are_real_pngs(report_dir, tmp_path):
+    """Three figures with something to show each; one without (no top-1) is left out, with a note."""
     from PIL import Image
     p = edgecls("report", report_dir, "--plot", tmp_path / "plots" / "latency.png")
     assert p.returncode == 0, p.stderr
@@ -197,6 +213,16 @@ def test_plots_are_real_pngs(report_dir, tmp_path):
             assert 600 <= img.width <= 4000 and 400 <= img.height <= 2000, (name, img.size)
             lo, hi = img.convert("L").getextrema()
             assert hi - lo > 100, name  # something was drawn
+    no_top1 = tmp_path / "no-top1"
+    no_top1.mkdir()
+    for path in report_dir.glob("local-*.json"):
+        r = json.loads(path.read_text())
+        r["accuracy"] = None
+        (no_top1 / path.name).write_text(json.dumps(r))
+    p = edgecls("report", no_top1, "--plot", tmp_path / "p2" / "lat.png")
+    assert p.returncode == 0, p.stderr
+    assert sorted(f.name for f in (tmp_path / "p2").iterdir()) == ["lat-runs.png", "lat.png"]
+    assert "lat-accuracy.png not written: no report carries both top-1" in p.stdout
 
 
 def test_pareto_front():
@@ -278,8 +304,9 @@ def test_html_page_in_headless_chromium(report_dir, tmp_path):
     assert dom.root_attrs.get("data-edgecls-selftest") == "ok", dom.root_attrs
     assert page_errors(proc, dom) == []
     assert len(dom.rows) == len(EXPECTED)
-    assert {tuple(r[:4]) for r in dom.rows} == {(b, t, rt, v) for b, t, rt, v in EXPECTED}
-    int8 = next(r for r in dom.rows if r[3] == "int8")
+    assert {(r[0], r[1], r[3], r[4]) for r in dom.rows} == {(b, t, rt, v) for b, t, rt, v in EXPECTED}
+    assert {r[2] for r in dom.rows} == {model_of(json.loads((report_dir / "local-tvm.json").read_text()))}
+    int8 = next(r for r in dom.rows if r[4] == "int8")
     assert "throttled" in int8[-1] and "big/little mix" in int8[-1]
 
     shot = tmp_path / "shot.png"

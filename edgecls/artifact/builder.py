@@ -82,11 +82,15 @@ class ArtifactBuilder:
 
     def manifest(self, model, compiled, *, preprocess: dict, labels: list[str] | None,
                  options: mf.OptionsSection, stages: list[dict], variant: str, optimized_from: str | None,
-                 backend: dict, load_s: float) -> mf.Manifest:
-        """The manifest of what was staged; call after every add_*."""
+                 backend: dict, load_s: float, graph: dict | None = None,
+                 origin: dict | None = None) -> mf.Manifest:
+        """The manifest of what was staged; call after every add_*. origin: {name, sha256} of the
+        file the user gave (the optimized model's source when optimized)."""
+        origin = origin or {"name": model.path.stem, "sha256": model.sha256}
         return mf.Manifest(
             model=mf.ModelSection(source=str(model.path), format=model.format, sha256=model.sha256,
-                                  input=model.input.to_dict(), output=model.output.to_dict(), notes=model.notes),
+                                  input=model.input.to_dict(), output=model.output.to_dict(), notes=model.notes,
+                                  name=origin["name"], origin_sha256=origin["sha256"]),
             target={**self.target.to_dict(), "tvm_resolved": compiled.tvm_target},
             layout=compiled.layout,
             preprocess=preprocess,
@@ -105,6 +109,7 @@ class ArtifactBuilder:
             runtimes_shipped=list(self.runtimes),
             backend=backend,
             timings={"load_s": round(load_s, 3), **compiled.timings},
+            graph=graph,
         )
 
     def write(self, manifest: mf.Manifest) -> Path:

@@ -2,7 +2,8 @@
 
 Schema (version 1), top-level keys:
   schema, kind ("edgecls-artifact"), created, edgecls_version
-  model      {source, format, sha256, input{name,shape,dtype}, output{...}, notes}
+  model      {source, format, sha256, input{name,shape,dtype}, output{...}, notes, name, origin_sha256}
+             name: the stem of the file the user gave (before optimize); origin_sha256: its sha256
   target     the Target as data, plus `tvm_resolved` (the concrete TVM target dict used)
   layout     {requested, chosen, reason}
   preprocess {size, mean, std, channel_order, layout, resize}
@@ -11,7 +12,9 @@ Schema (version 1), top-level keys:
   passes     [{name, seconds, detail}]    graph passes in order
   stats      {ops_before, convs, batch_norm_in_graph, batch_norm_left, kernels, ...}
   stages     [{stage, top1, top5, params, macs, size_bytes, ...}]  (optimize issue fills more)
-  variant, optimized_from   what the optimize stage made, and from which model
+  variant, optimized_from   the row label (--variant, else read from the graph), and the model optimized
+  graph      {macs, macs_unknown_nodes, params, quantization{precision, how, weights, activations,
+             format}, variant}   counted from the compiled ONNX graph (compile/graph_facts.py)
   runner     {file, arch, glibc_required, tvm_runtime}
   versions   {edgecls, python, apache-tvm, apache-tvm-ffi, torch, onnx, onnxruntime, onnxsim, compiler}
   batches, runtimes_shipped, backend   {"1": "model.so", ...}, ["tvm", ...], {runtime, how}
@@ -83,6 +86,8 @@ class ModelSection:
     input: dict  # {name, shape, dtype}
     output: dict
     notes: list
+    name: str | None = None  # reports name the model by it (absent in older manifests)
+    origin_sha256: str | None = None  # of the file given; `sha256` is of the optimized one
 
 
 @dataclass
@@ -94,6 +99,7 @@ class OptionsSection:
     verify: bool
     schedules: bool
     integer_kernels: bool
+    variant: str | None = None  # --variant: the user's label for the row, over the detected one
 
 
 @dataclass
@@ -130,6 +136,7 @@ class Manifest:
     timings: dict
     verification: dict | None = None  # set once the artifact has been run
     acceptance: dict | None = None
+    graph: dict | None = None  # graph facts; older manifests lack them
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict:
@@ -137,7 +144,7 @@ class Manifest:
                "edgecls_version": __version__}
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
-            if name == "created" or (name in ("verification", "acceptance") and value is None):
+            if name == "created" or (name in ("verification", "acceptance", "graph") and value is None):
                 continue
             out[name] = asdict(value) if hasattr(value, "__dataclass_fields__") else value
         return out

@@ -51,7 +51,7 @@ def count_report(artifact: Path, manifest: dict, place: Place, opts, batch: int,
     t0 = time.perf_counter()
     count = count_artifact(artifact, cpu=opts.count_cpu, model=library_name(batch), timeout=opts.timeout)
     report = make_report(artifact, manifest, place, "tvm", opts, None, {"threads": count.threads},
-                         wall_s=time.perf_counter() - t0)
+                         wall_s=time.perf_counter() - t0, batch=batch)
     report["board"] = {"name": f"qemu-{count.cpu}", "kind": "emulated", "host": "localhost",
                        "cpu_model": count.cpu}
     report["instructions"] = count.to_dict()

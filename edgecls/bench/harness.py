@@ -167,7 +167,8 @@ def _measure(artifact, manifest, place, runtime, opts, cores, remote_dir, batch,
         measured = json.loads(proc.stdout)
     except json.JSONDecodeError:
         raise ArtifactError(f"{runtime} harness on {place.name} printed no JSON report") from None
-    report = make_report(artifact, manifest, place, runtime, opts, cores, measured, wall_s=time.perf_counter() - t0)
+    report = make_report(artifact, manifest, place, runtime, opts, cores, measured,
+                         wall_s=time.perf_counter() - t0, batch=batch)
     report["batch"] = batch
     if report.get("bench") and report["bench"].get("fps"):
         report["bench"]["images_per_s"] = round(report["bench"]["fps"] * batch, 3)
@@ -193,9 +194,38 @@ def recommend_batch(reports: list[dict], budget_ms: float | None) -> dict | None
     return rec
 
 
+MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.onnx", "tflite": "model.tflite"}
+
+
+def artifact_section(artifact: Path, manifest: dict, runtime: str, batch: int = 1) -> dict:
+    """What the report says about the artifact: model, variant, graph facts and sizes.
+
+    Graph facts (MACs, parameters, quantization) come from the manifest's `graph` section; older
+    manifests lack it, so MACs fall back to the optimize stages. Two sizes: the file this runtime
+    loads (model.so for TVM: what a variant changes) and the whole artifact (what a board stores).
+    """
+    stages, graph, model = manifest.get("stages") or [], manifest.get("graph") or {}, manifest["model"]
+    files = manifest.get("files", {})
+    model_file = (manifest.get("batches") or {}).get(str(batch), "model.so") if runtime == "tvm" \
+        else MODEL_FILES.get(runtime)
+    return {
+        "id": manifest_id(artifact), "name": artifact.name, "path": str(artifact),
+        "model_sha256": model["sha256"], "model_source": model["source"],
+        "model_name": model.get("name") or Path(model["source"]).stem,
+        "model_origin_sha256": model.get("origin_sha256") or model["sha256"],
+        "target": manifest["target"]["name"], "layout": manifest.get("layout", {}).get("chosen"),
+        "variant": manifest.get("variant", "fp32"),
+        "variant_detected": graph.get("variant"), "quantization": graph.get("quantization"),
+        "size_bytes": sum(f["size"] for f in files.values()),
+        "model_file": model_file, "model_bytes": (files.get(model_file) or {}).get("size"),
+        "macs": graph.get("macs") or next((st["macs"] for st in reversed(stages) if st.get("macs")), None),
+        "params": graph.get("params") or next((st["params"] for st in reversed(stages) if st.get("params")), None),
+        "top1_compiled": next((st["top1"] for st in reversed(stages) if st.get("top1") is not None), None),
+    }
+
+
 def make_report(artifact: Path, manifest: dict, place: Place, runtime: str, opts: BenchOptions,
-                cores: list[int] | None, measured: dict, wall_s: float) -> dict:
-    stages = manifest.get("stages") or []
+                cores: list[int] | None, measured: dict, wall_s: float, batch: int = 1) -> dict:
     return {
         "schema": REPORT_SCHEMA,
         "kind": "edgecls-bench-report",
@@ -203,15 +233,7 @@ def make_report(artifact: Path, manifest: dict, place: Place, runtime: str, opts
         "edgecls_version": __version__,
         "board": place.describe(),
         "runtime": runtime,
-        "artifact": {
-            "id": manifest_id(artifact), "name": artifact.name, "path": str(artifact),
-            "model_sha256": manifest["model"]["sha256"], "model_source": manifest["model"]["source"],
-            "target": manifest["target"]["name"], "layout": manifest.get("layout", {}).get("chosen"),
-            "variant": manifest.get("variant", "fp32"),
-            "size_bytes": sum(f["size"] for f in manifest.get("files", {}).values()),
-            "macs": next((st["macs"] for st in reversed(stages) if st.get("macs")), None),
-            "top1_compiled": next((st["top1"] for st in reversed(stages) if st.get("top1") is not None), None),
-        },
+        "artifact": artifact_section(artifact, manifest, runtime, batch),
         "options": {**{k: v for k, v in asdict(opts).items() if k not in ("extra", "timeout")},
                     "runtimes": list(opts.runtimes), "cores_resolved": cores},
         "device": measured.get("device"),

@@ -50,12 +50,16 @@ from edgecls.commands.options import (mlflow_option, optimization_options, parse
 @click.option("--tuning-db", default=None, metavar="DIR",
               help="Apply tuned records from this database (default: $EDGECLS_TUNING_DB or "
                    "~/.cache/edgecls/tuning when it holds one for the target); 'none' to ignore it.")
+@click.option("--variant", "variant", default=None, metavar="NAME",
+              help="Label the artifact's report rows NAME instead of what the graph says (fp32, fp16, "
+                   "int8-static-perchannel-u8, pruned50-int8-qat-...).")
 @click.option("--verbose", "-v", is_flag=True, help="Show every stage and graph pass.")
 @mlflow_option
 @targets_dir_option
 def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order, preprocess_file,
             data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite, max_accuracy_drop,
-            val_data, val_count, force, no_verify, schedules, backend, from_reports, integer_kernels, batch_sizes, tuning_db, verbose,
+            val_data, val_count, force, no_verify, schedules, backend, from_reports, integer_kernels, batch_sizes, tuning_db,
+            variant, verbose,
             mlflow_uri, targets_dir):
     """Compile MODEL (.onnx, .pt2, TorchScript) for a target into a runnable, verified artifact."""
     from edgecls.artifact.batches import parse_batches
@@ -75,7 +79,7 @@ def compile(model, target, out_dir, layout, input_shape, labels, mean, std, chan
         tuning_db=tuning_db or "auto", batch_sizes=batches,
         integer_kernels=integer_kernels, backend=backend, from_reports=tuple(from_reports),
         val_data=val_data, val_count=val_count, max_accuracy_drop=max_accuracy_drop, tflite=tflite_mode(tflite),
-        optimize=optimize, preprocess=preprocess)
+        optimize=optimize, preprocess=preprocess, variant=variant)
     if mlflow_uri:
         from edgecls.report.mlflow_log import require_mlflow
         require_mlflow()  # before minutes of work

@@ -4,6 +4,7 @@ Layers, each importing only the ones below it (tests/test_compile_layers.py chec
 
     build.py, tune.py   policy: which layout, import route, runner, budget, what to record.
                         They import edgecls.compile.tvm (its public names), never its modules.
+    graph_facts.py      MACs, parameters and the variant of the ONNX graph: onnx only, no TVM.
     tvm/                the one door to TVM (its __init__ lists the public names):
       lower.py            schedules + tuned records + weight packing -> executable / model.so
       tuning/             MetaSchedule: tuner -> measure -> rpc_server, tracker; database

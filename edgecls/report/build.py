@@ -1,7 +1,8 @@
 """`edgecls report` as one function: read the bench reports, compare, write the requested files.
 
---plot PATH writes three PNGs: PATH (latency bars), PATH's stem + "-accuracy" (top-1 vs latency,
-Pareto front) and + "-runs" (per-run latency distribution). The HTML page embeds all three.
+--plot PATH writes up to three PNGs: PATH (latency bars), PATH's stem + "-accuracy" (top-1 vs
+latency, Pareto front) and + "-runs" (per-run latency distribution). The HTML page embeds them. A
+figure with nothing to show is neither written nor embedded; a note says why.
 """
 
 from __future__ import annotations
@@ -63,21 +64,31 @@ def build_report(req: ReportRequest, warn=lambda msg: None) -> ReportResult:
     if req.md:
         result.written.append(write_atomic(req.md, markdown_text(loaded, baseline)))
     if req.plot or req.html:
-        from edgecls.report.plots import all_pngs
-        pngs = all_pngs(loaded.rows)
-        if req.plot:
-            for name, path in plot_paths(req.plot).items():
-                result.written.append(write_atomic(path, pngs[name]))
-        if req.html:
-            from edgecls.report.html import page
-            result.written.append(write_atomic(req.html, page(loaded, pngs, baseline, req.title)))
+        _figures(req, result)
     if req.mlflow:
         result.mlflow_runs = log_to_mlflow(req.mlflow, result)
     return result
 
 
+def _figures(req: ReportRequest, result: ReportResult) -> None:
+    """--plot files and the HTML page. A figure left out: a note for its --plot file, a line in
+    its place on the page."""
+    from edgecls.report.plots import all_pngs, left_out
+    pngs = all_pngs(result.loaded.rows)
+    missing = left_out(pngs)
+    if req.plot:
+        for name, path in plot_paths(req.plot).items():
+            if name in pngs:
+                result.written.append(write_atomic(path, pngs[name]))
+            else:
+                result.loaded.notes.append(f"{path.name} not written: {missing[name]}")
+    if req.html:
+        from edgecls.report.html import page
+        result.written.append(write_atomic(req.html, page(result.loaded, pngs, result.baseline, req.title, missing)))
+
+
 def row_params(r: Row) -> dict:
-    return {"board": r.board, "target": r.target, "runtime": r.runtime, "variant": r.variant,
+    return {"board": r.board, "target": r.target, "model": r.model, "runtime": r.runtime, "variant": r.variant,
             "threads": r.threads, "cores": r.cores, "artifact": r.artifact_name, "artifact_id": r.artifact_id,
             "model_sha256": r.model_sha256, "runtime_version": r.runtime_version, "schema": r.schema,
             "created": r.created, "warnings": "; ".join(r.warnings) or "none"}
@@ -85,7 +96,8 @@ def row_params(r: Row) -> dict:
 
 def row_metrics(r: Row) -> dict:
     m = {"median_ms": r.median, "p90_ms": r.p90, "p99_ms": r.p99, "fps": r.fps, "top1": r.top1,
-         "size_bytes": r.size_bytes, "macs": r.macs, "emulated_instructions": r.instructions,
+         "size_bytes": r.size_bytes, "model_bytes": r.model_bytes, "macs": r.macs, "params": r.params,
+         "emulated_instructions": r.instructions,
          "warnings": len(r.warnings)}
     m.update({f"{k}_vs_baseline": v for k, v in r.ratios.items()})
     return m

@@ -32,7 +32,7 @@ td.warn{color:#a15c00;white-space:normal;min-width:14em}
 tr.flagged td:first-child{border-left:4px solid #e69500}
 tr.baseline{font-weight:bold;background:#eef6ff}
 ul.notes li{margin:.15em 0} .skipped{color:#b00}
-figure{margin:1em 0} figure img{max-width:100%;border:1px solid #ddd}
+figure{margin:1em 0} figure img{max-width:100%;border:1px solid #ddd} .left-out{color:#666}
 """
 
 JS = """
@@ -113,7 +113,9 @@ def _numeric(col: str) -> bool:
     return col not in KEY_FIELDS  # metrics, ratios, and warnings (sorted by how many)
 
 
-def page(loaded: Loaded, pngs: dict[str, bytes], baseline: Row | None = None, title: str = "edgecls report") -> str:
+def page(loaded: Loaded, pngs: dict[str, bytes], baseline: Row | None = None, title: str = "edgecls report",
+         left_out: dict[str, str] | None = None) -> str:
+    """The page; left_out: figure name -> why it was not drawn, one line each under Figures."""
     cols = display_columns(baseline is not None, loaded.rows)
     head = "".join(f'<th data-type="{"num" if _numeric(c) else "text"}" aria-sort="none">{_e(HEADERS[c])}</th>'
                    for c in cols)
@@ -127,6 +129,8 @@ def page(loaded: Loaded, pngs: dict[str, bytes], baseline: Row | None = None, ti
     figures = [f'<figure id="fig-{_e(name)}"><img alt="{_e(name)} plot" '
                f'src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
                for name, data in pngs.items()]
+    figures += [f'<p class="left-out" id="left-out-{_e(name)}">{_e(name)} figure left out: {_e(why)}</p>'
+                for name, why in (left_out or {}).items()]
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     base = f"; baseline <b>{_e(baseline.label)}</b> (ratios: latency row/baseline, fps row/baseline)" \
         if baseline else ""

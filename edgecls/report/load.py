@@ -1,6 +1,7 @@
 """Read `edgecls bench` JSON reports into comparable rows.
 
-One row per (board, target, runtime, variant, threads, cores). Robust on purpose: a file that is
+One row per (board, target, model, runtime, variant, threads, cores): two artifacts share a row only
+when they are builds of one model file with one variant. Robust on purpose: a file that is
 not JSON, or JSON that is not an edgecls bench report, is named in a warning and skipped; a report
 of another schema version or with missing fields is read for what it has, with a note. Several
 reports for one row key: the newest (by its `created` stamp) is kept and the others are named in
@@ -19,13 +20,14 @@ from edgecls.report.checks import row_warnings
 
 REPORT_KIND = "edgecls-bench-report"
 KNOWN_SCHEMAS = (1,)
-KEY_FIELDS = ("board", "target", "runtime", "variant", "threads", "cores")
+KEY_FIELDS = ("board", "target", "model", "runtime", "variant", "threads", "cores")
 
 
 @dataclass
 class Row:
     board: str
     target: str
+    model: str  # name@sha256[:8] of the model file given to compile (before optimize)
     runtime: str
     variant: str
     threads: str
@@ -35,8 +37,10 @@ class Row:
     p99: float | None = None
     fps: float | None = None
     top1: float | None = None
-    size_bytes: int | None = None
+    size_bytes: int | None = None  # the whole artifact
+    model_bytes: int | None = None  # the file this runtime loads (model.so for TVM)
     macs: int | None = None
+    params: int | None = None
     instructions: int | None = None  # per inference under qemu (bench --count): emulated, not time
     warnings: list[str] = field(default_factory=list)
     runs: list[float] = field(default_factory=list)
@@ -55,7 +59,7 @@ class Row:
 
     @property
     def label(self) -> str:
-        return f"{self.board}:{self.runtime}:{self.variant} (threads {self.threads}, cores {self.cores})"
+        return f"{self.model}/{self.board}:{self.runtime}:{self.variant} (threads {self.threads}, cores {self.cores})"
 
 
 @dataclass
@@ -126,35 +130,75 @@ def read_report(path: Path) -> tuple[dict | None, str | None]:
     return data, None
 
 
-def to_row(r: dict, path: Path) -> tuple[Row, list[str]]:
-    """One report -> a row, plus notes about what it lacked."""
-    notes, missing = [], []
-    board, art, opts = _dict(r.get("board")), _dict(r.get("artifact")), _dict(r.get("options"))
-    t, bench, acc = _dict(r.get("timings_ms")), _dict(r.get("bench")), _dict(r.get("accuracy"))
-    schema = r.get("schema")
-    if schema not in KNOWN_SCHEMAS:
-        notes.append(f"{path.name}: schema {schema!r} (this edgecls writes {KNOWN_SCHEMAS[-1]}); read what matches")
-    threads = r.get("threads") if r.get("threads") is not None else opts.get("threads")
-    cores = r.get("cores") if r.get("cores") is not None else opts.get("cores_resolved")
-    median, p90, p99 = _num(t.get("median")), _num(t.get("p90")), _num(t.get("p99"))
-    fps = _num(bench.get("fps"))
-    if isinstance(r.get("batch"), int) and r["batch"] != 1 and _num(bench.get("images_per_s")):
-        fps = _num(bench.get("images_per_s"))  # images/s: a batch of N counts N
-    if fps is None and _num(t.get("mean")):
-        fps = 1000.0 / t["mean"]
-    runs = [float(v) for v in t["runs"] if _num(v) is not None] if isinstance(t.get("runs"), list) else []
-    # A batch size and a TensorRT precision are variants of their own (fp32-b4, int8-trt-fp16).
+def model_text(art: dict) -> str:
+    """name@sha256[:8] of the model given to compile; older reports: their model source's stem."""
+    name = _str(art.get("model_name")) or Path(_str(art.get("model_source")) or "").stem
+    sha = _str(art.get("model_origin_sha256")) or _str(art.get("model_sha256")) or ""
+    return "@".join(p for p in (name, sha[:8]) if p) or "?"
+
+
+def place_text(r: dict) -> tuple[str, str]:
+    """(threads, cores) in one vocabulary, whichever runner measured.
+
+    edgecls-runner reports TVM's pool size and the CPUs it may run on; the Python harnesses the
+    threads asked for and (older ones) no CPUs unless pinned. So: threads is what was asked
+    ('default' when nothing was), cores the CPU list asked for, else the CPUs the process had,
+    'all' when those are every online CPU. A count (bench --count) ran with its own thread count.
+    """
+    opts, device = _dict(r.get("options")), _dict(r.get("device"))
+    measured = r.get("threads") if isinstance(r.get("threads"), int) else None
+    asked = opts.get("threads") if "threads" in opts else measured  # reports without options: measured
+    if isinstance(r.get("instructions"), dict) and measured is not None:
+        asked = measured
+    threads = str(asked) if isinstance(asked, int) and asked > 0 else "default"
+    pinned = opts.get("cores_resolved")
+    used = pinned if isinstance(pinned, list) and pinned else r.get("cores")
+    online = _int(device.get("online_cpus"))
+    if not isinstance(used, list) or not used:
+        return threads, "all"
+    if not pinned and online and {c for c in used if isinstance(c, int)} >= set(range(online)):
+        return threads, "all"
+    return threads, cpu_list(used)
+
+
+def _variant(r: dict, art: dict) -> str:
+    """The artifact's variant; a batch size and a TensorRT precision are variants of their own
+    (fp32-b4, int8-trt-fp16)."""
     variant = str(art.get("variant") or "fp32")
     if isinstance(r.get("batch"), int) and r["batch"] != 1:
         variant += f"-b{r['batch']}"
     precision = _dict(r.get("tensorrt")).get("precision")
     if r.get("runtime") == "tensorrt" and precision:
         variant += f"-trt-{precision}"
+    return variant
+
+
+def _fps(r: dict, t: dict, bench: dict) -> float | None:
+    fps = _num(bench.get("fps"))
+    if isinstance(r.get("batch"), int) and r["batch"] != 1 and _num(bench.get("images_per_s")):
+        fps = _num(bench.get("images_per_s"))  # images/s: a batch of N counts N
+    if fps is None and _num(t.get("mean")):
+        fps = 1000.0 / t["mean"]
+    return fps
+
+
+def to_row(r: dict, path: Path) -> tuple[Row, list[str]]:
+    """One report -> a row, plus notes about what it lacked."""
+    notes, missing = [], []
+    board, art = _dict(r.get("board")), _dict(r.get("artifact"))
+    t, acc = _dict(r.get("timings_ms")), _dict(r.get("accuracy"))
+    schema = r.get("schema")
+    if schema not in KNOWN_SCHEMAS:
+        notes.append(f"{path.name}: schema {schema!r} (this edgecls writes {KNOWN_SCHEMAS[-1]}); read what matches")
+    threads, cores = place_text(r)
+    median, p90, p99 = _num(t.get("median")), _num(t.get("p90")), _num(t.get("p99"))
+    runs = [float(v) for v in t["runs"] if _num(v) is not None] if isinstance(t.get("runs"), list) else []
     row = Row(board=str(board.get("name") or "?"), target=str(art.get("target") or board.get("target") or "?"),
-              runtime=str(r.get("runtime") or "?"), variant=variant,
-              threads=str(threads) if threads is not None else "default", cores=cpu_list(cores),
-              median=median, p90=p90, p99=p99, fps=fps, top1=_num(acc.get("top1")),
-              size_bytes=_int(art.get("size_bytes")), macs=_int(art.get("macs")), runs=runs,
+              model=model_text(art), runtime=str(r.get("runtime") or "?"), variant=_variant(r, art),
+              threads=threads, cores=cores, median=median, p90=p90, p99=p99,
+              fps=_fps(r, t, _dict(r.get("bench"))), top1=_num(acc.get("top1")),
+              size_bytes=_int(art.get("size_bytes")), model_bytes=_int(art.get("model_bytes")),
+              macs=_int(art.get("macs")), params=_int(art.get("params")), runs=runs,
               instructions=_int(_dict(r.get("instructions")).get("per_inference")),
               created=str(r.get("created") or ""), path=str(path), schema=schema,
               artifact_id=_str(art.get("id")), artifact_name=_str(art.get("name")),
@@ -191,7 +235,7 @@ def load_reports(paths) -> Loaded:
                      f"({keep.created or 'no date'}) kept, older {Path(drop.path).name} "
                      f"({drop.created or 'no date'}){other} dropped")
         rows[row.key] = keep
-    kept = sorted(rows.values(), key=lambda r: (r.board, r.target, r.variant, r.runtime, r.threads, r.cores))
+    kept = sorted(rows.values(), key=lambda r: (r.board, r.target, r.model, r.variant, r.runtime, r.threads, r.cores))
     notes += _artifact_notes(kept)
     return Loaded(kept, warnings, notes)
 
@@ -207,25 +251,34 @@ def _artifact_notes(rows: list[Row]) -> list[str]:
         if len(ids) > 1:
             notes.append(f"model {sha[:12]}: rows merged from {len(ids)} different artifacts "
                          f"({', '.join(sorted(i[:12] for i in ids))})")
-    if len(by_model) > 1:
-        notes.append(f"the rows come from {len(by_model)} different model files (variants of one model, "
-                     "or different models: check the artifact column in the CSV)")
     return notes
 
 
+def _model_matches(row: Row, model: str | None) -> bool:
+    """A --baseline model: the model column's text, its name, or a prefix of its sha256."""
+    if model is None:
+        return True
+    name, _, sha = row.model.partition("@")
+    by_sha = bool(sha) and len(model) >= 4 and (sha.startswith(model) or model.startswith(sha))
+    return model in (row.model, name) or by_sha
+
+
 def find_baseline(rows: list[Row], spec: str) -> Row:
-    """'board:runtime:variant[:threads[:cores]]' -> the one matching row."""
-    parts = spec.split(":")
-    if not 3 <= len(parts) <= 5 or not all(parts):
-        raise UsageError(f"--baseline takes board:runtime:variant[:threads[:cores]], got '{spec}'")
+    """'[model/]board:runtime:variant[:threads[:cores]]' -> the one matching row."""
+    model, _, place = spec.rpartition("/")
+    parts = place.split(":")
+    if not 3 <= len(parts) <= 5 or not all(parts) or (_ and not model):
+        raise UsageError(f"--baseline takes [model/]board:runtime:variant[:threads[:cores]], got '{spec}'")
     fields = ("board", "runtime", "variant", "threads", "cores")[:len(parts)]
-    hits = [r for r in rows if all(getattr(r, f) == v for f, v in zip(fields, parts))]
+    hits = [r for r in rows if _model_matches(r, model or None)
+            and all(getattr(r, f) == v for f, v in zip(fields, parts))]
+    several = len({r.model for r in rows}) > 1
     if not hits:
-        have = ", ".join(sorted({f"{r.board}:{r.runtime}:{r.variant}" for r in rows}))
+        have = ", ".join(sorted({f"{r.model + '/' if several else ''}{r.board}:{r.runtime}:{r.variant}" for r in rows}))
         raise UsageError(f"--baseline {spec} matches no row (rows: {have})")
     if len(hits) > 1:
-        have = ", ".join(f"{r.board}:{r.runtime}:{r.variant}:{r.threads}:{r.cores}" for r in hits)
-        raise UsageError(f"--baseline {spec} matches {len(hits)} rows; add :threads[:cores] ({have})")
+        have = ", ".join(f"{r.model}/{r.board}:{r.runtime}:{r.variant}:{r.threads}:{r.cores}" for r in hits)
+        raise UsageError(f"--baseline {spec} matches {len(hits)} rows; add model/ or :threads[:cores] ({have})")
     return hits[0]
 
 

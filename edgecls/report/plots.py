@@ -3,6 +3,9 @@
 - latency: median per board and runtime/variant, bars with a whisker up to p90
 - accuracy: top-1 on device against median latency, the Pareto front marked
 - runs: the distribution of the per-run timings of each row (box plots)
+
+A figure with nothing to show is not drawn: all_pngs leaves it out and left_out says why, so a
+page never carries an empty panel.
 """
 
 from __future__ import annotations
@@ -46,26 +49,32 @@ def group_label(r: Row, rows: list[Row]) -> str:
     return label + ("\n" + " ".join(extra) if extra else "")
 
 
-def _empty(fig, text: str) -> None:
-    ax = fig.add_subplot()
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
-    ax.set_axis_off()
+# Why a figure is left out: the reason shown in its place (HTML) or instead of its file (--plot).
+EMPTY_REASONS = {"latency": "no report carries a median latency",
+                 "accuracy": "no report carries both top-1 on device and a median latency",
+                 "runs": "no report carries per-run timings"}
 
 
-def latency_png(rows: list[Row]) -> bytes:
+def _series(r: Row, rows: list[Row], sep: str = " ") -> str:
+    """A bar's legend entry: runtime and variant, with the model when the rows hold several."""
+    model = [] if _uniform(rows, "model") else [r.model.partition("@")[0]]
+    return sep.join([*model, r.runtime, r.variant])
+
+
+def latency_png(rows: list[Row]) -> bytes | None:
     timed = [r for r in rows if r.median is not None]
-    groups = list(dict.fromkeys(group_label(r, timed) for r in timed))
-    series = list(dict.fromkeys(f"{r.runtime} {r.variant}" for r in timed))
-    fig = _figure(max(6.0, 1.2 + 0.55 * len(groups) * max(1, len(series))), 4.4)
     if not timed:
-        _empty(fig, "no report carries a median latency")
-        return _png(fig)
+        return None
+    groups = list(dict.fromkeys(group_label(r, timed) for r in timed))
+    series = list(dict.fromkeys(_series(r, timed) for r in timed))
+    longest = max(len(s) for s in series)
+    fig = _figure(max(6.0, 1.2 + 0.55 * len(groups) * max(1, len(series))), 4.4 + 0.2 * ((len(series) + 1) // 2))
     ax = fig.add_subplot()
     width = 0.8 / len(series)
     for i, s in enumerate(series):
         xs, heights, up = [], [], []
         for g, name in enumerate(groups):
-            hit = next((r for r in timed if group_label(r, timed) == name and f"{r.runtime} {r.variant}" == s), None)
+            hit = next((r for r in timed if group_label(r, timed) == name and _series(r, timed) == s), None)
             if hit is None:
                 continue
             xs.append(g - 0.4 + width * (i + 0.5))
@@ -77,7 +86,8 @@ def latency_png(rows: list[Row]) -> bytes:
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
     ax.set_ylabel("latency ms (bar: median, whisker: p90)")
     ax.set_title("latency per board and variant")
-    ax.legend(fontsize=8, ncols=min(4, len(series)), loc="upper left")
+    # Under the axes: long labels (model, int8-static-perchannel-u8) would cover the bars.
+    fig.legend(fontsize=8, ncols=min(2 if longest > 24 else 4, len(series)), loc="outside lower center")
     top, low = max((r.p90 or r.median) for r in timed), min(r.median for r in timed)
     if low > 0 and top / low > 30:  # a fast and a slow board side by side: log, or the fast bar vanishes
         ax.set_yscale("log")
@@ -99,12 +109,11 @@ def pareto_front(points: list[tuple[float, float, object]]) -> list:
     return front
 
 
-def accuracy_png(rows: list[Row]) -> bytes:
+def accuracy_png(rows: list[Row]) -> bytes | None:
     pts = [(r.median, r.top1, r) for r in rows if r.median is not None and r.top1 is not None]
-    fig = _figure(6.4, 4.4)
     if not pts:
-        _empty(fig, "no report carries both top-1 and latency")
-        return _png(fig)
+        return None
+    fig = _figure(6.4, 4.4)
     ax = fig.add_subplot()
     front = pareto_front(pts)
     others = [p for p in pts if p[2] not in front]
@@ -114,7 +123,7 @@ def accuracy_png(rows: list[Row]) -> bytes:
     ax.plot([p[0] for p in fr], [p[1] for p in fr], "-o", c="#d62728", drawstyle="steps-post",
             label="Pareto front", zorder=3)
     for i, (lat, acc, r) in enumerate(sorted(pts, key=lambda p: p[0])):
-        ax.annotate(f"{r.board}:{r.runtime}:{r.variant}", (lat, acc), fontsize=7, textcoords="offset points",
+        ax.annotate(f"{r.board}:{_series(r, rows, sep=':')}", (lat, acc), fontsize=7, textcoords="offset points",
                     xytext=(4, 5 if i % 2 == 0 else -11))  # alternate above/below: neighbours overlap less
     skipped = len(rows) - len(pts)
     ax.set_title("top-1 on device vs median latency" + (f" ({skipped} row(s) without top-1)" if skipped else ""))
@@ -126,15 +135,15 @@ def accuracy_png(rows: list[Row]) -> bytes:
     return _png(fig)
 
 
-def runs_png(rows: list[Row]) -> bytes:
+def runs_png(rows: list[Row]) -> bytes | None:
     with_runs = [r for r in rows if len(r.runs) >= 2]
-    fig = _figure(max(6.0, 1.5 + 0.7 * len(with_runs)), 4.4)
     if not with_runs:
-        _empty(fig, "no report carries per-run timings")
-        return _png(fig)
+        return None
+    labels = ["\n".join([r.board, _series(r, with_runs, sep="\n"),
+                         f"thr {'-' if r.threads == 'default' else r.threads} cpu {r.cores}"]) for r in with_runs]
+    chars = max(len(line) for label in labels for line in label.splitlines())  # a box as wide as its label
+    fig = _figure(max(6.0, 1.5 + max(0.7, 0.065 * chars) * len(with_runs)), 4.6)
     ax = fig.add_subplot()
-    labels = [f"{r.board}\n{r.runtime} {r.variant}\nthr {'-' if r.threads == 'default' else r.threads} "
-              f"cpu {r.cores}" for r in with_runs]
     ax.boxplot([r.runs for r in with_runs], tick_labels=labels, showfliers=True,
                flierprops={"markersize": 3, "alpha": 0.5})
     ax.tick_params(axis="x", labelsize=7)
@@ -150,5 +159,11 @@ def runs_png(rows: list[Row]) -> bytes:
 
 
 def all_pngs(rows: list[Row]) -> dict[str, bytes]:
-    """name -> PNG bytes, in page order."""
-    return {"latency": latency_png(rows), "accuracy": accuracy_png(rows), "runs": runs_png(rows)}
+    """name -> PNG bytes, in page order, of the figures that have something to show."""
+    drawn = {"latency": latency_png(rows), "accuracy": accuracy_png(rows), "runs": runs_png(rows)}
+    return {name: png for name, png in drawn.items() if png is not None}
+
+
+def left_out(pngs: dict[str, bytes]) -> dict[str, str]:
+    """name -> why, for the figures all_pngs did not draw."""
+    return {name: why for name, why in EMPTY_REASONS.items() if name not in pngs}

@@ -10,16 +10,18 @@ from rich.table import Table
 
 from edgecls.report.load import KEY_FIELDS, Loaded, Row
 
-METRICS = ("median", "p90", "p99", "fps", "top1", "size_bytes", "macs", "instructions")
-HEADERS = {"board": "board", "target": "target", "runtime": "runtime", "variant": "variant",
+METRICS = ("median", "p90", "p99", "fps", "top1", "macs", "params", "model_bytes", "size_bytes", "instructions")
+HEADERS = {"board": "board", "target": "target", "model": "model", "runtime": "runtime", "variant": "variant",
            "threads": "threads", "cores": "cores", "median": "median ms", "p90": "p90 ms", "p99": "p99 ms",
-           "fps": "fps", "top1": "top-1", "size_bytes": "size", "macs": "MACs",
+           "fps": "fps", "top1": "top-1", "macs": "MACs", "params": "params",
+           "model_bytes": "model file", "size_bytes": "artifact",
            "instructions": "emulated instr/inference", "instructions_ratio": "instr/base",
            "median_ratio": "med/base", "fps_ratio": "fps/base", "top1_delta": "top-1 vs base",
            "warnings": "warnings"}
 
 
-SHORT = {"median": "median\nms", "p90": "p90\nms", "p99": "p99\nms", "median_ratio": "median\n/base",
+SHORT = {"model_bytes": "model\nfile",
+         "median": "median\nms", "p90": "p90\nms", "p99": "p99\nms", "median_ratio": "median\n/base",
          "fps_ratio": "fps\n/base", "top1_delta": "top-1\nvs base", "instructions": "emulated\ninstr/inf",
          "instructions_ratio": "instr\n/base"}
 
@@ -79,10 +81,10 @@ def cell_text(row: Row, col: str) -> str:
         return "-" if row.fps is None else (f"{row.fps:.0f}" if row.fps >= 100 else f"{row.fps:.3g}")
     if col == "top1":
         return _f(row.top1, ".3f")
-    if col == "size_bytes":
-        return size_text(row.size_bytes)
-    if col == "macs":
-        return macs_text(row.macs)
+    if col in ("size_bytes", "model_bytes"):
+        return size_text(getattr(row, col))
+    if col in ("macs", "params"):
+        return macs_text(getattr(row, col))
     if col == "instructions":
         return "-" if row.instructions is None else f"{row.instructions / 1e6:.1f} M"
     if col == "instructions_ratio":
@@ -123,7 +125,7 @@ def rich_table(loaded: Loaded, baseline: Row | None = None) -> Table:
     title = "edgecls report" + (f" (baseline {baseline.label})" if baseline else "")
     table = Table(title=title, box=box.SIMPLE_HEAD, show_lines=True, pad_edge=False,
                   collapse_padding=True)
-    table.add_column("board (target)\nruntime variant\nthreads, cpus", overflow="fold", min_width=16)
+    table.add_column("board (target)\nmodel\nruntime variant\nthreads, cpus", overflow="fold", min_width=16)
     cols = [c for c in display_columns(baseline is not None, loaded.rows) if c not in KEY_FIELDS and c != "warnings"]
     for c in cols:
         table.add_column(SHORT.get(c, HEADERS[c]), justify="right", no_wrap=True)
@@ -131,7 +133,7 @@ def rich_table(loaded: Loaded, baseline: Row | None = None) -> Table:
     for i, r in enumerate(loaded.rows, 1):
         style = "bold" if baseline is not None and r is baseline else None
         threads = "-" if r.threads == "default" else r.threads
-        table.add_row(f"{r.board} ({r.target})\n{r.runtime} {r.variant}\nthr {threads}, cpu {r.cores}",
+        table.add_row(f"{r.board} ({r.target})\n{r.model}\n{r.runtime} {r.variant}\nthr {threads}, cpu {r.cores}",
                       *(cell_text(r, c) for c in cols), f"!{i}" if r.warnings else "", style=style)
     return table
 
@@ -141,7 +143,8 @@ def warning_lines(loaded: Loaded) -> list[str]:
     return [f"!{i} {r.label}: {'; '.join(r.warnings)}" for i, r in enumerate(loaded.rows, 1) if r.warnings]
 
 
-CSV_FIELDS = (list(KEY_FIELDS) + ["median_ms", "p90_ms", "p99_ms", "fps", "top1", "size_bytes", "macs",
+CSV_FIELDS = (list(KEY_FIELDS) + ["median_ms", "p90_ms", "p99_ms", "fps", "top1", "macs", "params",
+                                  "model_bytes", "size_bytes",
                                   "emulated_instructions",
                                   "median_ratio", "p90_ratio", "p99_ratio", "fps_ratio", "top1_delta",
                                   "warnings", "runs", "artifact", "artifact_id", "model_sha256",
@@ -154,7 +157,8 @@ def csv_text(loaded: Loaded) -> str:
     w.writerow(CSV_FIELDS)
     for r in loaded.rows:
         ratios = r.ratios
-        values = [*r.key, r.median, r.p90, r.p99, r.fps, r.top1, r.size_bytes, r.macs, r.instructions,
+        values = [*r.key, r.median, r.p90, r.p99, r.fps, r.top1, r.macs, r.params, r.model_bytes, r.size_bytes,
+                  r.instructions,
                     ratios.get("median"), ratios.get("p90"), ratios.get("p99"), ratios.get("fps"),
                     ratios.get("top1_delta"), "; ".join(r.warnings), len(r.runs), r.artifact_name,
                     r.artifact_id, r.model_sha256, r.runtime_version, r.schema, r.created, r.path]

@@ -125,14 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def pin(cores_arg):
-    """--cores 4,5 -> [4, 5], this process pinned to them; None leaves the affinity alone."""
+    """--cores 4,5: this process pinned to them; None leaves the affinity alone. Returns the cores
+    the process may run on, pinned or not, as edgecls-runner reports them: one vocabulary."""
     cores = [int(c) for c in cores_arg.split(",")] if cores_arg else None
     if cores:
         try:
             os.sched_setaffinity(0, cores)
         except OSError as exc:
             fail(NAME, f"cannot pin to cores {cores_arg}: {exc.strerror}")
-    return cores
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity API (macOS): what was asked, if anything
+        return cores
 
 
 def reference_check(run, ref_input, ref_output) -> dict:
