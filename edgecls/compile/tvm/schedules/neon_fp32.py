@@ -1,0 +1,89 @@
+"""The NEON fp32 rule: float32 conv2d/dense kernels on aarch64 with the by-lane FMA intrinsic
+(isa/lane_fma.py) as their innermost step.
+
+The reduction rule's loop nest (register tile, fused epilogue, parallel tiles, packed weights)
+stays; only its innermost step is re-blocked: 4 consecutive input channels x one vector of
+output channels become one vector load of the pixel's activations and 4 fmla by lane, where the
+plain rule loads every activation as a scalar (`ldr s`). Which kernels: regular conv2d (1x1 and
+KxK) and dense whose input-channel count is a multiple of 4 and whose output channels fill the
+vectors. Depthwise convs and pooling keep the plain rule (no input-channel reduction); so does
+every non-aarch64 target (the rule does not apply: x86 builds are unchanged).
+"""
+
+from __future__ import annotations
+
+from edgecls.compile.tvm.core import load_tvm
+from edgecls.compile.tvm.schedules import tir as th
+from edgecls.compile.tvm.schedules.isa import widening_isa
+from edgecls.compile.tvm.schedules.isa.lane_fma import K, LANES, lane_fma_intrin
+from edgecls.compile.tvm.schedules.reduction import schedule_reduction
+from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
+
+
+def _float32_reduction(stmt) -> None:
+    """Raise NotRecognised unless every buffer of the block is float32."""
+    for region in (*stmt.reads, *stmt.writes):
+        if str(th.buffer(region).dtype) != "float32":
+            raise NotRecognised("not a float32 reduction")
+
+
+def channel_loop(sch, block) -> int:
+    """Index in the block's loops of the reduction iterator that indexes one operand's innermost
+    dimension (the activation's input channel, NHWC or [.., K]) and the vector operand's
+    second-innermost one (the weight's row: HWIO's I, or I of prepack's blocked layout)."""
+    tvm = load_tvm()
+    stmt = sch.get(block)
+    vec_var = stmt.writes[0].region[-1].min
+    out = th.buffer(stmt.writes[0])
+    reads = [r for r in stmt.reads if not th.buffer(r).same_as(out)]
+    weight = [r for r in reads if th.uses(r.region[-1].min, vec_var) and len(r.region) > 1]
+    act = [r for r in reads if not th.uses(r.region[-1].min, vec_var)]
+    if len(weight) != 1 or len(act) != 1:
+        raise NotRecognised("not an activation x weight product along the vector axis")
+    k = act[0].region[-1].min
+    if not weight[0].region[-2].min.same_as(k):
+        raise NotRecognised("activation and weight do not share the innermost reduction")
+    loops = sch.get_loops(block)
+    realize = sch.get(loops[-1]).body
+    bound = [v for iv, v in zip(realize.block.iter_vars, realize.iter_values)
+             if iv.var.same_as(k) and iv.iter_type == tvm.tirx.IterVar.CommReduce]
+    at = [i for i, lp in enumerate(loops) if bound and sch.get(lp).loop_var.same_as(bound[0])]
+    if not at:
+        raise NotRecognised("the input-channel iterator is not a plain loop")
+    return at[0]
+
+
+def schedule_lane_fma(sch, block, lanes: int) -> str:
+    """The reduction rule with the by-lane FMA intrinsic as the innermost step of conv2d/dense
+    kernels; other float32 kernels get the plain rule. Returns the stats key."""
+    _float32_reduction(sch.get(block))
+    name = th.name(sch, block)
+    kind = schedule_reduction(sch, block, lanes)
+    if kind not in ("conv2d", "dense"):
+        return kind
+    update = sch.get_sblock(name + "_update")
+    loops = sch.get_loops(update)
+    at = channel_loop(sch, update)
+    k = next((k for k in K if th.extent(sch, loops[at]) % k == 0), None)
+    if k is None or th.extent(sch, loops[-1]) != LANES:
+        raise NotRecognised("input channels or output vector do not fit the intrinsic")
+    # [.., ci, rows (unrolled), vectors (unrolled), lanes] -> [.., ci/k, rows, vectors, lanes, k]
+    k_o, k_i = sch.split(loops[at], [None, k])
+    sch.reorder(k_o, *loops[at + 1:], k_i)
+    sch.tensorize(sch.get_loops(update)[-2], lane_fma_intrin(k))
+    return kind
+
+
+class NeonFp32Rule(Rule):
+    """float32 functions with exactly one reduction block, on an aarch64 target
+    (schedule_lane_fma)."""
+
+    name = "neon-fp32"
+
+    def schedule(self, sch, target: RuleTarget) -> str:
+        if widening_isa(target.lanes, target.target) != "neon":
+            raise NotRecognised("not an aarch64 target")
+        reductions = th.reduction_blocks(sch)
+        if len(reductions) != 1:
+            raise NotRecognised(f"{len(reductions)} reduction blocks, not one")
+        return schedule_lane_fma(sch, sch.get_sblock(reductions[0]), target.lanes)
