@@ -16,7 +16,7 @@ from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.schedules import tir as th
 from edgecls.compile.tvm.schedules.isa import widening_isa
 from edgecls.compile.tvm.schedules.isa.lane_fma import K, LANES, lane_fma_intrin
-from edgecls.compile.tvm.schedules.reduction import schedule_reduction
+from edgecls.compile.tvm.schedules.reduction import register_tile, schedule_reduction
 from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
 
 
@@ -53,12 +53,39 @@ def channel_loop(sch, block) -> int:
     return at[0]
 
 
+# AArch64 has 32 vector registers (AVX2 16: reduction.MAX_ACCUMULATORS is sized for those). A step
+# of 4 input channels holds the tile's accumulators, its 4 nv weight rows (LLVM loads them first)
+# and one pixel's activations at a time.
+MAX_ACCUMULATORS = 16
+VECTOR_REGISTERS = 32
+LOOP_INSTRUCTIONS = 4  # per step: a pointer bump per operand, the counter, the branch
+
+
+def lane_fma_tile(kind: str, vext: int, vl: int, rext: int) -> tuple[int, int]:
+    """(rb, nv): the register tile of rb rows x nv vectors with the fewest other instructions
+    per fmla in a step of 4 input channels: rb activation loads, 2 nv weight loads (ldp pairs)
+    and the loop, for 4 rb nv fmla; no tail (rb divides the register axis, nv vl the vector
+    axis). Kinds without the intrinsic, and tiles of one row, keep reduction.register_tile."""
+    if kind not in ("conv2d", "dense") or rext == 1 or vl != LANES:
+        return register_tile(vext, vl, rext, False)
+    best = (float("inf"), 0, 1, 1)
+    for nv in range(1, MAX_ACCUMULATORS + 1):
+        if vext % (vl * nv):
+            continue
+        for rb in range(1, MAX_ACCUMULATORS // nv + 1):
+            if rext % rb or rb * nv + 4 * nv + 1 > VECTOR_REGISTERS:
+                continue
+            cost = (rb + 2 * nv + LOOP_INSTRUCTIONS) / (4 * rb * nv)
+            best = min(best, (cost, -nv, rb, nv))
+    return best[2], best[3]
+
+
 def schedule_lane_fma(sch, block, lanes: int) -> str:
     """The reduction rule with the by-lane FMA intrinsic as the innermost step of conv2d/dense
     kernels; other float32 kernels get the plain rule. Returns the stats key."""
     _float32_reduction(sch.get(block))
     name = th.name(sch, block)
-    kind = schedule_reduction(sch, block, lanes)
+    kind = schedule_reduction(sch, block, lanes, tile=lane_fma_tile)
     if kind not in ("conv2d", "dense"):
         return kind
     update = sch.get_sblock(name + "_update")

@@ -203,11 +203,12 @@ def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv
     return tile, reduce_loops
 
 
-def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str:
+def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=None) -> str:
     """The reduction rule (module doc) on `block`, the function's single reduction block.
     prefer_rows: register-tile ties go to more rows of one vector, for kernels whose per-vector
     weight preparation costs more than a load (the int8 widening kernels transpose or interleave
-    the weight rows in registers). Returns the stats key."""
+    the weight rows in registers). tile: a rule's own register-tile choice, (kind, vext, vl,
+    rext) -> (rb, nv), instead of register_tile's. Returns the stats key."""
     main = th.name(sch, block)
     red = analyse(sch, block)
     kind = red.kind(main)
@@ -215,7 +216,7 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str
     vext = int(red.iters[red.vec].dom.extent)
     vl = th.pow2_lanes(vext, lanes)
     rext = int(red.iters[red.reg].dom.extent) if red.reg is not None else 1
-    rb, nv = register_tile(vext, vl, rext, prefer_rows)
+    rb, nv = tile(kind, vext, vl, rext) if tile else register_tile(vext, vl, rext, prefer_rows)
     tile, reduce_loops = _tile_loops(sch, block, red, kind, vl, rb, nv)
     # Epilogue (bias, ReLU6, residual add or the plain write-back) on the tile while it is hot.
     sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
