@@ -85,15 +85,17 @@ def schedule_lane_fma(sch, block, lanes: int) -> str:
     kernels; other float32 kernels get the plain rule. Returns the stats key."""
     _float32_reduction(sch.get(block))
     name = th.name(sch, block)
-    kind = schedule_reduction(sch, block, lanes, tile=lane_fma_tile)
+    kind = schedule_reduction(sch, block, lanes, tile=lane_fma_tile, inline_pad_cin=0)
     if kind not in ("conv2d", "dense"):
         return kind
     update = sch.get_sblock(name + "_update")
     loops = sch.get_loops(update)
     at = channel_loop(sch, update)
     k = next((k for k in K if th.extent(sch, loops[at]) % k == 0), None)
-    if k is None or th.extent(sch, loops[-1]) != LANES:
-        raise NotRecognised("input channels or output vector do not fit the intrinsic")
+    if th.extent(sch, loops[-1]) != LANES:
+        raise NotRecognised("a vector narrower than the intrinsic")
+    if k is None:  # RGB: the plain rule's scalar activations, with the padding as its own stage
+        return kind
     # [.., ci, rows (unrolled), vectors (unrolled), lanes] -> [.., ci/k, rows, vectors, lanes, k]
     k_o, k_i = sch.split(loops[at], [None, k])
     sch.reorder(k_o, *loops[at + 1:], k_i)
