@@ -16,10 +16,11 @@ from edgecls.pipeline import CompileRequest, compile_artifact
 
 pytestmark = needs_aarch64
 
-# MobileNetV2 fp32, rk3399: 202.6 M before the NEON fp32 rule (scalar activation loads), 115.8 M
-# with it (vector loads + fmla by lane, 8x2 / 7x2 register tiles, RGB conv's padding as a stage);
-# LiteRT 2.3.0 (XNNPACK) counts 124.0 M on the same CPU model.
-FP32_MOBILENET_V2_BOUND = 117_000_000
+# MobileNetV2 fp32, rk3399: 202.6 M before the NEON fp32 rule (scalar activation loads), 112.1 M
+# with it (vector loads + fmla by lane, 8x2 / 7x2 register tiles, two steps of 4 input channels per
+# loop iteration, RGB conv's padding as a stage); LiteRT 2.3.0 (XNNPACK) counts 124.0 M on the same
+# CPU model.
+FP32_MOBILENET_V2_BOUND = 113_000_000
 
 
 @pytest.mark.slow
@@ -31,5 +32,5 @@ def test_fp32_mobilenet_v2_rk3399_instructions_within_bound(tmp_path):
     assert count.cpu == "cortex-a72"
     assert count.per_inference <= FP32_MOBILENET_V2_BOUND, count.to_dict()
     # The 1x1 convs dominate; the top kernel is MobileNetV2's 14x14 96->576 expansion (22.6 M
-    # before the rule, 10.75 M with it).
-    assert count.kernels[0]["per_inference"] <= 11_000_000, count.kernels[0]
+    # before the rule, 10.23 M with it).
+    assert count.kernels[0]["per_inference"] <= 10_500_000, count.kernels[0]
