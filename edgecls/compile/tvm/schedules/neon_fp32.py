@@ -17,7 +17,7 @@ Which kernels: regular conv2d (1x1 and KxK) and dense whose input-channel count 
 x86 builds are byte-identical (scripts/model_so_hashes.py).
 
 Measured, instructions per inference, qemu-user 7.2 -cpu cortex-a72, one thread, 224x224:
-MobileNetV2 202.6 M -> 112.1 M, ResNet-18 1124.5 M -> 584.3 M (LiteRT 2.3.0 / XNNPACK: 124.0 M and
+MobileNetV2 202.6 M -> 112.1 M, ResNet-18 1123.7 M -> 584.3 M (LiteRT 2.3.0 / XNNPACK: 124.0 M and
 666.4 M). MobileNetV2's top kernel (1x1 96->576 at 14x14) 22.6 M -> 10.2 M; its hot loop under
 llvm-mca -mcpu=cortex-a72: 19 instructions for 7 fmla, 8.1 cycles (1.16 per fmla) before; 135
 for 112 fmla, 112 cycles (1.00 per fmla, the FP pipe's bound) after, with fewer bytes loaded per
