@@ -117,7 +117,7 @@ def _is_padding(sch, block) -> bool:
     return [int(d) for d in out.shape] != [int(d) for d in src.shape]
 
 
-def _isolate(sch, block, kind: str, operand) -> tuple[object, list[str], object]:
+def _isolate(sch, block, kind: str, operand, inline_pad_cin: int) -> tuple[object, list[str], object]:
     """Inline the producers (all but a padding stage the kind keeps) and every epilogue step but
     the last; give the reduction its tile-sized accumulator. Returns (the reduction block, the
     names of the producers kept, the epilogue block that writes the output)."""
@@ -128,7 +128,7 @@ def _isolate(sch, block, kind: str, operand) -> tuple[object, list[str], object]
     keep = {main}
     # A first conv over RGB (3 input channels) is the exception: its 27 taps per output are too
     # few to pay for a separate pass over the image (measured 1.07 -> 0.65 ms inlined, 224x224).
-    if kind not in INLINE_PAD_KINDS and int(operand.shape[-2]) > INLINE_PAD_MAX_CIN:
+    if kind not in INLINE_PAD_KINDS and int(operand.shape[-2]) > inline_pad_cin:
         keep |= {th.name(sch, p) for p in sch.get_producers(block) if _is_padding(sch, p)}
     th.inline_all_but_outputs(sch, keep=keep)
     children = sch.get_child_blocks(th.root(sch))
@@ -203,19 +203,22 @@ def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv
     return tile, reduce_loops
 
 
-def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str:
+def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=None,
+                       inline_pad_cin: int = INLINE_PAD_MAX_CIN) -> str:
     """The reduction rule (module doc) on `block`, the function's single reduction block.
     prefer_rows: register-tile ties go to more rows of one vector, for kernels whose per-vector
     weight preparation costs more than a load (the int8 widening kernels transpose or interleave
-    the weight rows in registers). Returns the stats key."""
+    the weight rows in registers). tile: a rule's own register-tile choice, (kind, vext, vl,
+    rext) -> (rb, nv), instead of register_tile's. inline_pad_cin: regular convs over at most
+    this many input channels read their zero padding inlined. Returns the stats key."""
     main = th.name(sch, block)
     red = analyse(sch, block)
     kind = red.kind(main)
-    block, producers, epilogue = _isolate(sch, block, kind, red.operand)
+    block, producers, epilogue = _isolate(sch, block, kind, red.operand, inline_pad_cin)
     vext = int(red.iters[red.vec].dom.extent)
     vl = th.pow2_lanes(vext, lanes)
     rext = int(red.iters[red.reg].dom.extent) if red.reg is not None else 1
-    rb, nv = register_tile(vext, vl, rext, prefer_rows)
+    rb, nv = tile(kind, vext, vl, rext) if tile else register_tile(vext, vl, rext, prefer_rows)
     tile, reduce_loops = _tile_loops(sch, block, red, kind, vl, rb, nv)
     # Epilogue (bias, ReLU6, residual add or the plain write-back) on the tile while it is hot.
     sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)

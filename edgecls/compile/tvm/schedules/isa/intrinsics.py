@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 from edgecls.compile.tvm.core import load_tvm
-from edgecls.compile.tvm.schedules.isa import avx2, neon
+from edgecls.compile.tvm.schedules.isa import avx2, lane_fma, neon
 from edgecls.compile.tvm.schedules.tir import ACC_SCOPE
 
 ACT_DTYPES = ("int8", "uint8", "int16")  # int16: quant.int8's centered input (int16(x_q) - z_x)
@@ -83,3 +83,5 @@ def register_intrinsics() -> None:
                 intrin_name(isa, act, k)
     intrin_name("avx2_byte_pairs", "uint8", 4)
     intrin_name("neon_dot", "int8", 4)
+    for k in lane_fma.K:
+        lane_fma.lane_fma_intrin(k)
