@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--dotprod-target", default="jetson-orin-nano")
     ap.add_argument("--models", type=Path, default=cache_dir() / "arm-peers" / "refnets",
                     help="the reference nets' files (made there if absent)")
+    ap.add_argument("--work", type=Path, help="keep the compiled edgecls artifacts here (reused when present)")
     ap.add_argument("--out", default="benchmarks/results/arm_instructions.json")
     args = ap.parse_args()
     runtimes = [r for r in args.runtimes.split(",") if r]
@@ -165,9 +166,11 @@ def main() -> None:
     plan = [(n, p, args.cpu, args.target) for n in args.nets.split(",") for p in args.precisions.split(",")]
     if args.dotprod_cpu:
         plan += [(n, "int8", args.dotprod_cpu, args.dotprod_target) for n in args.nets.split(",")]
-    with tempfile.TemporaryDirectory(prefix="edgecls-arm-insns-") as work:
+    with tempfile.TemporaryDirectory(prefix="edgecls-arm-insns-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for net, precision, cpu, target in plan:
-            results["rows"].append(count_row(net, precision, files, runtimes, cpu, target, Path(work)))
+            results["rows"].append(count_row(net, precision, files, runtimes, cpu, target, work))
     print_table(results["rows"], runtimes)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

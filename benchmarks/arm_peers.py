@@ -14,6 +14,11 @@ Two things make the peers countable under qemu-user 7.2 (measured here):
   the real path for every absolute file the guest opens, so a prefix dir holding the Python root
   and a proc/cpuinfo for the qemu CPU model (its MIDR part number and hwcap names) fixes it with
   no root, mount namespace or bind mount.
+- Repeatable counts need a guest Python that does the same work every run: -P (no script or
+  working directory on sys.path: importlib re-lists a path entry whose mtime changed, and a busy
+  /tmp made `import numpy` vary by 0.3 M instructions), PYTHONHASHSEED=0, and byte code compiled
+  ahead (unchecked-hash .pyc: the wheels ship none and Debian's are made by postinst scripts;
+  importing numpy falls from 1624 M to 307 M guest instructions).
 - numpy's OpenBLAS helper thread spins on the timer and ONNX Runtime starts helper threads even
   with one intra-op thread: OPENBLAS_NUM_THREADS=1, and the figure is the main thread's own
   count (the plugin's per_thread mode, exact per thread).
@@ -42,6 +47,7 @@ DEBS = ("libc6", "libgcc-s1", "libstdc++6", "python3.11-minimal", "libpython3.11
 WHEELS = {"core": ("numpy==2.4.6", "onnxruntime==1.32.0", "ai-edge-litert==2.3.0"),
           "ncnn": ("ncnn==1.0.20261020",)}  # pinned: counts are comparable only for equal versions
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_24_aarch64", "manylinux2014_aarch64")
+LAYOUT = 2  # bump when what a cache entry holds changes (2: with compiled byte code)
 RUNNER = Path(__file__).resolve().parent / "arm_peer_runner.py"
 
 # qemu CPU model -> (MIDR part number, /proc/cpuinfo Features of that core as Linux reports them)
@@ -116,6 +122,14 @@ def _key(*parts) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
+def _compile_bytecode(tree: Path) -> None:
+    """.pyc for every module of `tree`, by this host's Python when it is the guest's version (the
+    byte code is the same on every platform); otherwise the guest compiles on each import."""
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == PYTHON:
+        _run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+              str(tree)], f"compiling the byte code of {tree.name}")
+
+
 def guest_python() -> Path:
     """The aarch64 Python root (root/usr/bin/python3.11, its libc and libraries under root/)."""
     def build(tmp: Path) -> None:
@@ -126,7 +140,8 @@ def guest_python() -> Path:
         python = tmp / "root" / "usr" / "bin" / f"python{PYTHON}"
         if not python.is_file():
             raise ToolchainError(f"the arm64 packages held no {python.name}")
-    return _cached(f"python{PYTHON}-{_key(DEBS)}", build) / "root"
+        _compile_bytecode(tmp / "root" / "usr" / "lib" / f"python{PYTHON}")
+    return _cached(f"python{PYTHON}-{_key(DEBS, LAYOUT)}", build) / "root"
 
 
 def guest_site(group: str = "core") -> Path:
@@ -136,7 +151,8 @@ def guest_site(group: str = "core") -> Path:
             with zipfile.ZipFile(whl) as z:
                 z.extractall(tmp / "site")
         shutil.rmtree(tmp / "wheels")
-    return _cached(f"site-{group}-py{PYTHON}-{_key(WHEELS[group], PLATFORMS)}", build) / "site"
+        _compile_bytecode(tmp / "site")
+    return _cached(f"site-{group}-py{PYTHON}-{_key(WHEELS[group], PLATFORMS, LAYOUT)}", build) / "site"
 
 
 def fake_cpuinfo(cpu: str, processors: int = 1) -> str:
@@ -172,8 +188,8 @@ def count_peer(runtime: str, model: Path, cpu: str, *, qemu: str = "qemu-aarch64
         prefix = prefix_dir(root, cpu, Path(tmp))
         for n in COUNTED_RUNS:
             argv = [qemu, "-cpu", cpu, "-L", str(prefix), str(root / "usr" / "bin" / f"python{PYTHON}"), "-s", "-B",
-                    str(RUNNER), runtime, str(model), str(n)]
-            blocks, proc = count_process(argv, env=env, timeout=timeout, per_thread=True)
+                    "-P", str(RUNNER), runtime, str(model), str(n)]
+            blocks, proc = count_process(argv, env=env, cwd=str(prefix), timeout=timeout, per_thread=True)
             if proc.returncode != 0:
                 tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
                 raise ToolchainError(f"{runtime} on {model.name} failed under {qemu} -cpu {cpu}: {tail[:300]}")
