@@ -13,7 +13,9 @@ The runner dumps its memory map (EDGECLS_RUNNER_MAPS), so each block's address i
 model.so kernel (or library) it lies in: the top kernels by instructions come with the total.
 
 Counting is exact with one guest thread (the plugin's inline adds are not atomic): the runner runs
-with --threads 1. An instruction count is not a cycle count (no caches, no pipeline): compare
+with --threads 1. Runtimes that start helper threads anyway (ONNX Runtime) are counted with
+count_process(per_thread=True): the plugin then also counts each guest thread exactly on its own,
+and a thread's count (the main thread is vcpu 0) is the figure. An instruction count is not a cycle count (no caches, no pipeline): compare
 variants and targets by it, not boards.
 """
 
@@ -66,31 +68,43 @@ def plugin_path(cc: str = "gcc") -> Path:
 
 @dataclass
 class BlockCounts:
-    """One counted process: its total and (vaddr, instructions, executions) per block."""
+    """One counted process: its total and (vaddr, instructions, executions) per block; with
+    per-thread counting also each guest thread's exact count (vcpu index -> instructions)."""
 
     total: int
     vaddr: np.ndarray
     insns: np.ndarray  # instructions executed in each block: size x executions
+    threads: dict[int, int] = field(default_factory=dict)  # empty unless counted per thread
 
     @classmethod
     def read(cls, path: Path) -> "BlockCounts":
         lines = path.read_text().splitlines()
         if not lines or not lines[0].startswith("total "):
             raise ArtifactError(f"the instruction counter wrote no total to {path}")
-        rows = [ln.split() for ln in lines[1:]]
+        threads = {int(ln.split()[1]): int(ln.split()[2]) for ln in lines[1:] if ln.startswith("vcpu ")}
+        rows = [ln.split() for ln in lines[1 + len(threads):]]
         vaddr = np.array([int(r[0], 16) for r in rows], dtype=np.uint64)
         insns = np.array([int(r[1]) * int(r[2]) for r in rows], dtype=np.int64)
-        return cls(int(lines[0].split()[1]), vaddr, insns)
+        return cls(int(lines[0].split()[1]), vaddr, insns, threads)
+
+    @property
+    def main_thread(self) -> int:
+        """The main thread's count (vcpu 0 in qemu-user); needs per-thread counting."""
+        if 0 not in self.threads:
+            raise ArtifactError("no per-thread counts: count the process with per_thread=True")
+        return self.threads[0]
 
 
 def count_process(argv: list[str], *, env: dict | None = None, cwd: str | None = None,
-                  timeout: float = 3600) -> tuple[BlockCounts, subprocess.CompletedProcess]:
-    """Run a qemu-user command line (argv[0] is qemu) with the counter loaded."""
+                  timeout: float = 3600, per_thread: bool = False) -> tuple[BlockCounts, subprocess.CompletedProcess]:
+    """Run a qemu-user command line (argv[0] is qemu) with the counter loaded; `per_thread` also
+    counts each guest thread exactly (BlockCounts.threads, .main_thread), at some speed cost."""
     if not argv or not Path(argv[0]).name.startswith("qemu-"):
         raise ToolchainError(f"instruction counts run under qemu-user; '{argv[0] if argv else ''}' is not qemu")
     with tempfile.TemporaryDirectory(prefix="edgecls-count-") as tmp:
         out = Path(tmp) / "blocks.txt"
-        cmd = [argv[0], "-plugin", f"{plugin_path()},out={out}", *argv[1:]]
+        args = f"{plugin_path()},out={out}" + (",per_thread=on" if per_thread else "")
+        cmd = [argv[0], "-plugin", args, *argv[1:]]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
         except FileNotFoundError as exc:
