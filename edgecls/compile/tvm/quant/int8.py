@@ -160,13 +160,16 @@ BYTE_PAIR_MAX_WEIGHT = 64
 def _input_mode(m, p, w_q: np.ndarray, is_conv: bool, eight_bit: str | None) -> tuple[str, int]:
     """How a conv2d/matmul reads its activation, and the input-channel multiple it needs:
     "u8" (uint8, channels in fours: AVX2 byte pairs, only for weights within [-64, 64]), "s8"
-    (int8, channels in fours: ARMv8.2 sdot), "int16" (int16(x_q) - z_x, channels in pairs: the
+    (int8, channels in fours: ARMv8.2 sdot; in eights on ARMv8.0, for weights within [-127,
+    127] and channels already in eights: the RGB stem keeps int16 pairs), "int16" (int16(x_q) - z_x, channels in pairs: the
     widening kernels), or "raw" (the 8-bit input as is: depthwise convs, not widened)."""
     if is_conv and int(m[p["conv"]].attrs.groups) != 1:
         return "raw", 1
     if eight_bit == "s8" or (eight_bit == "u8" and np.abs(w_q.astype(np.int16)).max(initial=0)
                              <= BYTE_PAIR_MAX_WEIGHT):
         return eight_bit, 4
+    if eight_bit == "s8_mull" and w_q.shape[1 if is_conv else 0] % 8 == 0 and w_q.min(initial=0) > -128:
+        return "s8", 8  # ARMv8.0 smull/smlal2: two products per int16 lane, exact for |w| <= 127
     return "int16", 2
 
 

@@ -148,7 +148,7 @@ def _isolate(sch, block, kind: str, operand) -> tuple[object, list[str], object]
     return block, producers, sch.cache_write(block, 0, th.ACC_SCOPE)
 
 
-def register_tile(vext: int, vl: int, rext: int, prefer_rows: bool) -> tuple[int, int]:
+def register_tile(vext: int, vl: int, rext: int, prefer_rows: bool, max_vectors: int = MAX_ACCUMULATORS) -> tuple[int, int]:
     """(rb, nv): the register tile, rb rows x nv vectors of vl lanes, for a vector axis of vext
     and a register axis of rext (1: none).
 
@@ -156,10 +156,11 @@ def register_tile(vext: int, vl: int, rext: int, prefer_rows: bool) -> tuple[int
     vector axis); ties go to more vectors per row (or, prefer_rows, to more rows). Without a
     register axis (a matmul of one row) the vectors are the only independent accumulators: any
     divisor of the vector count (1000 = 8 x 5 x 25 channels: 5; one accumulator left each FMA
-    waiting on the last, 4 GFLOPS)."""
+    waiting on the last, 4 GFLOPS). max_vectors caps nv (a kernel whose weight block must be
+    one vector wide)."""
     best = (0, 0, 1, 1)
     for nv in ((2, 1) if rext > 1 else range(MAX_ACCUMULATORS // 2, 0, -1)):
-        if vext % (vl * nv):
+        if vext % (vl * nv) or nv > max_vectors:
             continue
         rb = max(d for d in range(1, min(rext, MAX_ACCUMULATORS // nv) + 1) if rext % d == 0)
         best = max(best, (rb * nv, -nv if prefer_rows else nv, rb, nv))
@@ -203,11 +204,11 @@ def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv
     return tile, reduce_loops
 
 
-def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str:
+def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, max_vectors: int = MAX_ACCUMULATORS) -> str:
     """The reduction rule (module doc) on `block`, the function's single reduction block.
     prefer_rows: register-tile ties go to more rows of one vector, for kernels whose per-vector
     weight preparation costs more than a load (the int8 widening kernels transpose or interleave
-    the weight rows in registers). Returns the stats key."""
+    the weight rows in registers). max_vectors: see register_tile. Returns the stats key."""
     main = th.name(sch, block)
     red = analyse(sch, block)
     kind = red.kind(main)
@@ -215,7 +216,7 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False) -> str
     vext = int(red.iters[red.vec].dom.extent)
     vl = th.pow2_lanes(vext, lanes)
     rext = int(red.iters[red.reg].dom.extent) if red.reg is not None else 1
-    rb, nv = register_tile(vext, vl, rext, prefer_rows)
+    rb, nv = register_tile(vext, vl, rext, prefer_rows, max_vectors)
     tile, reduce_loops = _tile_loops(sch, block, red, kind, vl, rb, nv)
     # Epilogue (bias, ReLU6, residual add or the plain write-back) on the tile while it is hot.
     sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)

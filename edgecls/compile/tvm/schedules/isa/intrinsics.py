@@ -20,8 +20,11 @@ LANES = {"avx2": 8, "neon": 4}  # output channels per intrinsic call
 # pair as it loads: one pair per call.
 K = {"avx2": (4, 2), "neon": (2,)}
 _PAIRS_MAC = {"avx2": avx2.pairs_mac, "neon": neon.pairs_mac}
-# 8-bit-input kernels (k = 4): name -> (base ISA, MAC). quant.int8's "u8" and "s8" input modes.
-EIGHT_BIT = {"avx2_byte_pairs": ("avx2", avx2.byte_pairs_mac), "neon_dot": ("neon", neon.dot_mac)}
+# 8-bit-input kernels: name -> (base ISA, MAC). quant.int8's "u8" and "s8" input modes (k = 4),
+# and "s8_mull" (ARMv8.0 smull on 8-bit lanes, k = 16 or 8).
+MULL_K = (16, 8)  # neon_mull: input channels per call, the widest dividing the kernel's count first
+EIGHT_BIT = {"avx2_byte_pairs": ("avx2", avx2.byte_pairs_mac), "neon_dot": ("neon", neon.dot_mac),
+             "neon_mull": ("neon", neon.mull_mac)}
 
 
 def _prim_func(lanes: int, act: str, k: int, mac=None):
@@ -83,3 +86,5 @@ def register_intrinsics() -> None:
                 intrin_name(isa, act, k)
     intrin_name("avx2_byte_pairs", "uint8", 4)
     intrin_name("neon_dot", "int8", 4)
+    for k in MULL_K:
+        intrin_name("neon_mull", "int8", k)
