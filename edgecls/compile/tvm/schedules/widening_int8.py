@@ -98,7 +98,7 @@ def _intrinsic(sch, loop, isa: str, act: str, target) -> tuple[str, int]:
     eight = {("avx2", "uint8"): "avx2_byte_pairs", ("neon", "int8"): "neon_dot"}.get((isa, act))
     if eight == "neon_dot" and not has_dotprod(target):
         eight = "neon_mull"  # quant.int8's "s8_mull" mode: k = 16 or 8
-    ks = MULL_K if eight == "neon_mull" else (4,)
+    ks = MULL_K if eight == "neon_mull" else (*MULL_K, 4) if eight == "neon_dot" else (4,)
     k = next((k for k in ks if th.extent(sch, loop) % k == 0), None) if eight else None
     if k:
         return eight, k
@@ -121,9 +121,10 @@ def schedule_widening(sch, block, lanes: int, target=None) -> str:
     if isa is None:
         raise NotRecognised("no widening int8 intrinsic for this target")
     name = th.name(sch, block)
-    # neon_mull loads its weight block as one contiguous vector: tiles of one vector (4 channels)
+    # neon_mull and sdot by lane (k = 16, 8) load the weight block as one contiguous vector:
+    # tiles of one vector (4 channels)
     # wide. The rows still share it: MobileNetV2 int8 rk3399, 143 M instructions per inference.
-    mull = isa == "neon" and {str(th.buffer(r).dtype) for r in reads} == {"int8"} and not has_dotprod(target)
+    mull = isa == "neon" and {str(th.buffer(r).dtype) for r in reads} == {"int8"}
     # More rows per tile: each vector's weights are transposed (byte pairs) or interleaved and
     # widened (int16 pairs) in registers once per step and tile, then reused by every row.
     # ResNet-18's 3x3 56x56x64 conv: 8 rows x 1 vector 1.9 ms, 4 x 2 2.9 ms (one thread).
@@ -136,8 +137,8 @@ def schedule_widening(sch, block, lanes: int, target=None) -> str:
     family, k = _intrinsic(sch, loops[at], isa, act, target)
     if th.extent(sch, loops[-1]) != LANES[isa]:
         raise NotRecognised("a vector narrower than the intrinsic")
-    if family == "neon_mull" and int(weight.shape[-1]) != LANES[isa]:
-        raise NotRecognised("neon_mull needs the weight blocked by exactly one vector")
+    if (family == "neon_mull" or k > 4) and int(weight.shape[-1]) != LANES[isa]:
+        raise NotRecognised("this kernel needs the weight blocked by exactly one vector")
     # [.., ci, rows (unrolled), vectors (unrolled), lanes] -> [.., ci/k, rows, vectors, lanes, k]
     k_o, k_i = sch.split(loops[at], [None, k])
     sch.reorder(k_o, *loops[at + 1:], k_i)

@@ -85,6 +85,7 @@ def register_intrinsics() -> None:
             for k in ks:
                 intrin_name(isa, act, k)
     intrin_name("avx2_byte_pairs", "uint8", 4)
-    intrin_name("neon_dot", "int8", 4)
+    for k in (*MULL_K, 4):
+        intrin_name("neon_dot", "int8", k)
     for k in MULL_K:
         intrin_name("neon_mull", "int8", k)

@@ -2,7 +2,9 @@
 
 * int8 with ARMv8.2 dotprod (Orin's A78, A55/A76; quant.int8's "s8" mode): sdot, k = 4: the 4
   activation bytes duplicated per lane, the weight rows transposed; 16 exact MACs per
-  instruction, accumulated in int32 (no saturation: any weights).
+  instruction, accumulated in int32 (no saturation: any weights). With 16 or 8 channels per
+  call (tiles one vector wide): sdot by lane, _dot_by_lane. MobileNetV2 int8 on
+  jetson-orin-nano, qemu -cpu cortex-a76: 133.7 M -> 95.5 M instructions per inference.
 * int16 on ARMv8.0 (no dotprod: rk3399, rpi4), one pair per call: the interleaved, widened weight
   rows times the duplicated pair (ld1r .4s) give 8 int16 products (exact: |x*w| <= 255*128 <
   2^15, mul.8h); sadalp adds each pair, widened, into the int32 accumulators. 8 MACs per
@@ -19,6 +21,8 @@ from edgecls.compile.tvm.schedules.isa.common import pair_broadcast, rows_interl
 
 
 def dot_mac(A, B, act: str, pairs: int):
+    if pairs > 2:
+        return _dot_by_lane(A, B, 2 * pairs)
     # ARMv8.2 dotprod: 4 input channels x 4 output channels per sdot (16 MACs, int8 x int8 summed
     # straight into int32: exact for any weights). The 4 activation bytes duplicated per 32-bit
     # lane (ld1r .4s), the 4 weight rows transposed to [w_k..k+3,o0  w_k..k+3,o1 ..]. sdot of a
@@ -77,3 +81,20 @@ def mull_mac(A, B, act: str, pairs: int):
     addp = [tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.addp.v4i32", sums[i], sums[i + 1])
             for i in (0, 2)]
     return tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.addp.v4i32", *addp)
+
+
+def _dot_by_lane(A, B, k: int):
+    # k = 16 or 8 input channels per call: the k activation bytes in one load (ldr q/d), each
+    # group of 4 broadcast by sdot's lane index (sdot v.4s, w.16b, x.4b[g]), against the
+    # [k, 4] weight block (contiguous, as for mull_mac) transposed to [w_4g..4g+3,o0 ..] per
+    # group. Per row and 16 channels: 1 load + 4 sdot, where k = 4 per call takes an ld1r, an
+    # address add and an sdot per 4 channels.
+    from tvm import tirx
+    x = tirx.reinterpret(f"int32x{k // 4}", A.vload([tirx.IntImm("int64", 0)], f"int8x{k}"))
+    w = B.vload([tirx.IntImm("int64", 0), tirx.IntImm("int64", 0)], f"int8x{4 * k}")  # rows 4 apart
+    acc = tirx.Broadcast(tirx.IntImm("int32", 0), 4)
+    for g in range(k // 4):
+        x_g = tirx.reinterpret("int8x16", tirx.Broadcast(tirx.Shuffle([x], [g]), 4))
+        w_g = tirx.Shuffle([w], [(4 * g + j) * 4 + o for o in range(4) for j in range(4)])
+        acc = tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", acc, w_g, x_g)
+    return acc
