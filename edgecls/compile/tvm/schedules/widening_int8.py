@@ -33,7 +33,7 @@ import contextlib
 
 from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.schedules import tir as th
-from edgecls.compile.tvm.schedules.isa import ACT_DTYPES, K, LANES, MULL_K, has_dotprod, intrin_name, widening_isa
+from edgecls.compile.tvm.schedules.isa import ACT_DTYPES, DOT_K, K, LANES, MULL_K, has_dotprod, intrin_name, widening_isa
 from edgecls.compile.tvm.schedules.reduction import schedule_reduction
 from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
 
@@ -93,12 +93,12 @@ def _intrinsic(sch, loop, isa: str, act: str, target) -> tuple[str, int]:
 
     An 8-bit input to these kernels is quant.int8's "u8" mode on AVX2 (7-bit weights: byte
     pairs) or its "s8" mode on a dotprod target (sdot), 4 channels per call, or its "s8_mull"
-    mode on ARMv8.0 (smull on 8-bit lanes), 16 or 8 channels per call. Otherwise int16 (or,
+    mode on ARMv8.0 (smull on 8-bit lanes), 32, 24, 16 or 8 channels per call. Otherwise int16 (or,
     replaying old records, 8-bit) pairs, the widest k that divides the channels."""
     eight = {("avx2", "uint8"): "avx2_byte_pairs", ("neon", "int8"): "neon_dot"}.get((isa, act))
     if eight == "neon_dot" and not has_dotprod(target):
-        eight = "neon_mull"  # quant.int8's "s8_mull" mode: k = 16 or 8
-    ks = MULL_K if eight == "neon_mull" else (*MULL_K, 4) if eight == "neon_dot" else (4,)
+        eight = "neon_mull"  # quant.int8's "s8_mull" mode: k = 32, 24, 16 or 8
+    ks = MULL_K if eight == "neon_mull" else (*DOT_K, 4) if eight == "neon_dot" else (4,)
     k = next((k for k in ks if th.extent(sch, loop) % k == 0), None) if eight else None
     if k:
         return eight, k

@@ -54,19 +54,23 @@ def pairs_mac(A, B, act: str, pairs: int):
 
 
 def mull_mac(A, B, act: str, pairs: int):
-    # k = 2 * pairs (16 or 8) input channels x 4 output channels on 8-bit lanes, as XNNPACK's
-    # neon-mlal "c8" kernels: the k activations (one ldr q/d) times each output channel's k
-    # weights: smull.8b (+ smlal2.16b for k = 16: two products per int16 lane, exact for
-    # |x| <= 128, |w| <= 127: 2 * 16256 < 2^15), saddlp to int32, then addp twice reduces the
-    # 4 channels' partial sums to one int32x4. 64 MACs in 17 instructions per row (k = 16),
-    # where the int16 pairs take 32 (ld1r, add, mul, sadalp per 8 MACs). The weights are the
+    # k = 2 * pairs (32, 24, 16 or 8) input channels x 4 output channels on 8-bit lanes, as
+    # XNNPACK's neon-mlal "c8" kernels, in chunks of 16 (and one of 8): per chunk the
+    # activations in one ldr q/d, times each output channel's weights: smull.8b (+ smlal2.16b
+    # for 16: two products per int16 lane, exact for |x| <= 128, |w| <= 127: 2 * 16256 < 2^15);
+    # the first chunk's int16 sums widen into int32 by saddlp, the next ones add in by sadalp;
+    # then addp twice reduces the 4 channels' partial sums to one int32x4. Per row: k = 16,
+    # 64 MACs in 17 instructions; k = 32, 128 MACs in 30 (not 34: one reduction per call).
+    # The int16 pairs take 32 per 64 (ld1r, add, mul, sadalp per 8 MACs). The weights are the
     # rule's [k, 4] block, contiguous (the rule blocks the weight by exactly 4 channels and
-    # checks it): one 64-byte load de-interleaved by 4 (LLVM: ld4 .16b), once per step, shared
-    # by the tile's rows. (Loaded row by row, a block 8 channels wide compiled to tbl shuffles.)
+    # checks it): per chunk one 64-byte (32-byte) load de-interleaved by 4 (LLVM: ld4), once
+    # per step, shared by the tile's rows. (Loaded row by row, a block 8 channels wide compiled
+    # to tbl shuffles.)
     from tvm import tirx
     k = 2 * pairs
-    x = A.vload([tirx.IntImm("int64", 0)], f"int8x{k}")
-    w = B.vload([tirx.IntImm("int64", 0), tirx.IntImm("int64", 0)], f"int8x{4 * k}")  # rows 4 apart
+    chunks = [(s, min(16, k - s)) for s in range(0, k, 16)]
+    xs = [A.vload([tirx.IntImm("int64", s)], f"int8x{n}") for s, n in chunks]
+    ws = [B.vload([tirx.IntImm("int64", s), tirx.IntImm("int64", 0)], f"int8x{4 * n}") for s, n in chunks]
 
     def smull(a, b, half):
         part = list(range(8 * half, 8 * half + 8))
@@ -75,9 +79,13 @@ def mull_mac(A, B, act: str, pairs: int):
 
     sums = []
     for o in range(4):
-        w_o = tirx.Shuffle([w], [4 * i + o for i in range(k)])
-        prod = smull(x, w_o, 0) if k == 8 else smull(x, w_o, 0) + smull(x, w_o, 1)
-        sums.append(tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16", prod))
+        acc = None
+        for (_, n), x, w in zip(chunks, xs, ws):
+            w_o = tirx.Shuffle([w], [4 * i + o for i in range(n)])  # rows 4 apart
+            prod = smull(x, w_o, 0) if n == 8 else smull(x, w_o, 0) + smull(x, w_o, 1)
+            wide = tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16", prod)
+            acc = wide if acc is None else acc + wide  # LLVM: sadalp
+        sums.append(acc)
     addp = [tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.addp.v4i32", sums[i], sums[i + 1])
             for i in (0, 2)]
     return tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.addp.v4i32", *addp)
