@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.schedules import tir as th
-from edgecls.compile.tvm.schedules.injective import schedule_injective_block
+from edgecls.compile.tvm.schedules.injective import schedule_injective_block, schedule_padding_rows
 from edgecls.compile.tvm.schedules.prepack import pack_last_axis
 from edgecls.compile.tvm.schedules.rule import PARALLEL_MIN_WORK, NotRecognised, Rule, RuleTarget
 
@@ -117,7 +117,7 @@ def _is_padding(sch, block) -> bool:
     return [int(d) for d in out.shape] != [int(d) for d in src.shape]
 
 
-def _isolate(sch, block, kind: str, operand) -> tuple[object, list[str], object]:
+def _isolate(sch, block, kind: str, operand, pad_stage: bool = False) -> tuple[object, list[str], object]:
     """Inline the producers (all but a padding stage the kind keeps) and every epilogue step but
     the last; give the reduction its tile-sized accumulator. Returns (the reduction block, the
     names of the producers kept, the epilogue block that writes the output)."""
@@ -128,7 +128,7 @@ def _isolate(sch, block, kind: str, operand) -> tuple[object, list[str], object]
     keep = {main}
     # A first conv over RGB (3 input channels) is the exception: its 27 taps per output are too
     # few to pay for a separate pass over the image (measured 1.07 -> 0.65 ms inlined, 224x224).
-    if kind not in INLINE_PAD_KINDS and int(operand.shape[-2]) > INLINE_PAD_MAX_CIN:
+    if pad_stage or (kind not in INLINE_PAD_KINDS and int(operand.shape[-2]) > INLINE_PAD_MAX_CIN):
         keep |= {th.name(sch, p) for p in sch.get_producers(block) if _is_padding(sch, p)}
     th.inline_all_but_outputs(sch, keep=keep)
     children = sch.get_child_blocks(th.root(sch))
@@ -204,15 +204,17 @@ def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv
     return tile, reduce_loops
 
 
-def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, max_vectors: int = MAX_ACCUMULATORS) -> str:
+def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, max_vectors: int = MAX_ACCUMULATORS,
+                       pad_stage: bool = False) -> str:
     """The reduction rule (module doc) on `block`, the function's single reduction block.
     prefer_rows: register-tile ties go to more rows of one vector, for kernels whose per-vector
     weight preparation costs more than a load (the int8 widening kernels transpose or interleave
-    the weight rows in registers). max_vectors: see register_tile. Returns the stats key."""
+    the weight rows in registers). max_vectors: see register_tile. pad_stage: keep zero padding
+    as its own stage for every kind (INLINE_PAD_KINDS inline it otherwise). Returns the stats key."""
     main = th.name(sch, block)
     red = analyse(sch, block)
     kind = red.kind(main)
-    block, producers, epilogue = _isolate(sch, block, kind, red.operand)
+    block, producers, epilogue = _isolate(sch, block, kind, red.operand, pad_stage)
     vext = int(red.iters[red.vec].dom.extent)
     vl = th.pow2_lanes(vext, lanes)
     rext = int(red.iters[red.reg].dom.extent) if red.reg is not None else 1
@@ -225,7 +227,7 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, max_ve
         init = sch.decompose_reduction(block, reduce_loops[0])
         _vectorize_tail(sch, init, skip=1, lanes=vl)
     for name in producers:
-        schedule_injective_block(sch, sch.get_sblock(name), lanes)
+        (schedule_padding_rows if pad_stage else schedule_injective_block)(sch, sch.get_sblock(name), lanes)
     if kind in ("conv2d", "dense"):  # the tile's weights contiguous (prepack)
         pack_last_axis(sch, block, red.operand, vl * nv)
     return kind

@@ -128,6 +128,8 @@ def schedule_widening(sch, block, lanes: int, target=None) -> str:
     # More rows per tile: each vector's weights are transposed (byte pairs) or interleaved and
     # widened (int16 pairs) in registers once per step and tile, then reused by every row.
     # ResNet-18's 3x3 56x56x64 conv: 8 rows x 1 vector 1.9 ms, 4 x 2 2.9 ms (one thread).
+    if isa == "neon" and {str(th.buffer(r).dtype) for r in reads} == {"int16"}:
+        return _schedule_int16_depthwise(sch, block)
     kind = schedule_reduction(sch, block, LANES[isa], prefer_rows=True, **({"max_vectors": 1} if mull else {}))
     if kind not in ("conv2d", "dense"):
         return kind
@@ -143,6 +145,17 @@ def schedule_widening(sch, block, lanes: int, target=None) -> str:
     k_o, k_i = sch.split(loops[at], [None, k])
     sch.reorder(k_o, *loops[at + 1:], k_i)
     sch.tensorize(sch.get_loops(update)[-2], intrin_name(family, act, k))
+    return kind
+
+
+def _schedule_int16_depthwise(sch, block) -> str:
+    """quant.int8's depthwise convs on aarch64 (int16 input and weights, operands.input_mode):
+    the plain rule's tile (ties to more vectors: 8 channels per row, so LLVM loads 8 int16 at
+    once and multiplies by smlal + smlal2) with the zero padding as its own stage, so the taps
+    load without bounds checks."""
+    kind = schedule_reduction(sch, block, LANES["neon"], pad_stage=True)
+    if kind != "depthwise":
+        raise NotRecognised("int16 x int16 is quant.int8's depthwise mode only")
     return kind
 
 
