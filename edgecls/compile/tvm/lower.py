@@ -11,6 +11,7 @@ import numpy as np
 
 from edgecls.compile.tvm.core import load_tvm, target
 from edgecls.compile.tvm.schedules import apply_default_schedules
+from edgecls.compile.tvm.schedules.neon_requantize import neon_requantize
 from edgecls.compile.tvm.schedules.prepack import repack_constants
 from edgecls.compile.tvm.tuning.database import apply_database
 from edgecls.errors import EdgeclsError, ToolchainError, last_line
@@ -40,6 +41,7 @@ def build_executable(mod, tvm_target: dict, schedules: bool = True,
         mod, rule_stats = apply_default_schedules(mod, tvm_target)
         stats.update(rule_stats)
     mod, stats["packed_weights"] = repack_constants(mod)  # weights the schedules blocked
+    mod, stats["neon_requantize"] = neon_requantize(mod, tvm_target)  # aarch64 int8 epilogues
     try:
         return relax.build(mod, tgt, relax_pipeline=rest), stats
     except Exception as exc:

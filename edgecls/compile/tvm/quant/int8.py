@@ -22,6 +22,8 @@ into
   vpmaddubsw; with ARMv8.2 dotprod, int8 (a uint8 input shifted by -128) for sdot; both with
   channels padded to fours; otherwise int16(x_q) - z_x (zero padded, no correction term) for
   the int16-pair kernels, channels padded to pairs. Padding channels have zero weights.
+  Depthwise convs on aarch64 read int16(x_q) - z_x with int16 weights (smlal by vector);
+  elsewhere the 8-bit input as is. quant.operands decides and prepares it.
 * bias: an ORT int32 bias whose scale is s_x * s_w is used as is; any other (float, torchao)
   bias is rounded to int32 at scale s_x * s_w (error <= half an accumulator step), unless it
   would overflow the int32 accumulator: then it is added in float after the multiplier.
@@ -43,11 +45,9 @@ import numpy as np
 
 from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.quant.elementwise import rewrite_elementwise
+from edgecls.compile.tvm.quant.operands import Skip as _Skip
+from edgecls.compile.tvm.quant.operands import input_mode, int_product, prepared_input
 from edgecls.compile.tvm.quant.qdq import QRANGE
-
-
-class _Skip(Exception):
-    """This match cannot be computed in integers: keep the float subgraph."""
 
 
 def _np(expr) -> np.ndarray:
@@ -151,48 +151,6 @@ def _bias_i32(m, p, acc_scale: np.ndarray, n_out: int) -> np.ndarray:
     return np.round(np.broadcast_to(b.reshape(-1), (n_out,)) / acc_scale).astype(np.int64)
 
 
-# Byte-pair products (AVX2 vpmaddubsw: u8 x s8, each pair summed in int16) are exact when no
-# pair sum can saturate: 2 * 255 * 64 = 32640 <= 32767, so weights within [-64, 64]. ONNX
-# Runtime's reduce_range (ptq_onnx's default) quantizes weights to exactly that range.
-BYTE_PAIR_MAX_WEIGHT = 64
-
-
-def _input_mode(m, p, w_q: np.ndarray, is_conv: bool, eight_bit: str | None) -> tuple[str, int]:
-    """How a conv2d/matmul reads its activation, and the input-channel multiple it needs:
-    "u8" (uint8, channels in fours: AVX2 byte pairs, only for weights within [-64, 64]), "s8"
-    (int8, channels in fours: ARMv8.2 sdot), "int16" (int16(x_q) - z_x, channels in pairs: the
-    widening kernels), or "raw" (the 8-bit input as is: depthwise convs, not widened)."""
-    if is_conv and int(m[p["conv"]].attrs.groups) != 1:
-        return "raw", 1
-    if eight_bit == "s8" or (eight_bit == "u8" and np.abs(w_q.astype(np.int16)).max(initial=0)
-                             <= BYTE_PAIR_MAX_WEIGHT):
-        return eight_bit, 4
-    return "int16", 2
-
-
-def _prepared_input(x_q, z_x: int, mode: str):
-    """(activation expr, its zero point) for an input mode.
-
-    int16: int16(x_q) - z_x. The pair multiply-accumulate (vpmaddwd, NEON mul.8h) takes int16
-    operands: an 8-bit input had to be widened once per tile row and channel pair inside the
-    kernel (a vpshufb, on the shuffle ports that bound those loops), where an int16 input is one
-    broadcast load per pair. The cast fuses into the producer's requantize epilogue, which then
-    writes int16. With z_x subtracted the real 0.0 is an int16 0: zero padding, no sum-of-weights
-    correction. Exact: |x - z_x| <= 255, |w| <= 128, a pair < 2^16.
-    u8: vpmaddubsw wants the activation unsigned: an int8 one is shifted by 128 (its zero point
-    with it). s8: sdot multiplies signed bytes: a uint8 one is shifted by -128."""
-    from tvm import relax
-
-    if mode == "int16":
-        x16 = relax.op.astype(x_q, "int16")
-        return (relax.op.subtract(x16, relax.const(z_x, "int16")) if z_x else x16), 0
-    shift = {("u8", "int8"): 128, ("s8", "uint8"): -128}.get((mode, _dtype(x_q)))
-    if shift:
-        x16 = relax.op.add(relax.op.astype(x_q, "int16"), relax.const(shift, "int16"))
-        return relax.op.astype(x16, "uint8" if mode == "u8" else "int8"), z_x + shift
-    return x_q, z_x
-
-
 def _int_bias(m, p, w_q: np.ndarray, is_conv: bool, n_out: int, z_in: int, acc_scale: np.ndarray):
     """(the int32 bias, the bias in real units when it must be added in float, else None) of a
     match: its own bias at the accumulator's scale, minus the zero-point correction."""
@@ -214,30 +172,6 @@ def _int_bias(m, p, w_q: np.ndarray, is_conv: bool, n_out: int, z_in: int, acc_s
     return bias, float_bias
 
 
-def _int_product(m, p, x_q, data, w_const, extra: int, z_in: int, is_conv: bool, n_out: int):
-    """(the int32 conv2d/matmul of the prepared input and the int8 weight constant, the
-    per-channel shape of its output)."""
-    from tvm import relax
-
-    if is_conv:
-        a = m[p["conv"]].attrs
-        pad = [int(v) for v in a.padding]
-        if extra or (z_in != 0 and any(pad)):
-            # Padding must be the quantized value of real 0.0, i.e. z_in, for the bias correction;
-            # with the extra channels in the same pad, the conv is unpadded and tensorizes.
-            data = relax.op.nn.pad(data, [0, 0, 0, extra, pad[0], pad[2], pad[1], pad[3]], pad_value=float(z_in))
-            pad = [0, 0, 0, 0]
-        acc = relax.op.nn.conv2d(data, w_const, strides=[int(v) for v in a.strides], padding=pad,
-                                 dilation=[int(v) for v in a.dilation], groups=int(a.groups),
-                                 data_layout="NCHW", kernel_layout="OIHW", out_dtype="int32")
-        return acc, (1, n_out, 1, 1)
-    if x_q.ty.ndim < 1:
-        raise _Skip("matmul input rank")
-    if extra:
-        data = relax.op.nn.pad(data, [0, 0] * (x_q.ty.ndim - 1) + [0, extra], pad_value=float(z_in))
-    return relax.op.matmul(data, w_const, out_dtype="int32"), (n_out,)
-
-
 def _int_core(m, p, bb_const, eight_bit: str | None = None):
     """The int32 conv2d/matmul + bias of a match: (acc expr, per-channel shape, acc scale, the
     bias in real units when it must be added in float, else None)."""
@@ -254,15 +188,17 @@ def _int_core(m, p, bb_const, eight_bit: str | None = None):
     w_q, s_w, is_conv = _weight(m, p)
     acc_scale = s_x * s_w
     n_out = w_q.shape[0] if is_conv else w_q.shape[1]
-    mode, multiple = _input_mode(m, p, w_q, is_conv, eight_bit)
-    data, z_in = _prepared_input(x_q, int(z_x), mode)
+    mode, multiple = input_mode(m, p, w_q, is_conv, eight_bit)
+    data, z_in = prepared_input(x_q, int(z_x), mode)
     # The kernels take input channels in pairs (fours): a count that is not a multiple (the RGB
     # stem conv, a pruned layer) gets zero weight channels (and input channels of any value).
     extra = -(w_q.shape[1] if is_conv else w_q.shape[0]) % multiple
     if extra:
         w_q = np.pad(w_q, [(0, 0), (0, extra), (0, 0), (0, 0)] if is_conv else [(0, extra), (0, 0)])
     bias, float_bias = _int_bias(m, p, w_q, is_conv, n_out, z_in, acc_scale)
-    acc, ch_shape = _int_product(m, p, x_q, data, bb_const(w_q), extra, z_in, is_conv, n_out)
+    if mode == "int16" and multiple == 1:  # depthwise on aarch64: int16 x int16 (operands.input_mode)
+        w_q = w_q.astype(np.int16)
+    acc, ch_shape = int_product(m, p, x_q, data, bb_const(w_q), extra, z_in, is_conv, n_out)
     if np.any(bias != 0):
         acc = relax.op.add(acc, bb_const(bias.astype(np.int32).reshape(ch_shape)))
     if float_bias is not None:

@@ -10,9 +10,10 @@ import subprocess
 # What a widened kernel's machine code has and the plain rule's has not. LLVM lowers the plain
 # int32 multiply of extended bytes to vpmaddwd too (on dwords: vpmovsxbd/vpmovzxbd, 8 MACs), so
 # on x86 the mark is the int16 pairs (byte-to-word widening of the interleaved weight rows) or
-# the byte pairs (vpmaddubsw, which LLVM never picks itself: it saturates). Alternatives per ISA.
+# the byte pairs (vpmaddubsw, which LLVM never picks itself: it saturates); on NEON the int16
+# pairs' sadalp, sdot, or smull on 8-bit lanes reduced by addp. Alternatives per ISA.
 ASM_MARKS = {"avx2": (("vpmaddwd", "vpmovsxbw", "vpunpcklbw"), ("vpmaddubsw", "vpmaddwd")),
-             "neon": (("sadalp",), ("sdot",))}
+             "neon": (("sadalp",), ("sdot",), ("smull", "addp"))}
 
 
 def kernel_mnemonics(lib, objdump: str = "objdump") -> dict[str, set[str]]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.schedules import tir as th
-from edgecls.compile.tvm.schedules.injective import schedule_injective_block
+from edgecls.compile.tvm.schedules.injective import schedule_injective_block, schedule_padding_rows
 from edgecls.compile.tvm.schedules.prepack import pack_last_axis
 from edgecls.compile.tvm.schedules.rule import PARALLEL_MIN_WORK, NotRecognised, Rule, RuleTarget
 
@@ -117,7 +117,8 @@ def _is_padding(sch, block) -> bool:
     return [int(d) for d in out.shape] != [int(d) for d in src.shape]
 
 
-def _isolate(sch, block, kind: str, operand, inline_pad_cin: int) -> tuple[object, list[str], object]:
+def _isolate(sch, block, kind: str, operand, inline_pad_cin: int,
+             pad_stage: bool = False) -> tuple[object, list[str], object]:
     """Inline the producers (all but a padding stage the kind keeps) and every epilogue step but
     the last; give the reduction its tile-sized accumulator. Returns (the reduction block, the
     names of the producers kept, the epilogue block that writes the output)."""
@@ -128,7 +129,7 @@ def _isolate(sch, block, kind: str, operand, inline_pad_cin: int) -> tuple[objec
     keep = {main}
     # A first conv over RGB (3 input channels) is the exception: its 27 taps per output are too
     # few to pay for a separate pass over the image (measured 1.07 -> 0.65 ms inlined, 224x224).
-    if kind not in INLINE_PAD_KINDS and int(operand.shape[-2]) > inline_pad_cin:
+    if pad_stage or (kind not in INLINE_PAD_KINDS and int(operand.shape[-2]) > inline_pad_cin):
         keep |= {th.name(sch, p) for p in sch.get_producers(block) if _is_padding(sch, p)}
     th.inline_all_but_outputs(sch, keep=keep)
     children = sch.get_child_blocks(th.root(sch))
@@ -148,7 +149,7 @@ def _isolate(sch, block, kind: str, operand, inline_pad_cin: int) -> tuple[objec
     return block, producers, sch.cache_write(block, 0, th.ACC_SCOPE)
 
 
-def register_tile(vext: int, vl: int, rext: int, prefer_rows: bool) -> tuple[int, int]:
+def register_tile(vext: int, vl: int, rext: int, prefer_rows: bool, max_vectors: int = MAX_ACCUMULATORS) -> tuple[int, int]:
     """(rb, nv): the register tile, rb rows x nv vectors of vl lanes, for a vector axis of vext
     and a register axis of rext (1: none).
 
@@ -156,10 +157,11 @@ def register_tile(vext: int, vl: int, rext: int, prefer_rows: bool) -> tuple[int
     vector axis); ties go to more vectors per row (or, prefer_rows, to more rows). Without a
     register axis (a matmul of one row) the vectors are the only independent accumulators: any
     divisor of the vector count (1000 = 8 x 5 x 25 channels: 5; one accumulator left each FMA
-    waiting on the last, 4 GFLOPS)."""
+    waiting on the last, 4 GFLOPS). max_vectors caps nv (a kernel whose weight block must be
+    one vector wide)."""
     best = (0, 0, 1, 1)
     for nv in ((2, 1) if rext > 1 else range(MAX_ACCUMULATORS // 2, 0, -1)):
-        if vext % (vl * nv):
+        if vext % (vl * nv) or nv > max_vectors:
             continue
         rb = max(d for d in range(1, min(rext, MAX_ACCUMULATORS // nv) + 1) if rext % d == 0)
         best = max(best, (rb * nv, -nv if prefer_rows else nv, rb, nv))
@@ -204,21 +206,24 @@ def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv
 
 
 def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=None,
-                       inline_pad_cin: int = INLINE_PAD_MAX_CIN) -> str:
+                       inline_pad_cin: int = INLINE_PAD_MAX_CIN, max_vectors: int = MAX_ACCUMULATORS,
+                       pad_stage: bool = False) -> str:
     """The reduction rule (module doc) on `block`, the function's single reduction block.
     prefer_rows: register-tile ties go to more rows of one vector, for kernels whose per-vector
     weight preparation costs more than a load (the int8 widening kernels transpose or interleave
     the weight rows in registers). tile: a rule's own register-tile choice, (kind, vext, vl,
     rext) -> (rb, nv), instead of register_tile's. inline_pad_cin: regular convs over at most
-    this many input channels read their zero padding inlined. Returns the stats key."""
+    this many input channels read their zero padding inlined. max_vectors: see register_tile.
+    pad_stage: keep zero padding as its own stage for every kind (INLINE_PAD_KINDS inline it
+    otherwise). Returns the stats key."""
     main = th.name(sch, block)
     red = analyse(sch, block)
     kind = red.kind(main)
-    block, producers, epilogue = _isolate(sch, block, kind, red.operand, inline_pad_cin)
+    block, producers, epilogue = _isolate(sch, block, kind, red.operand, inline_pad_cin, pad_stage)
     vext = int(red.iters[red.vec].dom.extent)
     vl = th.pow2_lanes(vext, lanes)
     rext = int(red.iters[red.reg].dom.extent) if red.reg is not None else 1
-    rb, nv = tile(kind, vext, vl, rext) if tile else register_tile(vext, vl, rext, prefer_rows)
+    rb, nv = tile(kind, vext, vl, rext) if tile else register_tile(vext, vl, rext, prefer_rows, max_vectors)
     tile, reduce_loops = _tile_loops(sch, block, red, kind, vl, rb, nv)
     # Epilogue (bias, ReLU6, residual add or the plain write-back) on the tile while it is hot.
     sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
@@ -227,7 +232,7 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=N
         init = sch.decompose_reduction(block, reduce_loops[0])
         _vectorize_tail(sch, init, skip=1, lanes=vl)
     for name in producers:
-        schedule_injective_block(sch, sch.get_sblock(name), lanes)
+        (schedule_padding_rows if pad_stage else schedule_injective_block)(sch, sch.get_sblock(name), lanes)
     if kind in ("conv2d", "dense"):  # the tile's weights contiguous (prepack)
         pack_last_axis(sch, block, red.operand, vl * nv)
     return kind

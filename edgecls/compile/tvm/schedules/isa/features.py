@@ -64,8 +64,9 @@ def widening_isa(lanes: int, target=None) -> str | None:
 def eight_bit_kernels(tvm_target: dict) -> str | None:
     """Which 8-bit input the target's int8 kernels take (quant.quantize_int8's eight_bit): "u8"
     on AVX2 (vpmaddubsw byte pairs, for 7-bit weights), "s8" on aarch64 with dotprod (sdot),
-    None elsewhere (int16 pairs only)."""
+    "s8_mull" on other aarch64 (smull on 8-bit lanes, for weights within [-127, 127]), None
+    elsewhere (int16 pairs only)."""
     target = load_tvm().target.Target(tvm_target)
     if has_dotprod(target):
         return "s8"
-    return "u8" if widening_isa(0, target) == "avx2" else None
+    return {"avx2": "u8", "neon": "s8_mull"}.get(widening_isa(0, target))
