@@ -85,7 +85,11 @@ class BlockCounts:
         rows = [ln.split() for ln in lines[1 + len(threads):]]
         vaddr = np.array([int(r[0], 16) for r in rows], dtype=np.uint64)
         insns = np.array([int(r[1]) * int(r[2]) for r in rows], dtype=np.int64)
-        return cls(int(lines[0].split()[1]), vaddr, insns, threads)
+        # The plugin's total and block counters are inline adds, which race when guest threads run
+        # at once (measured: 18.1 M counted of 24.1 M executed by two threads); the per-thread
+        # counts are exact, so their sum is the total when there are some.
+        total = sum(threads.values()) if threads else int(lines[0].split()[1])
+        return cls(total, vaddr, insns, threads)
 
     @property
     def main_thread(self) -> int:
