@@ -21,6 +21,7 @@ variants and targets by it, not boards.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -152,8 +153,10 @@ def nm_tool(triple: str = "") -> str:
     raise ToolchainError("no 'nm' found to name the counted kernels; apt-get install binutils")
 
 
+@functools.lru_cache(maxsize=8)
 def function_symbols(lib: Path, nm: str) -> tuple[np.ndarray, list[str]]:
-    """(sorted addresses, names) of the functions a library defines."""
+    """(sorted addresses, names) of the functions a library defines; read once for both counted
+    runs of an artifact."""
     proc = subprocess.run([nm, "--defined-only", "-n", str(lib)], capture_output=True, text=True, timeout=120)
     addrs, names = [], []
     for line in proc.stdout.splitlines():

@@ -67,6 +67,7 @@ class BoardPlace(Place):
     def __init__(self, board, ssh):
         super().__init__(name=board.name, kind="board", host=board.host)
         self.board, self.ssh = board, ssh
+        self._cpus: list[str] = []  # the artifact's qemu CPU models, known once it is prepared
 
     def prepare(self, artifact: Path, log) -> str:
         from edgecls.remote.deploy import deploy, verify_remote
@@ -83,7 +84,7 @@ class BoardPlace(Place):
         and names none: qemu's default `max` CPU would run instructions the board lacks."""
         emulator = list(self.board.emulator)
         if emulator and Path(emulator[0]).name.startswith("qemu-") and "-cpu" not in emulator \
-                and getattr(self, "_cpus", None):
+                and self._cpus:
             emulator += ["-cpu", self._cpus[0]]
         return emulator
 
