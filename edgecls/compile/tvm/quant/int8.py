@@ -44,6 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecls.compile.tvm.core import load_tvm
+from edgecls.compile.tvm.quant.column_fold import column_folded_conv
 from edgecls.compile.tvm.quant.elementwise import rewrite_elementwise
 from edgecls.compile.tvm.quant.operands import Skip as _Skip
 from edgecls.compile.tvm.quant.operands import input_mode, int_product, prepared_input
@@ -172,9 +173,10 @@ def _int_bias(m, p, w_q: np.ndarray, is_conv: bool, n_out: int, z_in: int, acc_s
     return bias, float_bias
 
 
-def _int_core(m, p, bb_const, eight_bit: str | None = None):
+def _int_core(m, p, bb_const, eight_bit: str | None = None, add_func=None):
     """The int32 conv2d/matmul + bias of a match: (acc expr, per-channel shape, acc scale, the
-    bias in real units when it must be added in float, else None)."""
+    bias in real units when it must be added in float, else None). add_func(name, prim_func) ->
+    GlobalVar: where a kernel of the input's own (quant.column_fold) goes."""
     load_tvm()
     from tvm import relax
 
@@ -198,7 +200,10 @@ def _int_core(m, p, bb_const, eight_bit: str | None = None):
     bias, float_bias = _int_bias(m, p, w_q, is_conv, n_out, z_in, acc_scale)
     if mode == "int16" and multiple == 1:  # depthwise on aarch64: int16 x int16 (operands.input_mode)
         w_q = w_q.astype(np.int16)
-    acc, ch_shape = int_product(m, p, x_q, data, bb_const(w_q), extra, z_in, is_conv, n_out)
+    if mode == "s8_cols":
+        acc, ch_shape = column_folded_conv(m[p["conv"]].attrs, data, x_q.ty.shape, w_q, z_in, bb_const, add_func)
+    else:
+        acc, ch_shape = int_product(m, p, x_q, data, bb_const(w_q), extra, z_in, is_conv, n_out)
     if np.any(bias != 0):
         acc = relax.op.add(acc, bb_const(bias.astype(np.int32).reshape(ch_shape)))
     if float_bias is not None:
@@ -240,6 +245,11 @@ class _Rewrites:
 
     def __init__(self, p: dict, stats: dict, eight_bit: str | None):
         self.p, self.stats, self.eight_bit = p, stats, eight_bit
+        self.builder = None  # a relax.BlockBuilder on the module: the PrimFuncs the rewrites call
+
+    def add_func(self, name: str, func):
+        """(quant.column_fold) Put a PrimFunc into the module; its GlobalVar."""
+        return self.builder.add_func(func, name)
 
     @staticmethod
     def const(a):
@@ -257,7 +267,7 @@ class _Rewrites:
     def quantized(self, orig, m):
         """dequantize -> conv2d/matmul (+ bias, activation) -> quantize: integer, requantized."""
         try:
-            out = _requantize(m, self.p, *_int_core(m, self.p, self.const, self.eight_bit), self.const)
+            out = _requantize(m, self.p, *_int_core(m, self.p, self.const, self.eight_bit, self.add_func), self.const)
         except _Skip as exc:
             return self._skip(orig, exc)
         self._count(m, "quant")
@@ -270,7 +280,7 @@ class _Rewrites:
         if p["add"] not in m:
             return orig
         try:
-            acc, ch_shape, acc_scale, float_bias = _int_core(m, p, self.const, self.eight_bit)
+            acc, ch_shape, acc_scale, float_bias = _int_core(m, p, self.const, self.eight_bit, self.add_func)
         except _Skip as exc:
             return self._skip(orig, exc)
         self._count(m, "float_out")
@@ -311,12 +321,13 @@ def quantize_int8(mod, stats: dict | None = None, eight_bit: str | None = None):
         stats.setdefault(key, 0)
     stats.setdefault("skipped_reasons", [])
     r = _Rewrites(_patterns(), stats, eight_bit)
+    r.builder = relax.BlockBuilder(mod)
     func = mod["main"]
     func = rewrite_call(r.p["quant"], r.quantized, func)
     func = rewrite_elementwise(func, stats)  # residual adds, max pools: layout-free, integer
     func = rewrite_call(r.p["r_quant"], r.relu, func)
     func = rewrite_call(r.p["add"], r.float_out, func)
-    mod = mod.clone() if hasattr(mod, "clone") else mod
+    mod = r.builder.get()  # a copy of the module with the added PrimFuncs
     mod["main"] = func
     mod = relax.transform.DeadCodeElimination(["main"])(mod)
     return mod

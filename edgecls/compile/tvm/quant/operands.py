@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgecls.compile.tvm.quant.column_fold import foldable
+
 
 class Skip(Exception):
     """This match cannot be computed in integers: keep the float subgraph."""
@@ -25,7 +27,8 @@ def input_mode(m, p, w_q: np.ndarray, is_conv: bool, eight_bit: str | None) -> t
     """How a conv2d/matmul reads its activation, and the input-channel multiple it needs:
     "u8" (uint8, channels in fours: AVX2 byte pairs, only for weights within [-64, 64]), "s8"
     (int8, channels in fours: ARMv8.2 sdot; in eights on ARMv8.0, for weights within [-127,
-    127] and channels already in eights: the RGB stem keeps int16 pairs), "int16" (int16(x_q) -
+    127] and channels already in eights), "s8_cols" (int8 on ARMv8.0 for few-channel convs such
+    as the RGB stem: kernel columns folded into channels, quant.column_fold), "int16" (int16(x_q) -
     z_x, channels in pairs: the widening kernels; multiple 1: depthwise convs on aarch64, int16
     weights too), or "raw" (the 8-bit input as is: depthwise convs elsewhere, not widened).
 
@@ -39,8 +42,11 @@ def input_mode(m, p, w_q: np.ndarray, is_conv: bool, eight_bit: str | None) -> t
     if eight_bit == "s8" or (eight_bit == "u8" and np.abs(w_q.astype(np.int16)).max(initial=0)
                              <= BYTE_PAIR_MAX_WEIGHT):
         return eight_bit, 4
-    if eight_bit == "s8_mull" and w_q.shape[1 if is_conv else 0] % 8 == 0 and w_q.min(initial=0) > -128:
-        return "s8", 8  # ARMv8.0 smull/smlal2: two products per int16 lane, exact for |w| <= 127
+    if eight_bit == "s8_mull" and w_q.min(initial=0) > -128:  # smull/smlal2: exact for |w| <= 127
+        if w_q.shape[1 if is_conv else 0] % 8 == 0:
+            return "s8", 8  # ARMv8.0 smull/smlal2: two products per int16 lane
+        if is_conv and foldable(m[p["conv"]].attrs, w_q):
+            return "s8_cols", 1  # the RGB stem: kernel columns folded into channels (column_fold)
     return "int16", 2
 
 
@@ -60,7 +66,7 @@ def prepared_input(x_q, z_x: int, mode: str):
     if mode == "int16":
         x16 = relax.op.astype(x_q, "int16")
         return (relax.op.subtract(x16, relax.const(z_x, "int16")) if z_x else x16), 0
-    shift = {("u8", "int8"): 128, ("s8", "uint8"): -128}.get((mode, _dtype(x_q)))
+    shift = {("u8", "int8"): 128, ("s8", "uint8"): -128, ("s8_cols", "uint8"): -128}.get((mode, _dtype(x_q)))
     if shift:
         x16 = relax.op.add(relax.op.astype(x_q, "int16"), relax.const(shift, "int16"))
         return relax.op.astype(x16, "uint8" if mode == "u8" else "int8"), z_x + shift
