@@ -7,6 +7,7 @@ left as it was and counted "unscheduled".
 
     widening_int8.py    int8 x int8 -> int32 conv2d/dense with a widening tensor intrinsic
     neon_fp32.py        float32 conv2d/dense on aarch64 with the by-lane FMA intrinsic
+    neon_bytes.py       8-bit-only kernels (max pool, pad, residual add) on aarch64, 16 lanes
     reduction.py        one reduction block: conv2d, depthwise, dense, pooling (register tiles)
     multi_reduction.py  other reductions: parallel over the leading spatial loops only
     injective.py        no reduction: elementwise, transpose, padding (vectorized, parallel)
@@ -24,6 +25,7 @@ from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.schedules.injective import InjectiveRule
 from edgecls.compile.tvm.schedules.isa import simd_lanes
 from edgecls.compile.tvm.schedules.multi_reduction import ParallelReductionsRule
+from edgecls.compile.tvm.schedules.neon_bytes import NeonByteRule
 from edgecls.compile.tvm.schedules.neon_fp32 import NeonFp32Rule
 from edgecls.compile.tvm.schedules.reduction import ReductionRule
 from edgecls.compile.tvm.schedules.rule import SCHEDULED_ATTR, Applied, NotRecognised, Rule, RuleTarget
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 RULES: tuple[Rule, ...] = (
     WideningInt8Rule(),  # an int8 x int8 -> int32 reduction, on a target with a widening intrinsic
     NeonFp32Rule(),  # a float32 reduction on aarch64: conv2d/dense with by-lane FMA
+    NeonByteRule(),  # 8-bit parameters only (max pool, pad, add) on aarch64: 16 lanes
     ReductionRule(),  # exactly one reduction block whose output channel has a contiguous operand
     ParallelReductionsRule(),  # any other reduction: parallel loops only
     InjectiveRule(),  # no reduction
