@@ -80,12 +80,13 @@ def test_mobilenet_v2_rk3399_fp32_and_int8_counts_below_bounds(int8_mobilenet_v2
 @pytest.mark.slow
 def test_resnet18_rk3399_int8_count_below_bound(tmp_path):
     """ResNet-18 int8 QDQ (ptq_onnx; counts do not depend on the weights or the calibration
-    images, so 8 of them) for rk3399, verified under cortex-a72 and cortex-a53, counted on the
-    A72: below the bound (issue 15's goal: <= 462 M, 0.8x ONNX Runtime)."""
+    images, so the fewest ptq_onnx takes: 16) for rk3399, verified under cortex-a72 and
+    cortex-a53, counted on the A72: below the bound (issue 15's goal: <= 462 M, 0.8x ONNX
+    Runtime); the 8-bit max pool (16 lanes) well under its 6.87 M at the fp32 width."""
     from edgecls.models import ResNet18
     torch.manual_seed(0)
     fp32 = export_onnx(ResNet18(num_classes=1000).eval(), (1, 3, 224, 224), tmp_path / "resnet18.onnx")
-    calib = np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype("float32")
+    calib = np.random.default_rng(0).standard_normal((16, 3, 224, 224)).astype("float32")
     ptq_onnx(fp32, tmp_path / "resnet18_int8.onnx", calib, "minmax")
     art = compile_artifact(CompileRequest(model=tmp_path / "resnet18_int8.onnx", target="rk3399",
                                           out_dir=tmp_path / "art", tflite="no"))
