@@ -5,6 +5,7 @@ function's schedule and stats key, or None when it does not apply; RULES below i
 ordered table: the first rule that applies to a kernel schedules it, a kernel no rule takes is
 left as it was and counted "unscheduled".
 
+    neon_dot.py         int8 conv2d/dense on aarch64 + dotprod: c4-packed weights, sdot by lane
     widening_int8.py    int8 x int8 -> int32 conv2d/dense with a widening tensor intrinsic
     neon_fp32.py        float32 conv2d/dense on aarch64 with the by-lane FMA intrinsic
     reduction.py        one reduction block: conv2d, depthwise, dense, pooling (register tiles)
@@ -24,6 +25,7 @@ from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.schedules.injective import InjectiveRule
 from edgecls.compile.tvm.schedules.isa import simd_lanes
 from edgecls.compile.tvm.schedules.multi_reduction import ParallelReductionsRule
+from edgecls.compile.tvm.schedules.neon_dot import NeonDotRule
 from edgecls.compile.tvm.schedules.neon_fp32 import NeonFp32Rule
 from edgecls.compile.tvm.schedules.reduction import ReductionRule
 from edgecls.compile.tvm.schedules.rule import SCHEDULED_ATTR, Applied, NotRecognised, Rule, RuleTarget
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 # The rule table, in order: the first rule that applies to a function schedules it.
 RULES: tuple[Rule, ...] = (
+    NeonDotRule(),  # an int8 x int8 -> int32 conv2d/dense on an aarch64 target with dotprod
     WideningInt8Rule(),  # an int8 x int8 -> int32 reduction, on a target with a widening intrinsic
     NeonFp32Rule(),  # a float32 reduction on aarch64: conv2d/dense with by-lane FMA
     ReductionRule(),  # exactly one reduction block whose output channel has a contiguous operand
