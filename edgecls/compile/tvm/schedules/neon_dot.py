@@ -27,7 +27,11 @@ from edgecls.compile.tvm.schedules.prepack import pack_c4
 from edgecls.compile.tvm.schedules.reduction import register_tile, schedule_reduction
 from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
 
-MAX_ACCUMULATORS = 20  # of the 32 vector registers; the rest hold a step's activations and weights
+MAX_ACCUMULATORS = 20
+# Vector registers a step of 16 input channels may hold: rb x nv accumulators, rb activation
+# vectors and 4 nv weight vectors, of 32 (2 left for LLVM). ResNet-18's 3x3 64 -> 64 conv with a
+# 4 x 4-vector tile (36 registers) spilled: 1.81 instructions per sdot; 7 x 2 (29) fits.
+REGISTER_BUDGET = 30
 MAX_VECTORS = 4  # 16 output channels per row, as XNNPACK's 4x16c4 / 1x16c4
 STEPS_PER_ITERATION = 2  # steps per loop iteration (unrolled): half the pointer bumps and branches
 LOOP_INSTRUCTIONS = 4  # per step: a pointer bump per operand, the counter, the branch
@@ -37,7 +41,7 @@ def dot_tile(kind: str, vext: int, vl: int, rext: int) -> tuple[int, int]:
     """(rb, nv): the register tile of rb rows x nv vectors with the fewest other instructions per
     sdot in a step of 16 input channels: rb activation loads, 2 nv weight loads (ldp pairs of
     4 nv vectors) and the loop, for 4 rb nv sdot; no tail (rb divides the register axis, nv vl
-    the vector axis). A single row (dense) takes up to 16 vectors."""
+    the vector axis), within REGISTER_BUDGET. A single row (dense) may take more vectors."""
     if kind not in ("conv2d", "dense") or vl != LANES:
         return register_tile(vext, vl, rext, True)
     best = (float("inf"), 0, 1, 1)
@@ -45,7 +49,7 @@ def dot_tile(kind: str, vext: int, vl: int, rext: int) -> tuple[int, int]:
         if vext % (vl * nv) or (rext > 1 and nv > MAX_VECTORS):
             continue
         for rb in range(1, MAX_ACCUMULATORS // nv + 1):
-            if rext % rb or rb * nv + rb + nv > 30:
+            if rext % rb or rb * nv + rb + 4 * nv > REGISTER_BUDGET:
                 continue
             cost = (rb + 2 * nv + LOOP_INSTRUCTIONS) / (4 * rb * nv)
             best = min(best, (cost, -nv, rb, nv))
