@@ -34,6 +34,7 @@ MAX_ACCUMULATORS = 20
 REGISTER_BUDGET = 30
 MAX_VECTORS = 4  # 16 output channels per row, as XNNPACK's 4x16c4 / 1x16c4
 STEPS_PER_ITERATION = 2  # steps per loop iteration (unrolled): half the pointer bumps and branches
+EPILOGUE_LANES = 8  # requantize 8 outputs at a time (neon_requantize: sqxtn + sqxtn2, one store)
 LOOP_INSTRUCTIONS = 4  # per step: a pointer bump per operand, the counter, the branch
 
 
@@ -82,7 +83,7 @@ def schedule_dot(sch, block) -> str:
     _int8_product(sch.get(block))
     name = th.name(sch, block)
     ndim = len(_weight(sch, block).shape)
-    kind = schedule_reduction(sch, block, LANES, tile=dot_tile, inline_pad_cin=0)
+    kind = schedule_reduction(sch, block, LANES, tile=dot_tile, inline_pad_cin=0, epilogue_lanes=EPILOGUE_LANES)
     if kind not in ("conv2d", "dense"):
         raise NotRecognised("not a conv2d or dense")
     update = sch.get_sblock(name + "_update")
