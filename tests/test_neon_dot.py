@@ -50,18 +50,31 @@ def test_dot_tile_fits_the_register_file_without_tails(vext, rext):
     assert rb * nv >= 5  # several accumulators share each load
 
 
+class _Block(torch.nn.Module):
+    """An RGB 3x3 conv (4 channels after padding: k = 4), a depthwise 3x3 over 32 channels, 1x1
+    convs over 32, 24 and 48 channels (k = 16, 8, 16), a residual add (an 8-bit elementwise
+    kernel) and a max pool over 48 channels (stride 2, padded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(32, 32, 3, padding=1, groups=32), torch.nn.ReLU6(),
+                                        torch.nn.Conv2d(32, 24, 1), torch.nn.Conv2d(24, 48, 1), torch.nn.ReLU())
+        self.branch = torch.nn.Sequential(torch.nn.Conv2d(48, 48, 1), torch.nn.ReLU())
+        self.pool = torch.nn.MaxPool2d(3, 2, padding=1)
+
+    def forward(self, x):
+        y = self.head(x)
+        return self.pool(y + self.branch(y))
+
+
 @pytest.fixture(scope="module")
 def int8_block_qdq(tmp_path_factory):
-    """A QDQ net with each kind of kernel the dotprod rules take: an RGB 3x3 conv (4 channels
-    after padding: k = 4), a depthwise 3x3 over 32 channels, 1x1 convs over 32 and 24 channels
-    (k = 16, 8), a max pool over 48 channels (stride 2, padded)."""
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
-                              torch.nn.Conv2d(32, 32, 3, padding=1, groups=32), torch.nn.ReLU6(),
-                              torch.nn.Conv2d(32, 24, 1), torch.nn.Conv2d(24, 48, 1), torch.nn.ReLU(),
-                              torch.nn.MaxPool2d(3, 2, padding=1))
+    """_Block as a QDQ int8 ONNX file (ptq_onnx), 16x16 RGB input."""
     torch.manual_seed(0)
+    net = _Block().eval()
     d = tmp_path_factory.mktemp("qblock")
-    fp32 = export_onnx(net.eval(), (1, 3, 16, 16), d / "block.onnx")
+    fp32 = export_onnx(net, (1, 3, 16, 16), d / "block.onnx")
     calib = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype("float32")
     ptq_onnx(fp32, d / "block_int8.onnx", calib, "minmax")
     return d / "block_int8.onnx"
@@ -81,14 +94,14 @@ def _kernel_ops(path, target: str, lib) -> dict[str, set[str]]:
 
 @needs_aarch64
 def test_dotprod_kernels_machine_code(int8_block_qdq, tmp_path):
-    """jetson-orin-nano: the three regular convs are sdot with packed weights (no tbl, no ldr of
+    """jetson-orin-nano: the four regular convs are sdot with packed weights (no tbl, no ldr of
     4 bytes duplicated per weight row); the depthwise conv multiplies 8 int16 lanes (smlal2);
     the epilogues narrow 8 lanes at once (sqxtn2); the max pool compares 16 bytes (umax/smax)."""
     ops = _kernel_ops(int8_block_qdq, "jetson-orin-nano", tmp_path / "a78.so")
     convs = {f: o for f, o in ops.items() if "conv2d" in f and "sdot" in o}
     depthwise = [f for f, o in ops.items() if "conv2d" in f and "smlal2" in o]
     pools = [f for f, o in ops.items() if "max_pool" in f and o & {"umax", "smax"}]
-    assert len(convs) == 3 and len(depthwise) == 1 and len(pools) == 1, ops
+    assert len(convs) == 4 and len(depthwise) == 1 and len(pools) == 1, ops
     assert not any(o & {"tbl", "saddlp", "sadalp"} for o in convs.values()), convs
     assert any("sqxtn2" in o for o in convs.values()), convs
     import subprocess
@@ -96,34 +109,60 @@ def test_dotprod_kernels_machine_code(int8_block_qdq, tmp_path):
     assert ".4b[3]" in text  # 16 input channels per step: sdot by lanes 0..3
 
 
-def _rule_hits(path, target: str) -> dict[str, int]:
-    """How many kernels of `path` fused for `target` each dotprod rule takes."""
+def _prim_funcs(path, target: str):
+    """(the PrimFuncs of `path` fused for `target`, its RuleTarget)."""
     import onnx
 
     from edgecls.compile.tvm.schedules import rule_target
-    from edgecls.compile.tvm.schedules.neon_dot import NeonDotRule
-    from edgecls.compile.tvm.schedules.neon_dot_depthwise import NeonDotDepthwiseRule
-    from edgecls.compile.tvm.schedules.neon_int8_pool import NeonInt8PoolRule
     tvm = ta.load_tvm()
     model = onnx.load(str(path))
     mod = ta.import_onnx(model, model.graph.input[0].name, (1, 3, 16, 16))
     tt = ta.resolve_target(get_target(target).tvm)
     fused, _ = ta.run_graph_passes(mod, tt, "NHWC", int8=True)
-    rt = rule_target(tt)
-    hits = {}
-    with rt.target:
-        for rule in (NeonDotRule(), NeonDotDepthwiseRule(), NeonInt8PoolRule()):
-            hits[rule.name] = sum(rule.apply(f, rt) is not None for _, f in fused.functions_items()
-                                  if isinstance(f, tvm.tirx.PrimFunc))
-    return hits
+    return [f for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)], rule_target(tt)
+
+
+def _dotprod_rules():
+    from edgecls.compile.tvm.schedules.neon_dot import NeonDotRule
+    from edgecls.compile.tvm.schedules.neon_dot_depthwise import NeonDotDepthwiseRule
+    from edgecls.compile.tvm.schedules.neon_int8_injective import NeonInt8InjectiveRule
+    from edgecls.compile.tvm.schedules.neon_int8_pool import NeonInt8PoolRule
+    return NeonDotRule(), NeonDotDepthwiseRule(), NeonInt8PoolRule(), NeonInt8InjectiveRule()
 
 
 def test_dotprod_rules_take_their_kernels_on_dotprod_targets_only(int8_block_qdq):
-    """jetson-orin-nano: the 3 regular convs, the depthwise conv and the pool; rk3399 (ARMv8.0)
-    and the x86 host: none (their artifacts stay as they were)."""
-    assert _rule_hits(int8_block_qdq, "jetson-orin-nano") == {"neon-dot": 3, "neon-dot-depthwise": 1, "neon-int8-pool": 1}
-    for target in ("rk3399", "x86-host"):
-        assert set(_rule_hits(int8_block_qdq, target).values()) == {0}, target
+    """jetson-orin-nano: the 4 regular convs, the depthwise conv, the pool and the residual add;
+    rk3399 (ARMv8.0) and the x86 host: none (their artifacts stay as they were)."""
+    for target in ("jetson-orin-nano", "rk3399", "x86-host"):
+        funcs, rt = _prim_funcs(int8_block_qdq, target)
+        with rt.target:
+            hits = {rule.name: sum(rule.apply(f, rt) is not None for f in funcs) for rule in _dotprod_rules()}
+        if target == "jetson-orin-nano":
+            assert hits["neon-dot"] == 4 and hits["neon-dot-depthwise"] == 1 and hits["neon-int8-pool"] == 1, hits
+            assert hits["neon-int8-injective"] >= 1, hits
+        else:
+            assert set(hits.values()) == {0}, (target, hits)
+
+
+def test_dotprod_schedules_replay_from_their_traces(int8_block_qdq):
+    """A tuning database stores a kernel's rule schedule as its trace: replayed on the original
+    function (c4 packing and the c4 intrinsic included), it gives the same function."""
+    from edgecls.compile.tvm.schedules.isa import register_intrinsics
+    tvm = ta.load_tvm()
+    from tvm import s_tir
+    register_intrinsics()
+    funcs, rt = _prim_funcs(int8_block_qdq, "jetson-orin-nano")
+    replayed = 0
+    with rt.target:
+        for f in funcs:
+            applied = _dotprod_rules()[0].apply(f, rt)
+            if applied is None:
+                continue
+            sch = s_tir.Schedule(f)
+            applied.sch.trace.apply_to_schedule(sch, remove_postproc=False)
+            tvm.ir.assert_structural_equal(sch.mod, applied.sch.mod)
+            replayed += 1
+    assert replayed == 4
 
 
 @needs_aarch64

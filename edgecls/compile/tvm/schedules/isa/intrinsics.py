@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 from edgecls.compile.tvm.core import load_tvm
-from edgecls.compile.tvm.schedules.isa import avx2, lane_fma, neon
+from edgecls.compile.tvm.schedules.isa import avx2, lane_fma, neon, neon_dot
 from edgecls.compile.tvm.schedules.tir import ACC_SCOPE
 
 ACT_DTYPES = ("int8", "uint8", "int16")  # int16: quant.int8's centered input (int16(x_q) - z_x)
@@ -100,3 +100,5 @@ def register_intrinsics() -> None:
         intrin_name("neon_mull", "int8", k)
     for k in lane_fma.K:
         lane_fma.lane_fma_intrin(k)
+    for k in neon_dot.K:
+        neon_dot.dot_c4_intrin(k)
