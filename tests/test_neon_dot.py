@@ -17,7 +17,7 @@ from edgecls.compile.tvm.schedules.prepack import _repacker, c4_array
 from edgecls.optimize.quantize import ptq_onnx
 from edgecls.pipeline import CompileRequest, compile_artifact
 from edgecls.targets import get_target
-from test_arm_counts import int8_mobilenet_v2  # noqa: F401  (the fixture)
+from test_arm_counts import _int8_kernel_ops, int8_mobilenet_v2  # noqa: F401  (the fixture)
 
 OBJDUMP = "aarch64-linux-gnu-objdump"
 # MobileNetV2 int8 on jetson-orin-nano, qemu 7.2 -cpu cortex-a76, per inference: 75.15 M with
@@ -80,27 +80,16 @@ def int8_block_qdq(tmp_path_factory):
     return d / "block_int8.onnx"
 
 
-def _kernel_ops(path, target: str, lib) -> dict[str, set[str]]:
-    """Mnemonics of the compute kernels of `path` built (not run) for `target`'s CPU."""
-    import onnx
-    model = onnx.load(str(path))
-    mod = ta.import_onnx(model, model.graph.input[0].name, (1, 3, 16, 16))
-    tgt = get_target(target)
-    tt = ta.resolve_target(tgt.tvm)
-    fused, _ = ta.run_graph_passes(mod, tt, "NHWC", int8=True)
-    ta.build(fused, tt, lib, tgt.compiler)
-    return {f: ops for f, ops in ta.kernel_mnemonics(lib, OBJDUMP).items() if f.endswith("_compute_")}
-
-
 @needs_aarch64
 def test_dotprod_kernels_machine_code(int8_block_qdq, tmp_path):
     """jetson-orin-nano: the four regular convs are sdot with packed weights (no tbl, no ldr of
     4 bytes duplicated per weight row); the depthwise conv multiplies 8 int16 lanes (smlal2);
     the epilogues narrow 8 lanes at once (sqxtn2); the max pool compares 16 bytes (umax/smax)."""
-    ops = _kernel_ops(int8_block_qdq, "jetson-orin-nano", tmp_path / "a78.so")
-    convs = {f: o for f, o in ops.items() if "conv2d" in f and "sdot" in o}
+    ops = _int8_kernel_ops(int8_block_qdq, "jetson-orin-nano", tmp_path / "a78.so")  # the conv kernels
+    convs = {f: o for f, o in ops.items() if "sdot" in o}
     depthwise = [f for f, o in ops.items() if "conv2d" in f and "smlal2" in o]
-    pools = [f for f, o in ops.items() if "max_pool" in f and o & {"umax", "smax"}]
+    pools = [f for f, o in ta.kernel_mnemonics(tmp_path / "a78.so", OBJDUMP).items()
+             if "max_pool" in f and f.endswith("_compute_") and o & {"umax", "smax"}]
     assert len(convs) == 4 and len(depthwise) == 1 and len(pools) == 1, ops
     assert not any(o & {"tbl", "saddlp", "sadalp"} for o in convs.values()), convs
     assert any("sqxtn2" in o for o in convs.values()), convs

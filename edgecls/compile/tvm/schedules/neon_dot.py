@@ -120,10 +120,16 @@ class NeonDotRule(Rule):
     name = "neon-dot"
 
     def schedule(self, sch, target: RuleTarget) -> str:
-        if not has_dotprod(target.target):
-            raise NotRecognised("no ARMv8.2 dotprod")
-        reductions = th.reduction_blocks(sch)
-        if len(reductions) != 1:
-            raise NotRecognised(f"{len(reductions)} reduction blocks, not one")
-        return schedule_dot(sch, sch.get_sblock(reductions[0]))
+        return schedule_dot(sch, dotprod_reduction(sch, target))
+
+
+def dotprod_reduction(sch, target: RuleTarget):
+    """The single reduction block of a function on an aarch64 target with dotprod (the dotprod
+    rules' common condition), or raise NotRecognised."""
+    if not has_dotprod(target.target):
+        raise NotRecognised("no ARMv8.2 dotprod")
+    reductions = th.reduction_blocks(sch)
+    if len(reductions) != 1:
+        raise NotRecognised(f"{len(reductions)} reduction blocks, not one")
+    return sch.get_sblock(reductions[0])
 

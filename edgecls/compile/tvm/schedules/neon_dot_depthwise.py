@@ -17,7 +17,7 @@ their artifacts unchanged), and only where 8 divides the channels.
 from __future__ import annotations
 
 from edgecls.compile.tvm.schedules import tir as th
-from edgecls.compile.tvm.schedules.isa import has_dotprod
+from edgecls.compile.tvm.schedules.neon_dot import dotprod_reduction
 from edgecls.compile.tvm.schedules.reduction import analyse, schedule_reduction
 from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
 
@@ -44,11 +44,6 @@ class NeonDotDepthwiseRule(Rule):
     name = "neon-dot-depthwise"
 
     def schedule(self, sch, target: RuleTarget) -> str:
-        if not has_dotprod(target.target):
-            raise NotRecognised("no ARMv8.2 dotprod")
-        reductions = th.reduction_blocks(sch)
-        if len(reductions) != 1:
-            raise NotRecognised(f"{len(reductions)} reduction blocks, not one")
-        block = sch.get_sblock(reductions[0])
+        block = dotprod_reduction(sch, target)
         _int16_depthwise(sch, block)
         return schedule_reduction(sch, block, LANES, pad_stage=True)

@@ -13,7 +13,7 @@ artifacts unchanged), only where 16 divides the channels.
 from __future__ import annotations
 
 from edgecls.compile.tvm.schedules import tir as th
-from edgecls.compile.tvm.schedules.isa import has_dotprod
+from edgecls.compile.tvm.schedules.neon_dot import dotprod_reduction
 from edgecls.compile.tvm.schedules.reduction import analyse, schedule_reduction
 from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
 
@@ -29,12 +29,7 @@ class NeonInt8PoolRule(Rule):
     name = "neon-int8-pool"
 
     def schedule(self, sch, target: RuleTarget) -> str:
-        if not has_dotprod(target.target):
-            raise NotRecognised("no ARMv8.2 dotprod")
-        reductions = th.reduction_blocks(sch)
-        if len(reductions) != 1:
-            raise NotRecognised(f"{len(reductions)} reduction blocks, not one")
-        block = sch.get_sblock(reductions[0])
+        block = dotprod_reduction(sch, target)
         stmt = sch.get(block)
         if any(str(th.buffer(r).dtype) not in EIGHT_BIT for r in (*stmt.reads, *stmt.writes)):
             raise NotRecognised("not an 8-bit reduction")
