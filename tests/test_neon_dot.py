@@ -204,3 +204,16 @@ def test_bias_becomes_the_accumulators_init_on_dotprod_only(int8_block_qdq, tmp_
                                        int8=True)
         folded[target] = ta.build(fused, tt, tmp_path / f"{target}.so", tgt.compiler)[1]["bias_init"]
     assert folded == {"jetson-orin-nano": 4, "rk3399": 0}, folded
+
+
+def test_wide_requantize_epilogues_become_integer_on_dotprod_targets_only():
+    """neon_requantize at 8 and 16 lanes: fptosi.sat(roundeven) on jetson-orin-nano (dotprod),
+    the float chain left as it was on rk3399."""
+    from test_arm_counts import _requantize_module
+    orin = ta.resolve_target(get_target("jetson-orin-nano").tvm)
+    a72 = ta.resolve_target(get_target("rk3399").tvm)
+    for lanes in (8, 16):
+        mod, changed = ta.neon_requantize(_requantize_module(lanes), orin)
+        assert changed == 1 and "llvm.fptosi.sat" in mod.script() and "round" not in mod.script().replace("roundeven", "")
+        assert ta.neon_requantize(_requantize_module(lanes), a72)[1] == 0
+    assert "llvm.aarch64.neon.fcvtns" in ta.neon_requantize(_requantize_module(4), orin)[0].script()

@@ -26,7 +26,8 @@ converts) and, for int16 consumers, the xtn (sqxtn narrows and saturates).
 
 Only on aarch64 (the x86 model.so stays byte-identical), and only in scalar code or loops
 vectorized 4 wide: fcvtns is a target intrinsic LLVM cannot split (8 or 16 lanes would not
-compile); other vector widths keep the float chain.
+compile); other vector widths keep the float chain, except on dotprod targets, whose 8- and
+16-lane epilogues (schedules/neon_dot.py) round and convert with LLVM's generic intrinsics.
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ def _match(cast):
 def _integer_requantize(cast, generic: bool = False):
     """The rewritten expression of a matched cast (module doc), or the cast itself. generic:
     round and convert with LLVM's generic fptosi.sat(roundeven(y)), which it splits at any
-    vector width and selects as fcvtns per 4 lanes (the target intrinsic only compiles 1-4)."""
+    vector width (the target intrinsic only compiles 1-4 lanes); TVM 0.27's LLVM selects it
+    as frintn + fcvtzs per 4 lanes, one more than fcvtns, which the 8-lane narrowing (sqxtn2,
+    one smax/smin/store per 8) more than pays back: MobileNetV2 int8 on cortex-a76 52.5 -> 51.6 M."""
     tvm = load_tvm()
     tx = tvm.tirx
     found = _match(cast)
