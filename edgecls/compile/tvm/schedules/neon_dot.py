@@ -15,7 +15,8 @@ epilogue, parallel tiles); this rule changes three things:
 Measured (instructions per inference, qemu 7.2 -cpu cortex-a76, one thread, jetson-orin-nano
 builds, 224x224): MobileNetV2 int8 67.0 -> 59.05 M, ResNet-18 int8 (with isa/neon.py's sdot
 accumulating in place) 299.9 -> 189.6 M, 168.4 M with the register budget; the 3x3 64 -> 64 conv's
-inner loop then takes 1.22 instructions per sdot (XNNPACK's 4x16c4: about 1.4 with its loads).
+inner loop then takes 1.22 instructions per sdot (XNNPACK's c4-neondot.c.in 4x16 loop: 4
+activation and 8 weight loads per 32 sdot, about 1.45 with its loop counter and branch).
 
 Which kernels: regular conv2d (1x1 and KxK) and dense with int8 activations and weights whose
 input channels are a multiple of 4 and output channels fill the vectors, on a dotprod target.
