@@ -38,7 +38,8 @@ def test_c4_array_puts_4_output_x_4_input_channels_in_16_bytes():
     for ob, kh, kw, g, o, j in [(0, 0, 0, 0, 0, 0), (1, 2, 1, 1, 5, 3), (1, 0, 2, 0, 15, 2)]:
         assert packed[ob, kh, kw, g, o, j] == w[kh, kw, 4 * g + j, 16 * ob + o]
     assert np.array_equal(_repacker([3, 3, 8, 32], [2, 3, 3, 2, 16, 4])(w), packed)
-    assert np.array_equal(_repacker([64, 32], [1, 16, 32, 4])(w.reshape(72, 32)[:64]), c4_array(w.reshape(72, 32)[:64], 32))
+    dense = w.reshape(72, 32)[:64]  # a (K, N) matmul weight, one block of all 32 columns
+    assert np.array_equal(_repacker([64, 32], [1, 16, 32, 4])(dense), c4_array(dense, 32))
     assert _repacker([3, 3, 8, 32], [2, 3, 3, 8, 16]) is not None  # pack_last_axis's, not c4
     assert _repacker([3, 3, 6, 32], [2, 3, 3, 1, 16, 4]) is None  # I not in fours
 
@@ -214,6 +215,7 @@ def test_wide_requantize_epilogues_become_integer_on_dotprod_targets_only():
     a72 = ta.resolve_target(get_target("rk3399").tvm)
     for lanes in (8, 16):
         mod, changed = ta.neon_requantize(_requantize_module(lanes), orin)
-        assert changed == 1 and "llvm.fptosi.sat" in mod.script() and "round" not in mod.script().replace("roundeven", "")
+        text = mod.script()
+        assert changed == 1 and "llvm.fptosi.sat" in text and "round" not in text.replace("roundeven", "")
         assert ta.neon_requantize(_requantize_module(lanes), a72)[1] == 0
     assert "llvm.aarch64.neon.fcvtns" in ta.neon_requantize(_requantize_module(4), orin)[0].script()

@@ -53,10 +53,11 @@ class _Finder:
         tvm = load_tvm()
         tx, Load = tvm.tirx, tvm.ir.expr.TensorLoad  # what tirx.BufferLoad(...) builds
         from tvm import s_tir
-        if isinstance(node, s_tir.SBlock) and node.name_hint.endswith("_init") and isinstance(node.body, tx.BufferStore):
-            store = node.body
-            if isinstance(store.value, tx.IntImm) and str(store.value.ty.dtype) == "int32" and int(store.value.value) == 0:
-                self.inits[store.buffer] = node
+        if isinstance(node, s_tir.SBlock) and node.name_hint.endswith("_init") \
+                and isinstance(node.body, tx.BufferStore):
+            value = node.body.value
+            if isinstance(value, tx.IntImm) and str(value.ty.dtype) == "int32" and int(value.value) == 0:
+                self.inits[node.body.buffer] = node
         elif isinstance(node, tx.Add):
             for acc, bias in ((node.a, node.b), (node.b, node.a)):
                 if (isinstance(acc, Load) and isinstance(bias, Load)
@@ -92,14 +93,16 @@ def _fold(func):
 
     def bias_load(acc, indices):
         bias, mapping = fold[acc]
-        return tx.BufferLoad(bias, [tx.IntImm(str(indices[0].ty.dtype), 0) if m is None else indices[m] for m in mapping])
+        zero = tx.IntImm(str(indices[0].ty.dtype), 0)
+        return tx.BufferLoad(bias, [zero if m is None else indices[m] for m in mapping])
 
     def block(node, mutator):
         node = mutator.default_mutate(node)
         store = node.body
         if node.name_hint.endswith("_init") and isinstance(store, tx.BufferStore) and store.buffer in fold:
             load = bias_load(store.buffer, store.indices)
-            reads = [*node.reads, tx.BufferRegion(load.source, [tvm.ir.Range.from_min_extent(i, 1) for i in load.indices])]
+            region = [tvm.ir.Range.from_min_extent(i, 1) for i in load.indices]
+            reads = [*node.reads, tx.BufferRegion(load.source, region)]
             new_store = tx.BufferStore(store.buffer, load, store.indices)
             return s_tir.SBlock(node.iter_vars, reads, node.writes, node.name_hint, new_store, node.init,
                                 node.alloc_buffers, node.match_buffers, node.annotations)
