@@ -11,6 +11,7 @@ import numpy as np
 
 from edgecls.compile.tvm.core import load_tvm, target
 from edgecls.compile.tvm.schedules import apply_default_schedules
+from edgecls.compile.tvm.schedules.bias_init import fold_bias_into_init
 from edgecls.compile.tvm.schedules.neon_requantize import neon_requantize
 from edgecls.compile.tvm.schedules.prepack import repack_constants
 from edgecls.compile.tvm.tuning.database import apply_database
@@ -41,6 +42,7 @@ def build_executable(mod, tvm_target: dict, schedules: bool = True,
         mod, rule_stats = apply_default_schedules(mod, tvm_target)
         stats.update(rule_stats)
     mod, stats["packed_weights"] = repack_constants(mod)  # weights the schedules blocked
+    mod, stats["bias_init"] = fold_bias_into_init(mod, tvm_target)  # dotprod: bias as the init
     mod, stats["neon_requantize"] = neon_requantize(mod, tvm_target)  # aarch64 int8 epilogues
     try:
         return relax.build(mod, tgt, relax_pipeline=rest), stats

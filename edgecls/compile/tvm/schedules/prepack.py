@@ -24,6 +24,7 @@ import numpy as np
 from edgecls.compile.tvm.core import load_tvm
 
 LAYOUT_FREE_ATTR = "layout_free_buffers"
+C4 = 4  # input channels per sdot lane group (pack_c4)
 
 
 def _constant_param(sch, buffer) -> bool:
@@ -45,6 +46,36 @@ def pack_last_axis(sch, block, buffer, block_size: int) -> bool:
     return True
 
 
+def pack_c4(sch, block, buffer, block_size: int, blocked: bool) -> bool:
+    """Lay a constant weight param read by `block` out as (O // B, .., I // 4, B, 4): blocked by
+    the tile's B output channels (as pack_last_axis, which ran first: `blocked` says whether it
+    left the buffer (O // B, .., I, B) or, for O == B, as it was) and interleaved by groups of
+    4 input channels, so 16 consecutive bytes are one sdot operand of 4 output channels x 4
+    input channels (isa/neon_dot.py). Always two dimensions more than the param had, so
+    repack_constants cannot mistake it for pack_last_axis's layout. False (nothing done) when the
+    buffer is not a constant param or the shapes do not divide."""
+    shape = [int(d) for d in buffer.shape]
+    b = block_size
+    if len(shape) < 2 or shape[-2] % C4 or shape[-1] % b or not _constant_param(sch, buffer):
+        return False
+    if blocked:
+        sch.transform_layout(block, buffer, lambda *i: (*i[:-2], i[-2] // C4, i[-1], i[-2] % C4))
+    else:  # O == B: add the (unit) block dimension too
+        sch.transform_layout(block, buffer, lambda *i: (i[-1] // b, *i[:-2], i[-2] // C4, i[-1] % b, i[-2] % C4))
+    return True
+
+
+def c4_array(a: np.ndarray, block_size: int) -> np.ndarray:
+    """(.., I, O) -> (O // B, .., I // 4, B, 4), the layout pack_c4 gives the buffer."""
+    packed = pack_array(a, block_size)
+    moved = packed.reshape(*packed.shape[:-2], packed.shape[-2] // C4, C4, block_size)
+    return np.ascontiguousarray(np.swapaxes(moved, -1, -2))
+
+
+def c4_shape(shape: list[int], block_size: int) -> list[int]:
+    return [shape[-1] // block_size, *shape[:-2], shape[-2] // C4, block_size, C4]
+
+
 def packed_shape(shape: list[int], block_size: int) -> list[int]:
     return [shape[-1] // block_size, *shape[:-1], block_size]
 
@@ -63,8 +94,20 @@ def _blocked(have: list[int], want: list[int]) -> int | None:
     return b if b > 1 and want == packed_shape(have, b) else None
 
 
-def _packed_args(mod, call, call_tir) -> dict[int, int]:
-    """{arg index: block size} of the constants of a call_tir whose params were packed."""
+def _repacker(have: list[int], want: list[int]):
+    """The numpy rearrangement from a constant of shape `have` to its packed param's `want`
+    (pack_last_axis or pack_c4), or None."""
+    b = _blocked(have, want)
+    if b:
+        return lambda a: pack_array(a, b)
+    b = want[-2] if len(have) >= 2 and len(want) == len(have) + 2 else 0
+    if b > 1 and have[-1] % b == 0 and have[-2] % C4 == 0 and want == c4_shape(have, b):
+        return lambda a: c4_array(a, b)
+    return None
+
+
+def _packed_args(mod, call, call_tir) -> dict:
+    """{arg index: numpy rearrangement} of the constants of a call_tir whose params were packed."""
     tvm = load_tvm()
     from tvm import relax
     if not call.op.same_as(call_tir) or not isinstance(call.args[1], relax.Tuple):
@@ -73,9 +116,9 @@ def _packed_args(mod, call, call_tir) -> dict[int, int]:
     out = {}
     for i, arg in enumerate(call.args[1].fields):
         if i < len(params) and isinstance(arg, tvm.ir.GenericConst):
-            b = _blocked([int(d) for d in arg.value.shape], [int(d) for d in params[i].shape])
-            if b:
-                out[i] = b
+            repack = _repacker([int(d) for d in arg.value.shape], [int(d) for d in params[i].shape])
+            if repack:
+                out[i] = repack
     return out
 
 
@@ -108,8 +151,8 @@ def repack_constants(mod):
             if not packs:
                 return call
             args = list(call.args[1].fields)
-            for i, b in packs.items():
-                args[i] = relax.const(pack_array(args[i].value.numpy(), b))
+            for i, repack in packs.items():
+                args[i] = relax.const(repack(args[i].value.numpy()))
             count[0] += len(packs)
             return relax.Call(call.op, [renamed[call.args[0]], relax.Tuple(args)], call.attrs, call.ty_args)
 

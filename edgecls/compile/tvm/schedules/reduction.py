@@ -207,7 +207,7 @@ def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv
 
 def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=None,
                        inline_pad_cin: int = INLINE_PAD_MAX_CIN, max_vectors: int = MAX_ACCUMULATORS,
-                       pad_stage: bool = False) -> str:
+                       pad_stage: bool = False, epilogue_lanes: int | None = None) -> str:
     """The reduction rule (module doc) on `block`, the function's single reduction block.
     prefer_rows: register-tile ties go to more rows of one vector, for kernels whose per-vector
     weight preparation costs more than a load (the int8 widening kernels transpose or interleave
@@ -215,7 +215,8 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=N
     rext) -> (rb, nv), instead of register_tile's. inline_pad_cin: regular convs over at most
     this many input channels read their zero padding inlined. max_vectors: see register_tile.
     pad_stage: keep zero padding as its own stage for every kind (INLINE_PAD_KINDS inline it
-    otherwise). Returns the stats key."""
+    otherwise). epilogue_lanes: the epilogue's vector width, where it divides a tile row's
+    channels, instead of the update's (neon_dot.py). Returns the stats key."""
     main = th.name(sch, block)
     red = analyse(sch, block)
     kind = red.kind(main)
@@ -227,7 +228,8 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=N
     tile, reduce_loops = _tile_loops(sch, block, red, kind, vl, rb, nv)
     # Epilogue (bias, ReLU6, residual add or the plain write-back) on the tile while it is hot.
     sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
-    _vectorize_tail(sch, epilogue, skip=1, lanes=vl)
+    wide = epilogue_lanes and (nv * vl) % epilogue_lanes == 0
+    _vectorize_tail(sch, epilogue, skip=1, lanes=epilogue_lanes if wide else vl)
     if reduce_loops:
         init = sch.decompose_reduction(block, reduce_loops[0])
         _vectorize_tail(sch, init, skip=1, lanes=vl)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 from edgecls.compile.tvm.core import load_tvm
-from edgecls.compile.tvm.schedules.isa import avx2, lane_fma, neon
+from edgecls.compile.tvm.schedules.isa import avx2, lane_fma, neon, neon_dot
 from edgecls.compile.tvm.schedules.tir import ACC_SCOPE
 
 ACT_DTYPES = ("int8", "uint8", "int16")  # int16: quant.int8's centered input (int16(x_q) - z_x)
@@ -41,7 +41,8 @@ def _prim_func(lanes: int, act: str, k: int, mac=None):
     Description: C[i] += A[r] * B[r, i], i < lanes (the vectorized output channels, so the loop
     is vectorized, as the rule leaves it, or the pattern does not match), r < k.
     Implementation: C[0:lanes] += mac(A, B), one expression (named temporaries would each become
-    a buffer in TVMScript)."""
+    a buffer in TVMScript); a mac marked `accumulates` gets C[0:lanes] as its accumulator input
+    instead (sdot accumulates in place: no zeroed register and add per call)."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
@@ -59,6 +60,8 @@ def _prim_func(lanes: int, act: str, k: int, mac=None):
                         with T.sblock("update"):
                             vi, vr = T.axis.remap("SR", [i, r])
                             C[vi] = C[vi] + T.Cast("int32", A[vr]) * T.Cast("int32", B[vr, vi])
+            elif getattr(mac, "accumulates", False):  # the MAC's own accumulator input (sdot)
+                C[T.ramp(T.int64(0), 1, lanes)] = mac(A, B, act, k // 2, C[T.ramp(T.int64(0), 1, lanes)])
             else:
                 C[T.ramp(T.int64(0), 1, lanes)] = C[T.ramp(T.int64(0), 1, lanes)] + mac(A, B, act, k // 2)
 
@@ -97,3 +100,5 @@ def register_intrinsics() -> None:
         intrin_name("neon_mull", "int8", k)
     for k in lane_fma.K:
         lane_fma.lane_fma_intrin(k)
+    for k in neon_dot.K:
+        neon_dot.dot_c4_intrin(k)

@@ -1,0 +1,49 @@
+"""The int16 depthwise rule of dotprod targets: quant.int8's depthwise convs (int16 input and
+weights, operands.input_mode) vectorized 8 channels wide.
+
+sdot does not help a depthwise conv (no input-channel reduction), so its MACs stay widening
+int16 multiply-accumulates. The widening rule's depthwise schedule (widening_int8.py) keeps the
+reduction rule's 4-lane vectors: LLVM then loads every tap as two 8-byte halves (`ldr d`) and
+multiplies each with its own `smlal .4h`, and the requantize epilogue narrows 4 lanes at a
+time (xtn, uzp1, mov per pair). Here the tile is rows x one vector of 8 int16 lanes in every
+block of the kernel (init, taps, epilogue): one `ldr q` per tap and row feeds `smlal` +
+`smlal2`, and the epilogue narrows 8 lanes at once. The zero padding stays its own stage (the
+taps load without bounds checks).
+
+Only on aarch64 targets with dotprod (the ARMv8.0 targets keep the widening rule's schedule,
+their artifacts unchanged), and only where 8 divides the channels.
+"""
+
+from __future__ import annotations
+
+from edgecls.compile.tvm.schedules import tir as th
+from edgecls.compile.tvm.schedules.neon_dot import dotprod_reduction
+from edgecls.compile.tvm.schedules.reduction import analyse, schedule_reduction
+from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
+
+LANES = 8  # int16 lanes of one NEON register
+
+
+def _int16_depthwise(sch, block) -> None:
+    """Raise NotRecognised unless the block is an int16 x int16 -> int32 depthwise reduction
+    over a multiple of LANES channels."""
+    stmt = sch.get(block)
+    out = th.buffer(stmt.writes[0])
+    reads = [r for r in stmt.reads if not th.buffer(r).same_as(out)]
+    if str(out.dtype) != "int32" or len(reads) != 2 or any(str(th.buffer(r).dtype) != "int16" for r in reads):
+        raise NotRecognised("not an int16 x int16 -> int32 reduction")
+    red = analyse(sch, block)
+    if red.kind(th.name(sch, block)) != "depthwise" or int(red.iters[red.vec].dom.extent) % LANES:
+        raise NotRecognised("not a depthwise conv over a multiple of 8 channels")
+
+
+class NeonDotDepthwiseRule(Rule):
+    """int16 depthwise functions with exactly one reduction block, on an aarch64 target with
+    dotprod: the reduction rule at 8 lanes with its padding as a stage."""
+
+    name = "neon-dot-depthwise"
+
+    def schedule(self, sch, target: RuleTarget) -> str:
+        block = dotprod_reduction(sch, target)
+        _int16_depthwise(sch, block)
+        return schedule_reduction(sch, block, LANES, pad_stage=True)
