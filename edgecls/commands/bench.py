@@ -142,6 +142,8 @@ def bench_summary(results) -> int:
         console.print(bench_table(timed))
     if counted:
         console.print(count_table(counted))
+    for line in _threads_lines(timed):
+        console.print(line, highlight=False)
     for line in _runtime_choice_lines(reports):
         console.print(line)
     for line in _batch_recommendation_lines(reports):
@@ -161,6 +163,17 @@ def _first_per_place(reports: list[dict], key: str) -> list[tuple[str, dict]]:
         if rep.get(key) and rep["board"]["name"] not in seen:
             seen[rep["board"]["name"]] = rep[key]
     return list(seen.items())
+
+
+def _threads_lines(reports: list[dict]) -> list[str]:
+    """How many threads each place ran and why (a default is the target's big cluster or every CPU)."""
+    lines = {}
+    for r in reports:
+        opts = r.get("options") or {}
+        if opts.get("threads_how") and r["board"]["name"] not in lines:
+            lines[r["board"]["name"]] = f"{r['board']['name']}: {opts['threads']} thread(s), {opts['threads_how']}" \
+                + ("" if opts["threads_how"].startswith("given") else "; --threads N overrides")
+    return list(lines.values())
 
 
 def _runtime_choice_lines(reports: list[dict]) -> list[str]:
