@@ -140,6 +140,8 @@ def test_reports_of_earlier_versions_still_load(six, tmp_path):
               "quantization"):
         old["artifact"].pop(k)
     old["cores"], old["threads"] = None, None
+    old["options"]["threads"] = None  # before bench decided a default thread count
+    del old["options"]["threads_how"]
     row, notes = to_row(old, tmp_path / "old.json")
     fresh, _ = to_row(new, tmp_path / "new.json")
     assert (row.model, row.variant, row.threads, row.cores) == (fresh.model, fresh.variant, "default", "all")
