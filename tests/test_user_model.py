@@ -100,3 +100,10 @@ def test_prune_and_qat_of_a_user_class_from_its_folder(project, tmp_path):
     assert stages["quantized"]["method"] == "qat" and m["acceptance"]["accepted"]
     assert m["variant"].startswith("pruned50-int8-qat")
     assert m["model"]["name"] == "model" and stages["compiled"]["how"] == "edgecls-runner (native)"
+
+
+def test_model_code_folder_goes_on_the_import_path(project, tmp_path):
+    p = edgecls("optimize", project / "model.pth", "--data", project / "data", "--quantize", "fp16",
+                "--input-shape", "1,3,8,8", "--no-tflite", "--model-code", project, "-o", tmp_path / "o", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "o" / "model.onnx").is_file()
