@@ -1,3 +1,55 @@
-"""edgecls: take a trained image classifier to real edge boards."""
+"""edgecls: take a trained image classifier to real edge boards.
+
+The Python API (edgecls/api.py; the CLI is a thin layer over the same calls):
+
+    art = edgecls.compile(model, "x86-host", "build/host", input_shape=(1, 3, 32, 32))
+    art.run(x)                                    # numpy in, numpy out (qemu for aarch64)
+    reports = edgecls.bench(art, local=True, out_dir="reports")
+    rows = edgecls.report("reports")
+    edgecls.load_artifact("build/host")
+
+Errors are edgecls.EdgeclsError (one line; subclasses UsageError, ModelError, TargetError, ...).
+Importing edgecls loads neither torch nor TVM: every call imports what it needs.
+"""
+
+import types as _types
+
+from edgecls import api as _api
+from edgecls.errors import (ArtifactError, EdgeclsError, ModelError, RemoteError, TargetError, ToolchainError,
+                            UsageError)
 
 __version__ = "0.1.0"
+
+load_artifact = _api.load_artifact
+bench = _api.bench
+report = _api.report
+
+
+class _CompilePackage(_types.ModuleType):
+    """`edgecls.compile` is both the compiler subpackage (edgecls/compile/) and the API call.
+
+    Importing a submodule (edgecls.compile.build) makes the import system set the package's
+    `compile` attribute to the subpackage, which would replace a function of that name; so the
+    subpackage itself is callable, and `edgecls.compile(...)` is edgecls.api.compile.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return _api.compile(*args, **kwargs)
+
+    __call__.__doc__ = _api.compile.__doc__
+
+
+from edgecls import compile  # noqa: E402  (the subpackage: its __init__ is a docstring, cheap)
+
+compile.__class__ = _CompilePackage
+
+
+def __getattr__(name):
+    if name == "Artifact":  # numpy-backed: imported on first use
+        from edgecls.artifact.handle import Artifact
+        return Artifact
+    raise AttributeError(f"module 'edgecls' has no attribute {name!r}")
+
+
+__all__ = ["compile", "load_artifact", "bench", "report", "Artifact", "EdgeclsError", "UsageError", "ModelError",
+           "TargetError", "ToolchainError", "ArtifactError", "RemoteError", "__version__"]

@@ -129,11 +129,16 @@ def simplify_onnx(model, input_name: str, shape: tuple[int, ...]):
 def load_torch_module(path: Path):
     """A pickled nn.Module (`torch.save(model, path)`); pruning and QAT need the real module.
 
-    Unpickling runs code from the file: only load models you trust, as with any torch.load.
+    Unpickling runs code from the file: only load models you trust, as with any torch.load. The
+    model's class is imported from the current folder or the code the user named (user_code.py).
     """
     import torch
+
+    from edgecls.user_code import torch_load_module
     try:
-        module = torch.load(str(path), map_location="cpu", weights_only=False)
+        module = torch_load_module(path)
+    except ModelError:
+        raise
     except Exception as exc:
         raise ModelError(f"{path}: not a loadable torch model ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -1,6 +1,7 @@
 """Targets are data: one TOML file per board type, read into `Target` objects.
 
-Built-in targets live in the repository's `targets/` folder. A user adds a board type by dropping
+Built-in targets live in the package (edgecls/builtin_targets/, package data, so a wheel carries
+them). A user adds a board type by dropping
 a TOML file into a folder named by `--targets-dir` or `EDGECLS_TARGETS` (several folders separated
 by `:`); a file there overrides a built-in target of the same name.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from edgecls.errors import TargetError, ToolchainError
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_targets"
 LAYOUTS = ("NCHW", "NHWC")
 ARCHES = ("x86_64", "aarch64")
 # qemu-aarch64 7.2's CPU models (`qemu-aarch64 -cpu help`), less `max` (SVE, i8mm: no board's).

@@ -37,6 +37,8 @@ def edgecls(*args, env: dict | None = None, inherit_env: bool = True, cwd=None, 
     env: variables set on top of this process's environment, or instead of it (inherit_env=False:
     a bare environment, e.g. a PATH without some tool)."""
     full_env = {**os.environ, **env} if (env and inherit_env) else env
+    if env and not inherit_env and "PYTHONPATH" in os.environ:  # a bare environment, the same code under test
+        full_env = {"PYTHONPATH": os.environ["PYTHONPATH"], **env}
     return subprocess.run([EDGECLS, *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd,
                           timeout=timeout)
 

@@ -4,6 +4,7 @@ and on several boards in network namespaces at once."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,9 +52,18 @@ def test_local_bench_tvm_and_onnxruntime(artifacts, tmp_path):
         assert a["macs"] == 17_286_400 and a["params"] == 177_226 and a["variant"] == "fp32"
         assert a["model_file"] == {"tvm": "model.so", "onnxruntime": "model.onnx"}[runtime]
         assert 0 < a["model_bytes"] < a["size_bytes"]
-    # One vocabulary: both runtimes' defaults read the same in `edgecls report`.
+    # Without --threads every runtime gets one thread per CPU here (x86-host declares no cluster),
+    # stated in the report; TVM's own default would be half the CPUs (1 on 2 cores).
     from edgecls.report.load import place_text
-    assert place_text(reports["tvm"]) == place_text(reports["onnxruntime"]) == ("default", "all")
+    ncpu = len(os.sched_getaffinity(0))
+    assert place_text(reports["tvm"]) == place_text(reports["onnxruntime"]) == (str(ncpu), "all")
+    assert reports["tvm"]["threads"] == ncpu and reports["onnxruntime"]["threads"] == ncpu
+    assert reports["tvm"]["options"]["threads_how"] == f"default: one per CPU of local ({ncpu})"
+    assert f"local: {ncpu} thread(s), default: one per CPU of local ({ncpu}); --threads N overrides" in p.stdout
+    p = edgecls("bench", art, "--local", "--threads", "1", "--runs", "3", "--warmup", "1", "-o", tmp_path / "one")
+    assert p.returncode == 0, p.stderr
+    [r] = reports_in(tmp_path / "one")
+    assert r["threads"] == 1 and r["options"]["threads_how"] == "given (--threads)" and place_text(r)[0] == "1"
 
 
 @pytest.mark.slow
@@ -84,6 +94,9 @@ def test_emulated_board_over_ssh_deploy_and_bench(artifacts, ssh_board, tmp_path
     assert r["device"]["uname"]["machine"] == "aarch64"  # measured inside qemu-aarch64
     assert r["accuracy"]["top1"] == pytest.approx(host_top1(art))
     assert r["board"]["name"] == "emu1" and r["board"]["emulator"][0] == "qemu-aarch64"
+    # rk3399's big cluster has two cores: two threads, unpinned under emulation.
+    assert r["threads"] == 2 and r["options"]["cores_resolved"] is None
+    assert r["options"]["threads_how"] == "default: one per core of rk3399's big cluster (cpus 4,5), unpinned under emulation"
 
     # A file corrupted on the board: the benchmark refuses to run it.
     with open(ssh_board.workdir / art.name / "model.so", "r+b") as f:
@@ -116,3 +129,6 @@ def test_parallel_boards_in_network_namespaces_one_failing(artifacts, netns_boar
     assert sorted(r["board"]["name"] for r in reports) == sorted(n for n, _, _ in netns_boards)
     for r in reports:  # ... but every live board delivered its report
         check_report(r, "tvm", runs=3)
+        # x86-host declares no cluster: one thread per CPU the board's `nproc` counts.
+        assert r["threads"] == r["options"]["threads"] == len(os.sched_getaffinity(0))
+        assert r["options"]["threads_how"].startswith(f"default: one per CPU of {r['board']['name']}")

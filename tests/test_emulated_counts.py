@@ -115,7 +115,7 @@ def test_instruction_the_board_lacks_fails_verification(demo, tmp_path):
     from edgecls.optimize.quantize import ptq_onnx
     qdq = tmp_path / "digits.int8.onnx"
     ptq_onnx(demo.onnx, qdq, np.load(demo.val_x)[:32].astype(np.float32), "minmax", activation_type="int8")
-    rk3399 = (Path(__file__).resolve().parent.parent / "targets" / "rk3399.toml").read_text()
+    rk3399 = (Path(__file__).resolve().parent.parent / "edgecls" / "builtin_targets" / "rk3399.toml").read_text()
     for name, cpus in (("rk3399-claims-dotprod", '["cortex-a72"]'), ("dotprod-core", '["cortex-a76"]')):
         toml = (rk3399.replace('name = "rk3399"', f'name = "{name}"')
                 .replace('mattr = ["+neon"]', 'mattr = ["+neon", "+dotprod"]')

@@ -200,7 +200,7 @@ def test_full_range_weights_get_exact_int16_pairs(demo, val, tmp_path):
 
 def test_widening_isa_follows_the_target():
     tvm = ta.load_tvm()
-    assert ta.widening_isa(4) == "neon"  # NEON targets (all aarch64 in targets/)
+    assert ta.widening_isa(4) == "neon"  # NEON targets (all aarch64 in edgecls/builtin_targets/)
     with tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}):
         assert ta.widening_isa(8) == "neon"
     with tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"}):  # SSE2 only: no vpmaddwd ymm

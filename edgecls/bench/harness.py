@@ -12,7 +12,7 @@ import json
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -137,6 +137,10 @@ def bench_one(artifact: Path, place: Place, opts: BenchOptions, log=lambda m: No
         check_countable(place, opts.runtimes, manifest["target"]["arch"])
         return [count_report(artifact, manifest, place, opts, batch, log) for batch in opts.batches]
     from edgecls.bench.choice import AUTO, choose_runtime, default_runtimes, expand_auto
+    from edgecls.bench.threads import choose_threads
+    choice = choose_threads(opts.threads, cores, manifest["target"], place, opts.cores)
+    opts, cores = replace(opts, threads=choice.threads, extra={**opts.extra, "threads_how": choice.how}), choice.cores
+    log(f"{place.name}: threads {choice.threads} ({choice.how})")
     auto = opts.runtimes == (AUTO,)
     runtimes = expand_auto(manifest) if auto else (opts.runtimes or default_runtimes(manifest))
     reports, failures, unavailable = [], [], []
@@ -235,7 +239,8 @@ def make_report(artifact: Path, manifest: dict, place: Place, runtime: str, opts
         "runtime": runtime,
         "artifact": artifact_section(artifact, manifest, runtime, batch),
         "options": {**{k: v for k, v in asdict(opts).items() if k not in ("extra", "timeout")},
-                    "runtimes": list(opts.runtimes), "cores_resolved": cores},
+                    "runtimes": list(opts.runtimes), "cores_resolved": cores,
+                    "threads_how": opts.extra.get("threads_how")},
         "device": measured.get("device"),
         "bench": measured.get("bench"),
         "timings_ms": measured.get("timings_ms"),

@@ -34,6 +34,11 @@ class Place:
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "host": self.host}
 
+    def cpu_count(self) -> int:
+        """The CPUs a process may run on here (its affinity: a taskset or cpuset narrows it)."""
+        import os
+        return len(os.sched_getaffinity(0))
+
 
 class LocalPlace(Place):
     """This workstation; an aarch64 artifact runs under the target's emulator when emulate=True."""
@@ -90,6 +95,14 @@ class BoardPlace(Place):
 
     def run(self, argv, cwd, timeout):
         return self.ssh.run(argv, cwd=cwd, timeout=timeout, text=True)
+
+    def cpu_count(self) -> int:
+        """`nproc` on the board: the CPUs its processes may run on."""
+        proc = self.ssh.run(["nproc"], timeout=60, text=True)
+        if proc.returncode != 0 or not proc.stdout.strip().isdigit():
+            raise ArtifactError(f"cannot count the CPUs of {self.board.name} (nproc: {proc.stderr.strip()[:100]}); "
+                                f"pass --threads")
+        return int(proc.stdout.strip())
 
     def describe(self) -> dict:
         return {"name": self.board.name, "kind": "board", "host": self.board.host,

@@ -49,34 +49,26 @@ def bench(artifact, board_spec, local, emulate, count, cpu_model, runtime, preci
     """Benchmark an artifact on boards (in parallel) or locally; one JSON report per board and runtime."""
     from rich.live import Live
 
-    from edgecls.artifact.batches import parse_batches
-    from edgecls.bench.harness import BenchOptions, parse_runtimes
-    from edgecls.bench.run import make_places, run_bench
-    from edgecls.bench.counted import check_cpu_model
-    from edgecls.bench.tensorrt import check_precision
+    from edgecls import api
     from edgecls.commands.views import console
-    runtimes = parse_runtimes(runtime)
     if mlflow_uri:
         from edgecls.report.mlflow_log import require_mlflow
         require_mlflow()
-    opts = BenchOptions(runtimes=runtimes, threads=threads, cores=cores, runs=runs,
-                        warmup=warmup, warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms,
-                        extra={"precision": check_precision(precision, runtimes)},
-                        batches=parse_batches(batches), latency_budget_ms=latency_budget,
-                        count=count, count_cpu=check_cpu_model(cpu_model, count))
-    places = make_places(board_spec, local, emulate, inventory, ssh_config, accept_new_host_key)
     with Live(console=console, refresh_per_second=4, transient=False) as live:
-        results = run_bench(artifact, places, opts, out_dir, parallel,
-                            on_change=lambda rs: live.update(fleet_table(rs)))
-    failed = bench_summary(results)
+        results = api.bench_run(
+            artifact, board=board_spec, local=local, emulate=emulate, runtime=runtime, threads=threads, cores=cores,
+            runs=runs, warmup=warmup, warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms,
+            batch_sizes=batches, latency_budget=latency_budget, count=count, cpu_model=cpu_model,
+            precision=precision, out_dir=out_dir, parallel=parallel, inventory=inventory, ssh_config=ssh_config,
+            accept_new_host_key=accept_new_host_key, on_change=lambda rs: live.update(fleet_table(rs)))
+    bench_summary(results)
     if mlflow_uri:
         from edgecls.report.mlflow_log import log_bench
         runs_logged = log_bench(mlflow_uri, [p for r in results for p in r.reports])
         console.print(f"mlflow: {len(runs_logged)} run(s) logged to {mlflow_uri}")
-    if failed:
-        if len(results) == 1:  # one place: its own error is the message
-            raise EdgeclsError(results[0].detail)
-        raise EdgeclsError(f"{failed} of {len(results)} place(s) failed; reports of the others are in {out_dir}")
+    message = api.failure(results, out_dir)
+    if message:
+        raise EdgeclsError(message)
 
 
 def bench_table(reports: list[dict]):
@@ -150,6 +142,8 @@ def bench_summary(results) -> int:
         console.print(bench_table(timed))
     if counted:
         console.print(count_table(counted))
+    for line in _threads_lines(timed):
+        console.print(line, highlight=False)
     for line in _runtime_choice_lines(reports):
         console.print(line)
     for line in _batch_recommendation_lines(reports):
@@ -169,6 +163,17 @@ def _first_per_place(reports: list[dict], key: str) -> list[tuple[str, dict]]:
         if rep.get(key) and rep["board"]["name"] not in seen:
             seen[rep["board"]["name"]] = rep[key]
     return list(seen.items())
+
+
+def _threads_lines(reports: list[dict]) -> list[str]:
+    """How many threads each place ran and why (a default is the target's big cluster or every CPU)."""
+    lines = {}
+    for r in reports:
+        opts = r.get("options") or {}
+        if opts.get("threads_how") and r["board"]["name"] not in lines:
+            lines[r["board"]["name"]] = f"{r['board']['name']}: {opts['threads']} thread(s), {opts['threads_how']}" \
+                + ("" if opts["threads_how"].startswith("given") else "; --threads N overrides")
+    return list(lines.values())
 
 
 def _runtime_choice_lines(reports: list[dict]) -> list[str]:

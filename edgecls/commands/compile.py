@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from edgecls.commands.options import (mlflow_option, optimization_options, parse_preprocess, targets_dir_option,
-                                      tflite_mode)
+from edgecls.commands.options import (mlflow_option, model_code_option, optimization_options, parse_preprocess,
+                                      targets_dir_option)
 
 
 @click.command()
@@ -54,41 +54,35 @@ from edgecls.commands.options import (mlflow_option, optimization_options, parse
               help="Label the artifact's report rows NAME instead of what the graph says (fp32, fp16, "
                    "int8-static-perchannel-u8, pruned50-int8-qat-...).")
 @click.option("--verbose", "-v", is_flag=True, help="Show every stage and graph pass.")
+@model_code_option
 @mlflow_option
 @targets_dir_option
 def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order, preprocess_file,
             data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite, max_accuracy_drop,
             val_data, val_count, force, no_verify, schedules, backend, from_reports, integer_kernels, batch_sizes, tuning_db,
-            variant, verbose,
-            mlflow_uri, targets_dir):
-    """Compile MODEL (.onnx, .pt2, TorchScript) for a target into a runnable, verified artifact."""
-    from edgecls.artifact.batches import parse_batches
-    from edgecls.artifact.manifest import read_manifest
+            variant, verbose, model_code, mlflow_uri, targets_dir):
+    """Compile MODEL (.onnx, .pt2, TorchScript, a torch.save'd .pth) for a target into a runnable, verified
+    artifact. The same call as the Python API's edgecls.compile."""
+    from edgecls import api
     from edgecls.commands.views import console, stages_table, verbose_log
-    from edgecls.load import parse_shape
-    from edgecls.optimize.run import OptimizeRequest
-    from edgecls.pipeline import CompileRequest, compile_artifact
-    shape, batches = parse_shape(input_shape), parse_batches(batch_sizes)
     preprocess = parse_preprocess(mean, std, channel_order, preprocess_file)
-    optimize = OptimizeRequest.from_options(
-        model, data, train, calib, val, prune=prune, importance=importance, quantize=quantize, epochs=epochs,
-        calib_method=calib_method, seed=seed, preprocess=preprocess, input_shape=input_shape)
-    req = CompileRequest(
-        model=model, target=target, out_dir=out_dir, layout=layout, input_shape=shape,
-        labels=labels, force=force, targets_dir=targets_dir, verify=not no_verify, schedules=schedules,
-        tuning_db=tuning_db or "auto", batch_sizes=batches,
-        integer_kernels=integer_kernels, backend=backend, from_reports=tuple(from_reports),
-        val_data=val_data, val_count=val_count, max_accuracy_drop=max_accuracy_drop, tflite=tflite_mode(tflite),
-        optimize=optimize, preprocess=preprocess, variant=variant)
+    options = dict(
+        input_shape=input_shape, data=data, train=train, calib=calib, val=val, prune=prune, importance=importance,
+        quantize=quantize, epochs=epochs, calib_method=calib_method, seed=seed, max_accuracy_drop=max_accuracy_drop,
+        layout=layout, labels=labels, preprocess=preprocess, val_data=val_data, val_count=val_count, force=force,
+        verify=not no_verify, schedules=schedules, backend=backend, from_reports=from_reports,
+        integer_kernels=integer_kernels, batch_sizes=batch_sizes, tuning_db=tuning_db, tflite=tflite,
+        variant=variant, targets_dir=targets_dir, model_code=model_code, log=verbose_log(verbose))
     if mlflow_uri:
         from edgecls.report.mlflow_log import require_mlflow
         require_mlflow()  # before minutes of work
     # --verbose prints every stage: a spinner would redraw over those lines.
     with (contextlib.nullcontext() if verbose else console.status(f"compiling {model} for {target}", spinner="dots")):
-        out = compile_artifact(req, log=verbose_log(verbose))
+        out = api.compile(model, target, out_dir, **options).path
     if mlflow_uri:
         from edgecls.report.mlflow_log import log_compile
         console.print(f"mlflow run {log_compile(mlflow_uri, out)} ({mlflow_uri})")
+    from edgecls.artifact.manifest import read_manifest
     stages = read_manifest(out).get("stages", [])
     if any(st.get("top1") is not None for st in stages):
         console.print(stages_table(stages))

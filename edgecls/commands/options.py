@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from edgecls.api import tflite_mode  # noqa: F401  (re-exported for the commands)
 from edgecls.errors import UsageError
 
 targets_dir_option = click.option(
@@ -20,6 +21,10 @@ ssh_config_option = click.option("--ssh-config", envvar="EDGECLS_SSH_CONFIG", de
                                  help="ssh config file passed as -F to every ssh/rsync (EDGECLS_SSH_CONFIG).")
 accept_new_option = click.option("--accept-new-host-key", is_flag=True,
                                  help="Trust a board's host key on first contact (never a changed one).")
+model_code_option = click.option(
+    "--model-code", "model_code", multiple=True, type=click.Path(path_type=Path), metavar="FILE.py|DIR",
+    help="The code that defines a torch.save'd model's class (repeatable): a .py file, imported under its "
+         "name, or a folder put on the import path. The current folder is importable anyway.")
 mlflow_option = click.option("--mlflow", "mlflow_uri", envvar="EDGECLS_MLFLOW", default=None, metavar="URI",
                              help="Also log this run to MLflow (extra edgecls[mlflow]), e.g. file:///tmp/mlruns.")
 
@@ -73,8 +78,3 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise UsageError(f"{option} '{text}' is not a comma-separated list of numbers") from None
-
-
-def tflite_mode(flag: bool | None) -> str:
-    """--tflite/--no-tflite/neither -> the request's yes/no/auto."""
-    return "auto" if flag is None else ("yes" if flag else "no")

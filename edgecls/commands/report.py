@@ -35,10 +35,9 @@ def report(reports, csv_path, md_path, html_path, plot_path, baseline, mlflow_ur
     REPORTS are JSON files written by `edgecls bench` (or folders of them). Unreadable files are
     skipped with a warning; for several reports of one row the newest is kept.
     """
-    from edgecls.report.build import ReportRequest, build_report
-    req = ReportRequest(paths=list(reports), csv=csv_path, md=md_path, html=html_path, plot=plot_path,
-                        baseline=baseline, mlflow=mlflow_uri, title=title)
-    show_report(build_report(req, warn=warn_on_stderr))
+    from edgecls import api
+    show_report(api.report_result(list(reports), baseline=baseline, csv=csv_path, md=md_path, html=html_path,
+                                  plot=plot_path, mlflow=mlflow_uri, title=title, warn=warn_on_stderr))
 
 
 def warn_on_stderr(msg: str) -> None:

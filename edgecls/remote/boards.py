@@ -2,7 +2,7 @@
 
     [boards.rk1]
     host = "rk3399-lab"          # ssh alias from ~/.ssh/config, or user@host:port
-    target = "rk3399"            # an edgecls target (targets/*.toml)
+    target = "rk3399"            # an edgecls target (edgecls/builtin_targets/*.toml)
     workdir = "edgecls"          # relative to the remote home, or absolute
     emulator = []                # prefix to run binaries, e.g. ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
     python = "python3"

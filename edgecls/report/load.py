@@ -141,8 +141,9 @@ def place_text(r: dict) -> tuple[str, str]:
     """(threads, cores) in one vocabulary, whichever runner measured.
 
     edgecls-runner reports TVM's pool size and the CPUs it may run on; the Python harnesses the
-    threads asked for and (older ones) no CPUs unless pinned. So: threads is what was asked
-    ('default' when nothing was), cores the CPU list asked for, else the CPUs the process had,
+    threads asked for and (older ones) no CPUs unless pinned. So: threads is what the runtimes
+    were given (`bench` decides a default count, bench/threads.py; reports before it say
+    'default' when nothing was asked), cores the CPU list pinned, else the CPUs the process had,
     'all' when those are every online CPU. A count (bench --count) ran with its own thread count.
     """
     opts, device = _dict(r.get("options")), _dict(r.get("device"))

@@ -40,7 +40,7 @@ def widening_isa(lanes: int, target=None) -> str | None:
 
     `target` (a tvm.target.Target), or else the current target context, decides; without either
     only the target's fp32 SIMD width is known (simd_lanes): lanes == 4 means NEON (every NEON
-    target of edgecls is aarch64, targets/*.toml) and 8/16 means the x86 host target, which
+    target of edgecls is aarch64, edgecls/builtin_targets/*.toml) and 8/16 means the x86 host target, which
     edgecls always resolves to this machine's CPU: its AVX2 is asked of LLVM.
     """
     tvm = load_tvm()
