@@ -100,6 +100,8 @@ class OptionsSection:
     schedules: bool
     integer_kernels: bool
     variant: str | None = None  # --variant: the user's label for the row, over the detected one
+    preprocess_from: str | None = None  # options, a file saved with the model, or the ImageNet defaults
+    input_shape_from: str | None = None  # where the input's channels and size were read
 
 
 @dataclass

@@ -18,20 +18,25 @@ from edgecls.commands.options import (mlflow_option, optimization_options, parse
               help="Artifact directory to create.")
 @click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto", show_default=True,
               help="Conv data layout; auto uses the target's preferred layout.")
-@click.option("--input-shape", default=None, metavar="N,C,H,W", help="Static input shape, e.g. 1,3,224,224.")
+@click.option("--input-shape", default=None, metavar="N,C,H,W",
+              help="Static input shape, e.g. 1,3,224,224; default: channels from the model, size from the data.")
 @click.option("--labels", type=click.Path(path_type=Path), default=None, help="Class names, one per line.")
-@click.option("--mean", default=None, metavar="R,G,B", help="Per-channel mean in 0..1 pixel scale.")
-@click.option("--std", default=None, metavar="R,G,B", help="Per-channel std in 0..1 pixel scale.")
+@click.option("--mean", default=None, metavar="R,G,B", help="Per-channel mean in 0..1 pixel scale (one value: every channel).")
+@click.option("--std", default=None, metavar="R,G,B", help="Per-channel std in 0..1 pixel scale (one value: every channel).")
 @click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), default=None)
 @click.option("--preprocess", "preprocess_file", type=click.Path(path_type=Path), default=None,
-              help="Preprocessing as JSON (size, mean, std, channel_order, layout).")
+              help="Preprocessing as JSON (size, mean, std, channel_order, layout); default: <model>.preprocess.json "
+                   "or preprocess.json next to the model, else ImageNet statistics.")
 @optimization_options
 @click.option("--max-accuracy-drop", type=float, default=None,
-              help="Fail (artifact kept, marked rejected) when artifact top-1 falls more than X points below the original.")
+              help="Fail (artifact kept, marked rejected) when artifact top-1 falls more than X points below the "
+                   "original on the full validation split; refused when the split is too small to tell X points.")
 @click.option("--val-data", type=click.Path(path_type=Path), default=None,
               help="Labelled images the artifact carries for on-device top-1: an ImageFolder, "
                    "or a folder with val_x.npy + val_y.npy.")
-@click.option("--val-count", default=64, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--val-count", default=64, show_default=True, type=click.IntRange(1, 10000),
+              help="Images of the validation split the artifact carries for on-device top-1 (every stage "
+                   "is measured on the whole split).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--no-verify", is_flag=True, help="Skip running the artifact on the reference input.")
 @click.option("--schedules/--no-schedules", default=True, show_default=True,
@@ -57,7 +62,8 @@ from edgecls.commands.options import (mlflow_option, optimization_options, parse
 @mlflow_option
 @targets_dir_option
 def compile(model, target, out_dir, layout, input_shape, labels, mean, std, channel_order, preprocess_file,
-            data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite, max_accuracy_drop,
+            data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite, expected_accuracy,
+            accept_low_accuracy, max_accuracy_drop,
             val_data, val_count, force, no_verify, schedules, backend, from_reports, integer_kernels, batch_sizes, tuning_db,
             variant, verbose,
             mlflow_uri, targets_dir):
@@ -65,6 +71,7 @@ def compile(model, target, out_dir, layout, input_shape, labels, mean, std, chan
     from edgecls.artifact.batches import parse_batches
     from edgecls.artifact.manifest import read_manifest
     from edgecls.commands.views import console, stages_table, verbose_log
+    from edgecls.errors import ArtifactError
     from edgecls.load import parse_shape
     from edgecls.optimize.run import OptimizeRequest
     from edgecls.pipeline import CompileRequest, compile_artifact
@@ -73,23 +80,36 @@ def compile(model, target, out_dir, layout, input_shape, labels, mean, std, chan
     optimize = OptimizeRequest.from_options(
         model, data, train, calib, val, prune=prune, importance=importance, quantize=quantize, epochs=epochs,
         calib_method=calib_method, seed=seed, preprocess=preprocess, input_shape=input_shape)
+    checks = {"expected_accuracy": expected_accuracy, "accuracy_check": not accept_low_accuracy}
     req = CompileRequest(
         model=model, target=target, out_dir=out_dir, layout=layout, input_shape=shape,
         labels=labels, force=force, targets_dir=targets_dir, verify=not no_verify, schedules=schedules,
         tuning_db=tuning_db or "auto", batch_sizes=batches,
         integer_kernels=integer_kernels, backend=backend, from_reports=tuple(from_reports),
         val_data=val_data, val_count=val_count, max_accuracy_drop=max_accuracy_drop, tflite=tflite_mode(tflite),
-        optimize=optimize, preprocess=preprocess, variant=variant)
+        optimize=optimize, preprocess=preprocess, variant=variant, **checks)
     if mlflow_uri:
         from edgecls.report.mlflow_log import require_mlflow
         require_mlflow()  # before minutes of work
     # --verbose prints every stage: a spinner would redraw over those lines.
-    with (contextlib.nullcontext() if verbose else console.status(f"compiling {model} for {target}", spinner="dots")):
-        out = compile_artifact(req, log=verbose_log(verbose))
+    try:
+        with (contextlib.nullcontext() if verbose else console.status(f"compiling {model} for {target}", spinner="dots")):
+            out = compile_artifact(req, log=verbose_log(verbose))
+    except ArtifactError:
+        if req.max_accuracy_drop is not None and (out_dir / "manifest.json").is_file():  # rejected: show why
+            console.print(stages_table(read_manifest(out_dir).get("stages", [])))
+        raise
     if mlflow_uri:
         from edgecls.report.mlflow_log import log_compile
         console.print(f"mlflow run {log_compile(mlflow_uri, out)} ({mlflow_uri})")
-    stages = read_manifest(out).get("stages", [])
+    manifest = read_manifest(out)
+    stages = manifest.get("stages", [])
     if any(st.get("top1") is not None for st in stages):
         console.print(stages_table(stages))
+    gate = manifest.get("acceptance") or {}
+    if gate.get("max_accuracy_drop") is not None and gate.get("n"):
+        lo, hi = gate["ci95_points"]
+        console.print(f"accuracy gate: top-1 drop {gate['drop_points']:.2f} points (95 % CI {lo:.2f} to {hi:.2f}) "
+                      f"on {gate['n']} validation images, at most {gate['max_accuracy_drop']:g} allowed: accepted"
+                      + ("" if gate.get("conclusive") else " (the interval reaches past it: more images would tell)"))
     console.print(f"[green]artifact[/green] {out}  (inspect it: edgecls inspect {out})")

@@ -21,7 +21,7 @@ from edgecls.commands.options import optimization_options, parse_preprocess, tfl
 @click.option("--force", is_flag=True)
 @click.option("--verbose", "-v", is_flag=True)
 def optimize(model, out_dir, data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite,
-             input_shape, mean, std, channel_order, preprocess_file, force, verbose):
+             expected_accuracy, accept_low_accuracy, input_shape, mean, std, channel_order, preprocess_file, force, verbose):
     """Prune, fine-tune and quantize a torch model (torch.save'd nn.Module), or QAT/PTQ a Keras model
     (.keras/.h5, extra edgecls[keras]: TF-MOT -> int8 .tflite; TF-MOT pruning is unstructured, so
     --prune is refused for Keras); stop before TVM."""
@@ -32,7 +32,8 @@ def optimize(model, out_dir, data, train, calib, val, prune, importance, quantiz
     req = OptimizeRequest.from_options(
         model, data, train, calib, val, prune=prune, importance=importance, quantize=quantize, epochs=epochs,
         calib_method=calib_method, seed=seed, preprocess=parse_preprocess(mean, std, channel_order, preprocess_file),
-        input_shape=input_shape, required=True, tflite=tflite_mode(tflite))
+        input_shape=input_shape, required=True, tflite=tflite_mode(tflite), expected_accuracy=expected_accuracy,
+        accuracy_check=not accept_low_accuracy)
     with temp_work_dir() as work:
         result = optimize_model(req, Path(work), log=verbose_log(True) if verbose else (lambda m: console.print(m)))
         write_optimized(result, out_dir, force)
