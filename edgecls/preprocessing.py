@@ -194,10 +194,9 @@ def check_preprocessing(pred: np.ndarray, x: np.ndarray, y: np.ndarray, classes:
     better = _better_alternative(predict, x, y, pred, choice.preprocess) if predict and choice else None
     head = f"the original model scores {top1 * 100:.1f} % top-1 on {n} validation images of {where}"
     in_use = choice.describe() if choice else "the tensors of val_x.npy as they are"
-    fix = (f"with {better[0]} it scores {better[1] * 100:.1f} % on {better[2]} of them: pass that" if better else
-           f"change it with {OPTIONS_HINT} (or save it as <model>{FILE_SUFFIX} next to the model)")
-    tail = (f"the images are likely not preprocessed as in its training (in use: {in_use}); {fix}; "
-            f"nothing was optimized or written")
+    fix = f"with {better[0]} it scores {better[1] * 100:.1f} % on {better[2]} of them; " if better else ""
+    tail = (f"the images are likely not preprocessed as in its training (in use: {in_use}); {fix}change it with "
+            f"{OPTIONS_HINT} (or save it as <model>{FILE_SUFFIX} next to the model); nothing was optimized or written")
     if top1 < chance + NEAR_CHANCE_FRACTION * (1 - chance):
         raise UsageError(f"{head}, near chance ({chance * 100:.1f} % for {classes} classes): {tail}")
     if expected is not None:

@@ -144,12 +144,12 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
     log(f"data: {len(tune)} fine-tune / {len(calib)} calibration / {len(val)} validation images, "
         f"{len(data.classes)} classes")
 
+    if req.accuracy_check:  # before any export or fine-tuning: a preprocessing mismatch is never optimized
+        check_preprocessing(_predict(model, val.x), val.x, val.y, len(data.classes), choice,
+                            str(req.data or req.val), req.expected_accuracy, lambda alt: _predict(model, alt))
     work_dir = Path(work_dir)
     stages = [_stage("original", model, example, val, _export(model, example, work_dir / "original.onnx"))]
     log(f"original: top-1 {stages[0]['top1']:.4f} on {len(val)} validation images, {stages[0]['macs']:,} MACs")
-    if req.accuracy_check:  # before any fine-tuning: a preprocessing mismatch is never optimized
-        check_preprocessing(_predict(model, val.x), val.x, val.y, len(data.classes), choice,
-                            str(req.data or req.val), req.expected_accuracy, lambda alt: _predict(model, alt))
     variant, current = [], model
     if req.prune > 0:
         current = _prune_and_finetune(req, model, example, tune, val, work_dir, stages, log)
