@@ -176,7 +176,13 @@ def resolve_input_shape(model: ModelInput, given: tuple[int, ...] | None, data: 
 
 def check_given_shape(model: ModelInput, given: tuple[int, ...]) -> None:
     """--input-shape against the model's channels and fixed size: a mismatch names the value to pass."""
-    if len(given) != 4 or (model.channels is None and model.size is None):
+    if len(given) != 4:
+        known = ModelInput.from_dims([1, model.channels or 3, *(model.size or DEFAULT_SIZE)], "") \
+            if model.layout == "NCHW" else None
+        raise UsageError(f"--input-shape {shape_text(given)} has {len(given)} dimensions; an image classifier "
+                         f"takes 4 (N,C,H,W or N,H,W,C)" + (f", e.g. --input-shape 1,{known.channels},"
+                                                           f"{known.size[0]},{known.size[1]}" if known else ""))
+    if model.channels is None and model.size is None:
         return
     fit = list(given)
     c_at, hw_at = (3, (1, 2)) if model.layout == "NHWC" else (1, (2, 3))
