@@ -177,11 +177,10 @@ def resolve_input_shape(model: ModelInput, given: tuple[int, ...] | None, data: 
 def check_given_shape(model: ModelInput, given: tuple[int, ...]) -> None:
     """--input-shape against the model's channels and fixed size: a mismatch names the value to pass."""
     if len(given) != 4:
-        known = ModelInput.from_dims([1, model.channels or 3, *(model.size or DEFAULT_SIZE)], "") \
-            if model.layout == "NCHW" else None
+        c, (h, w) = model.channels or DEFAULT_CHANNELS, model.size or DEFAULT_SIZE
+        example = f"1,{c},{h},{w}" if model.layout == "NCHW" else f"1,{h},{w},{c}"
         raise UsageError(f"--input-shape {shape_text(given)} has {len(given)} dimensions; an image classifier "
-                         f"takes 4 (N,C,H,W or N,H,W,C)" + (f", e.g. --input-shape 1,{known.channels},"
-                                                           f"{known.size[0]},{known.size[1]}" if known else ""))
+                         f"takes 4 (N,C,H,W or N,H,W,C), e.g. --input-shape {example}")
     if model.channels is None and model.size is None:
         return
     fit = list(given)

@@ -74,6 +74,15 @@ def file_beside(model: Path) -> Path | None:
     return None
 
 
+def _values(v) -> str:
+    return ",".join(f"{x:g}" for x in v)
+
+
+def _option_values(v) -> str:
+    """As --mean/--std take them: one value when every channel has the same."""
+    return _values(v[:1] if len(set(v)) == 1 else v)
+
+
 @dataclass(frozen=True)
 class InputChoice:
     """The input shape and preprocessing a run uses, and where each came from (for the manifest)."""
@@ -84,8 +93,7 @@ class InputChoice:
 
     def describe(self) -> str:
         p = self.preprocess
-        values = lambda v: ",".join(f"{x:g}" for x in v)  # noqa: E731
-        return (f"{'x'.join(map(str, self.shape[1:]))} {p.layout}, mean {values(p.mean)}, std {values(p.std)}, "
+        return (f"{'x'.join(map(str, self.shape[1:]))} {p.layout}, mean {_values(p.mean)}, std {_values(p.std)}, "
                 f"{p.channel_order}, from {self.source}")
 
     def record(self) -> dict:
@@ -97,8 +105,9 @@ def choose_input(model: ModelInput, model_path: Path, given_shape: tuple[int, ..
     """Shape and preprocessing from the options, a file saved with the model, the model and the data."""
     if given is None and (found := file_beside(model_path)) is not None:
         given = read_preprocess_file(found, f"{found} (saved with the model)")
-    if isinstance(given, Preprocess):
-        shape, how = resolve_input_shape(model, given_shape or given.input_shape, data)
+    if isinstance(given, Preprocess):  # complete: its channels, size and layout are hints like a file's
+        shape, how = resolve_input_shape(_with_layout(model, given.layout), given_shape, data,
+                                         channels_hint=given.channels, size_hint=given.size)
         _check_fixed(given, shape)
         return InputChoice(shape, given, "the given preprocessing", how)
     overrides = dict(given or {})
@@ -131,12 +140,12 @@ def _check_fixed(pre: Preprocess, shape: tuple[int, ...]) -> None:
                          f"{OPTIONS_HINT}")
 
 
-# The preprocessings models are commonly trained with, tried on a sample of the user's images when
-# the one in use looks wrong: (options that select it, mean, std), each also with BGR for RGB input.
-COMMON = (("--mean 0 --std 1 (pixels 0..1)", (0.0,), (1.0,)),
-          ("--mean 0.5 --std 0.5 (pixels -1..1)", (0.5,), (0.5,)),
-          ("--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 (ImageNet)", IMAGENET_MEAN, IMAGENET_STD),
-          ("--mean 0 --std 0.0039216 (pixels 0..255)", (0.0,), (1 / 255,)))
+# The preprocessings models are commonly trained with, tried on a sample of the user's images:
+# (what it is, mean, std), each also in BGR order for 3-channel input.
+COMMON = (("pixels 0..1", (0.0,), (1.0,)),
+          ("pixels -1..1", (0.5,), (0.5,)),
+          ("ImageNet", IMAGENET_MEAN, IMAGENET_STD),
+          ("pixels 0..255", (0.0,), (1 / 255,)))
 SAMPLE = 128  # images the alternatives are tried on
 # An alternative is named when it is this much better on the sample (and surely better: its paired
 # 95 % interval excludes no gain).
@@ -153,7 +162,7 @@ def alternatives(x: np.ndarray, pre: Preprocess):
     pixels = x * std + mean
     if pre.channel_order == "BGR":
         pixels = np.flip(pixels, axis)  # back to RGB
-    for text, m, s in COMMON:
+    for what, m, s in COMMON:
         m = m * pre.channels if len(m) == 1 else m[:pre.channels]
         s = s * pre.channels if len(s) == 1 else s[:pre.channels]
         for order in (("RGB", "BGR") if pre.channels == 3 else ("RGB",)):
@@ -162,7 +171,9 @@ def alternatives(x: np.ndarray, pre: Preprocess):
                 continue
             px = np.flip(pixels, axis) if order == "BGR" else pixels
             alt = (px - np.asarray(m, np.float32).reshape(shape)) / np.asarray(s, np.float32).reshape(shape)
-            yield text + (" --channel-order BGR" if order == "BGR" else ""), np.ascontiguousarray(alt, np.float32)
+            text = f"--mean {_option_values(m)} --std {_option_values(s)}"
+            yield (f"{text}{' --channel-order BGR' if order == 'BGR' else ''} ({what})",
+                   np.ascontiguousarray(alt, np.float32))
 
 
 def _better_alternative(predict, x: np.ndarray, y: np.ndarray, pred: np.ndarray, pre: Preprocess):

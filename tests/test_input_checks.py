@@ -124,6 +124,20 @@ def test_an_untrained_model_is_near_chance_unless_accepted(user, tmp_path):
     assert result.stages[0]["n"] == len(result.val) == 50 and result.input.source == "--mean/--std"
 
 
+def test_alternatives_renormalise_the_same_pixels():
+    """The common preprocessings are tried from the tensors in use: pixels are recovered exactly."""
+    from edgecls.data import Preprocess
+    from edgecls.preprocessing import alternatives
+    pixels = np.random.default_rng(0).random((4, 3, 5, 5)).astype(np.float32)
+    imagenet = Preprocess(size=(5, 5))
+    x = (pixels - np.reshape(imagenet.mean, (1, 3, 1, 1))) / np.reshape(imagenet.std, (1, 3, 1, 1))
+    alt = dict(alternatives(x.astype(np.float32), imagenet))
+    assert len(alt) == 7  # 4 common x RGB/BGR, less the one in use
+    np.testing.assert_allclose(alt["--mean 0 --std 1 (pixels 0..1)"], pixels, atol=1e-6)
+    np.testing.assert_allclose(alt["--mean 0 --std 1 --channel-order BGR (pixels 0..1)"], pixels[:, ::-1], atol=1e-6)
+    np.testing.assert_allclose(alt["--mean 0.5 --std 0.5 (pixels -1..1)"], pixels * 2 - 1, atol=1e-5)
+
+
 def test_far_below_the_stated_accuracy_stops():
     y = np.arange(270) % 10
     pred = y.copy()
