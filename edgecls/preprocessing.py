@@ -90,6 +90,7 @@ class InputChoice:
     preprocess: Preprocess
     source: str  # of the preprocessing: options, a file, or the ImageNet defaults
     shape_from: str
+    model_path: Path | None = None  # where a preprocessing file would be picked up from
 
     def describe(self) -> str:
         p = self.preprocess
@@ -109,7 +110,7 @@ def choose_input(model: ModelInput, model_path: Path, given_shape: tuple[int, ..
         shape, how = resolve_input_shape(_with_layout(model, given.layout), given_shape, data,
                                          channels_hint=given.channels, size_hint=given.size)
         _check_fixed(given, shape)
-        return InputChoice(shape, given, "the given preprocessing", how)
+        return InputChoice(shape, given, "the given preprocessing", how, Path(model_path))
     overrides = dict(given or {})
     source = overrides.pop("source", None) or ("the given preprocessing" if overrides else
                                               "the ImageNet defaults")
@@ -123,7 +124,7 @@ def choose_input(model: ModelInput, model_path: Path, given_shape: tuple[int, ..
     if hints["size_hint"] and tuple(hints["size_hint"]) != pre.size:
         raise UsageError(f"{source} resizes to {shape_text(hints['size_hint'])} but the model takes "
                          f"{shape_text(pre.size)} images: fix its size, or --input-shape")
-    return InputChoice(shape, pre, source, how)
+    return InputChoice(shape, pre, source, how, Path(model_path))
 
 
 def _with_layout(model: ModelInput, layout: str) -> ModelInput:
@@ -206,8 +207,10 @@ def check_preprocessing(pred: np.ndarray, x: np.ndarray, y: np.ndarray, classes:
     head = f"the original model scores {top1 * 100:.1f} % top-1 on {n} validation images of {where}"
     in_use = choice.describe() if choice else "the tensors of val_x.npy as they are"
     fix = f"with {better[0]} it scores {better[1] * 100:.1f} % on {better[2]} of them; " if better else ""
+    model = choice.model_path if choice and choice.model_path else None
+    beside = f"{model.stem}{FILE_SUFFIX} next to {model.name}" if model else f"<model>{FILE_SUFFIX} next to the model"
     tail = (f"the images are likely not preprocessed as in its training (in use: {in_use}); {fix}change it with "
-            f"{OPTIONS_HINT} (or save it as <model>{FILE_SUFFIX} next to the model); nothing was optimized or written")
+            f"{OPTIONS_HINT} (or save it as {beside}); nothing was optimized or written")
     if top1 < chance + NEAR_CHANCE_FRACTION * (1 - chance):
         raise UsageError(f"{head}, near chance ({chance * 100:.1f} % for {classes} classes): {tail}")
     if expected is not None:

@@ -101,7 +101,8 @@ def test_chance_level_stops_before_fine_tuning_and_names_the_fix(user, tmp_path)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     err = p.stderr.strip().splitlines()[-1]
     for needle in ("on 270 validation images", "1x32x32 NCHW, mean 0.485, std 0.229, RGB, from the ImageNet defaults",
-                   "with --mean 0 --std 1", "--mean/--std/--channel-order or --preprocess", "nothing was optimized"):
+                   "with --mean 0 --std 1", "--mean/--std/--channel-order or --preprocess",
+                   "model.preprocess.json next to model.pth", "nothing was optimized"):
         assert needle in err, (needle, err)
     assert "fine-tune epoch" not in p.stdout + p.stderr and not out.exists()
 
