@@ -73,7 +73,12 @@ def test_channels_from_the_model_size_from_the_data(user):
         choice = choose_input(info, user / "model.pth", None, ZERO_ONE, user / "data")
         assert choice.shape == (1, 1, 32, 32) and "first conv" in choice.shape_from and "32x32" in choice.shape_from
         assert choice.preprocess.mean == (0.0,) and choice.preprocess.size == (32, 32)
-    # An ONNX input fixes channels and size; NHWC is read off the dimensions.
+    # An exported program (and an ONNX input) fixes channels and size; NHWC is read off the dimensions.
+    from edgecls.quiet import quiet_torch_export
+    with quiet_torch_export():
+        program = torch.export.export(load_torch_module(user / "model.pth"), (torch.zeros(1, 1, 32, 32),))
+    torch.export.save(program, user / "model.pt2")
+    assert model_file_input(user / "model.pt2") == ModelInput(1, (32, 32), "NCHW", "the exported program's input")
     assert ModelInput.from_dims(["batch", 3, 224, 224], "x") == ModelInput(3, (224, 224), "NCHW", "x")
     assert ModelInput.from_dims([1, 96, 96, 1], "x") == ModelInput(1, (96, 96), "NHWC", "x")
     # One --mean/--std value serves every channel of a 3-channel model.
