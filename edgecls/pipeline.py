@@ -40,7 +40,7 @@ class CompileRequest:
     layout: str = "auto"
     input_shape: tuple[int, ...] | None = None
     labels: Path | None = None
-    preprocess: Preprocess | dict | None = None  # a dict overrides fields of the default
+    preprocess: Preprocess | dict | None = None  # a dict overrides the defaults; None: a file saved with the model, else ImageNet
     force: bool = False
     targets_dir: str | None = None
     verify: bool = True
