@@ -59,13 +59,13 @@ def _shape(shape) -> tuple[int, ...] | None:
     return parse_shape(",".join(map(str, shape)))
 
 
-def _optimize_request(path: Path, shape, preprocess, opt: dict):
+def _optimize_request(path: Path, shape, preprocess, opt: dict, checks: dict):
     from edgecls.optimize.run import OptimizeRequest
     return OptimizeRequest.from_options(
         path, opt["data"], opt["train"], opt["calib"], opt["val"], prune=opt["prune"] or 0.0,
         importance=opt["importance"], quantize=opt["quantize"] or "none", epochs=opt["epochs"],
         calib_method=opt["calib_method"], seed=opt["seed"], preprocess=preprocess,
-        input_shape=",".join(map(str, shape)) if shape else None)
+        input_shape=",".join(map(str, shape)) if shape else None, **checks)
 
 
 def compile(model, target: str, out_dir, *, input_shape=None, data=None, train=None, calib=None, val=None,
@@ -75,7 +75,8 @@ def compile(model, target: str, out_dir, *, input_shape=None, data=None, train=N
             force: bool = False, verify: bool = True, schedules: bool = True, backend: str = "tvm",
             from_reports=(), integer_kernels: bool | None = None, batch_sizes=(1,), tuning_db="auto",
             tflite: bool | None = None, variant: str | None = None, targets_dir=None, model_code=None,
-            name: str | None = None, log=None):
+            name: str | None = None, expected_accuracy: float | None = None, accuracy_check: bool = True,
+            log=None):
     """Compile a model for a target into a verified artifact directory; returns its `Artifact`.
 
     model: a path (.onnx, .pt2, TorchScript, a torch.save'd .pth) or a torch.nn.Module in memory
@@ -83,7 +84,9 @@ def compile(model, target: str, out_dir, *, input_shape=None, data=None, train=N
     are `edgecls compile`'s options: prune / quantize ("ptq", "qat", "fp16") with data (an
     ImageFolder, or train/calib/val) optimize first; preprocess is a Preprocess or a dict of
     overrides (mean, std, channel_order); model_code names the .py file(s) or folder(s) holding
-    the model's class. log(msg) receives every stage's line.
+    the model's class. expected_accuracy (top-1 %, as measured by the user) and accuracy_check
+    (False: go on when the original model scores near chance on the data) are the preprocessing
+    check's. log(msg) receives every stage's line.
     """
     from edgecls.artifact.batches import parse_batches
     from edgecls.artifact.handle import load_artifact
@@ -92,6 +95,7 @@ def compile(model, target: str, out_dir, *, input_shape=None, data=None, train=N
     shape = _shape(input_shape)
     opt = dict(data=data, train=train, calib=calib, val=val, prune=prune, importance=importance,
                quantize=quantize, epochs=epochs, calib_method=calib_method, seed=seed)
+    checks = dict(expected_accuracy=expected_accuracy, accuracy_check=accuracy_check)
     batches = parse_batches(batch_sizes if isinstance(batch_sizes, str) else ",".join(map(str, batch_sizes)))
     with using_model_code(model_code), _model_path(model, name) as path:
         req = CompileRequest(
@@ -101,7 +105,8 @@ def compile(model, target: str, out_dir, *, input_shape=None, data=None, train=N
             integer_kernels=integer_kernels, backend=backend, from_reports=tuple(map(Path, from_reports)),
             val_data=Path(val_data) if val_data else None, val_count=val_count,
             max_accuracy_drop=max_accuracy_drop, tflite=tflite_mode(tflite),
-            optimize=_optimize_request(path, shape, preprocess, opt), preprocess=preprocess, variant=variant)
+            optimize=_optimize_request(path, shape, preprocess, opt, checks), preprocess=preprocess,
+            variant=variant, **checks)
         out = compile_artifact(req, log=log or _quiet)
     return load_artifact(out, check=False)
 

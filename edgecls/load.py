@@ -72,10 +72,12 @@ def _resolve_input_shape(name: str, dims: list, override: tuple[int, ...] | None
         if len(override) != len(dims):
             raise UsageError(f"--input-shape {','.join(map(str, override))} has {len(override)} "
                              f"dimensions but input '{name}' has {len(dims)} {dims}")
+        fit = [have if isinstance(have, int) and have > 0 else want for want, have in zip(override, dims)]
         for i, (want, have) in enumerate(zip(override, dims)):
             if isinstance(have, int) and have > 0 and have != want:
                 raise UsageError(f"--input-shape {','.join(map(str, override))} does not match input "
-                                 f"'{name}' {dims}: dimension {i} is fixed at {have}")
+                                 f"'{name}' {dims}: dimension {i} is fixed at {have}; pass --input-shape "
+                                 f"{','.join(map(str, fit))}")
         return override
     shape = []
     for i, d in enumerate(dims):

@@ -96,7 +96,7 @@ def test_output_dir_exists(demo, tmp_path):
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("shape,needle", [("1,3,32", "has 3 dimensions"), ("1,1,32,32", "dimension 1"),
+@pytest.mark.parametrize("shape,needle", [("1,3,32", "has 3 dimensions"), ("1,1,32,32", "pass --input-shape 1,3,32,32"),
                                           ("1,3,a,32", "comma-separated"), ("1,0,32,32", "positive")])
 def test_wrong_input_shape(demo, tmp_path, shape, needle):
     p = edgecls("compile", demo.onnx, "--target", "x86-host", "-o", tmp_path / "out", "--input-shape", shape)

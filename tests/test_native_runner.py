@@ -437,7 +437,11 @@ def test_accuracy_and_reference_on_device(host_art, model, val_set, tmp_path):
     x_val, y_val, top1, top5 = val_set
     np.save(tmp_path / "ref.npy", ref)
     res = _bench(runner, "--model", model_so, "--ref-input", x_npy, "--ref-output", tmp_path / "ref.npy",
-                 "--val-x", x_val, "--val-y", y_val)  # --input defaults to --ref-input
+                 "--val-x", x_val, "--val-y", y_val, "--val-pred", tmp_path / "pred.npy")  # --input defaults to --ref-input
+    # --val-pred: each image's top-1, for paired comparisons; images of rank 0 are exactly the hits.
+    pred = np.load(tmp_path / "pred.npy")
+    assert pred.dtype == np.int64 and pred.shape == (14,)
+    assert ((pred == np.load(y_val)) == (np.arange(14) % 7 == 0)).all()
     assert res["input"]["shape"] == list(SHAPE)
     assert res["reference"]["max_abs_diff"] < 1e-4 and res["reference"]["top1_match"] is True
     acc = res["accuracy"]
@@ -495,6 +499,7 @@ def test_runner_errors_are_one_line_exit_2(host_art, model, tmp_path):
         "offline core": (["--model", model_so, "--input", model[1], "--cores", "1023"], "not online"),
         "bad ms": (["--model", model_so, "--input", model[1], "--min-ms", "-5"], "--min-ms"),
         "val-x alone": (["--model", model_so, "--input", model[1], "--val-x", model[1]], "--val-y"),
+        "val-pred alone": (["--model", model_so, "--input", model[1], "--val-pred", tmp_path / "p.npy"], "--val-x"),
         "float labels": (["--model", model_so, "--input", model[1], "--val-x", model[1], "--val-y", model[1]],
                          "integer labels"),
         "json-out dir": (["--model", model_so, "--input", model[1], "--json-out", tmp_path / "no" / "r.json"],

@@ -8,10 +8,12 @@ Schema (version 1), top-level keys:
   layout     {requested, chosen, reason}
   preprocess {size, mean, std, channel_order, layout, resize}
   labels     [class names] or null
-  options    the command-line options that shaped the build
+  options    the command-line options that shaped the build, and where the input shape and the
+             preprocessing came from (input_shape_from, preprocess_from)
   passes     [{name, seconds, detail}]    graph passes in order
   stats      {ops_before, convs, batch_norm_in_graph, batch_norm_left, kernels, ...}
-  stages     [{stage, top1, top5, params, macs, size_bytes, ...}]  (optimize issue fills more)
+  stages     [{stage, top1, top5, n, params, macs, size_bytes, ...}]  every top-1 on the same n
+             validation images; the compiled stage adds `carried` {n, top1}: the batch boards use
   variant, optimized_from   the row label (--variant, else read from the graph), and the model optimized
   graph      {macs, macs_unknown_nodes, params, quantization{precision, how, weights, activations,
              format}, variant}   counted from the compiled ONNX graph (compile/graph_facts.py)
@@ -20,7 +22,8 @@ Schema (version 1), top-level keys:
   batches, runtimes_shipped, backend   {"1": "model.so", ...}, ["tvm", ...], {runtime, how}
   timings    {load_s, passes_s, build_s, total_s}
   verification {how, max_abs_diff, top1_match, top5_match, ...}
-  acceptance {accepted, max_accuracy_drop, ...}
+  acceptance {accepted, max_accuracy_drop, n, drop_points, ci95_points, lost, gained, decided,
+             conclusive, reason}   the --max-accuracy-drop gate (artifact/gate.py)
   files      {relative path: {sha256, size}}  every file except manifest.json itself
 `edgecls compile` builds it as a Manifest (artifact/builder.py); readers get the JSON as a dict.
 """
@@ -100,6 +103,8 @@ class OptionsSection:
     schedules: bool
     integer_kernels: bool
     variant: str | None = None  # --variant: the user's label for the row, over the detected one
+    preprocess_from: str | None = None  # options, a file saved with the model, or the ImageNet defaults
+    input_shape_from: str | None = None  # where the input's channels and size were read
 
 
 @dataclass

@@ -19,14 +19,15 @@ def reference_input(shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray
     return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
 
 
-def onnx_session(onnx_path: Path, threads: int = 0, optimize: bool = True):
+def onnx_session(onnx_path: Path | bytes, threads: int = 0, optimize: bool = True):
     import onnxruntime as ort
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    model = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)  # a file, or a serialized model
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def onnx_reference(onnx_path: Path, x: np.ndarray) -> np.ndarray:
@@ -37,9 +38,13 @@ def onnx_reference(onnx_path: Path, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-def onnx_top1(onnx_path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 of the model in ONNX Runtime, one image at a time (the batch the artifact carries)."""
+def onnx_predictions(onnx_path: Path | bytes, x: np.ndarray) -> np.ndarray:
+    """Top-1 class per image in ONNX Runtime, one image at a time (models take a batch of one)."""
     sess = onnx_session(onnx_path, optimize=False)
     name = sess.get_inputs()[0].name
-    pred = np.array([sess.run(None, {name: x[i:i + 1]})[0].argmax() for i in range(len(y))])
-    return float((pred == y).mean())
+    return np.array([int(sess.run(None, {name: x[i:i + 1]})[0].argmax()) for i in range(len(x))], np.int64)
+
+
+def onnx_top1(onnx_path: Path | bytes, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 of the model in ONNX Runtime over labelled images."""
+    return float((onnx_predictions(onnx_path, x) == y).mean())

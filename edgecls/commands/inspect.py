@@ -45,7 +45,8 @@ def _summary_table(m: dict, intact_problems: list[str]):
         ("output", f"{model['output']['name']} {model['output']['shape']} {model['output']['dtype']}"),
         ("target", f"{target['name']} ({target['arch']}) {json.dumps(target['tvm_resolved'])}"),
         ("layout", f"{m['layout']['chosen']} (asked {m['layout']['requested']}: {m['layout']['reason']})"),
-        ("preprocess", json.dumps(m.get("preprocess"))),
+        ("preprocess", json.dumps(m.get("preprocess")) + _from((m.get("options") or {}).get("preprocess_from"))),
+        ("accuracy", _accuracy_line(m)),
         ("labels", ", ".join(m["labels"][:10]) + (" …" if len(m["labels"]) > 10 else "") if m.get("labels") else "-"),
         ("convs / BN", f"{stats.get('convs')} convs; BatchNorm {stats.get('batch_norm_in_graph')} in graph, "
                        f"{stats.get('batch_norm_left')} left unfolded"),
@@ -60,6 +61,26 @@ def _summary_table(m: dict, intact_problems: list[str]):
     for k, v in rows:
         head.add_row(k, str(v))
     return head
+
+
+def _from(source: str | None) -> str:
+    return f" from {source}" if source else ""
+
+
+def _accuracy_line(m: dict) -> str:
+    """top-1 of the first and last stage on the validation split, and the gate's verdict."""
+    stages = [st for st in m.get("stages") or [] if st.get("top1") is not None]
+    if not stages:
+        return "-"
+    line = " -> ".join(f"{st['stage']} {st['top1']:.4f}" for st in (stages[0], stages[-1])[:len(stages)])
+    line += f" on {stages[-1]['n']} validation images" if stages[-1].get("n") else ""
+    gate = m.get("acceptance") or {}
+    if gate.get("max_accuracy_drop") is not None:
+        verdict = "accepted" if gate.get("accepted") else "REJECTED"
+        ci = gate.get("ci95_points")
+        line += (f"; gate {gate['max_accuracy_drop']:g} points: {verdict}" +
+                 (f" (drop {gate['drop_points']:.2f}, 95 % CI {ci[0]:.2f} to {ci[1]:.2f})" if ci else ""))
+    return line
 
 
 def _files_table(m: dict):

@@ -22,7 +22,8 @@ from edgecls.commands.options import model_code_option, optimization_options, pa
 @click.option("--verbose", "-v", is_flag=True)
 @model_code_option
 def optimize(model, out_dir, data, train, calib, val, prune, importance, quantize, epochs, calib_method, seed, tflite,
-             input_shape, mean, std, channel_order, preprocess_file, force, verbose, model_code):
+             expected_accuracy, accept_low_accuracy, input_shape, mean, std, channel_order, preprocess_file, force,
+             verbose, model_code):
     """Prune, fine-tune and quantize a torch model (torch.save'd nn.Module), or QAT/PTQ a Keras model
     (.keras/.h5, extra edgecls[keras]: TF-MOT -> int8 .tflite; TF-MOT pruning is unstructured, so
     --prune is refused for Keras); stop before TVM."""
@@ -34,7 +35,8 @@ def optimize(model, out_dir, data, train, calib, val, prune, importance, quantiz
     req = OptimizeRequest.from_options(
         model, data, train, calib, val, prune=prune, importance=importance, quantize=quantize, epochs=epochs,
         calib_method=calib_method, seed=seed, preprocess=parse_preprocess(mean, std, channel_order, preprocess_file),
-        input_shape=input_shape, required=True, tflite=tflite_mode(tflite))
+        input_shape=input_shape, required=True, tflite=tflite_mode(tflite), expected_accuracy=expected_accuracy,
+        accuracy_check=not accept_low_accuracy)
     with using_model_code(model_code), temp_work_dir() as work:
         result = optimize_model(req, Path(work), log=verbose_log(True) if verbose else (lambda m: console.print(m)))
         write_optimized(result, out_dir, force)

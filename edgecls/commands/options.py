@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -51,23 +50,29 @@ def optimization_options(f):
         click.option("--tflite/--no-tflite", "tflite", default=None,
                      help="Also ship model.tflite (LiteRT; int8 when quantized). Default: when the "
                           "edgecls[tflite] extra is installed and the model is a torch model."),
+        click.option("--expected-accuracy", type=click.FloatRange(0, 100), default=None, metavar="PCT",
+                     help="Top-1 (%) the model reached in training: stop before any work when it scores far "
+                          "below that on the data (a preprocessing mismatch)."),
+        click.option("--accept-low-accuracy", is_flag=True,
+                     help="Go on when the original model scores near chance on the data (an untrained model); "
+                          "by default that stops before any work, as a preprocessing mismatch."),
     ]):
         f = option(f)
     return f
 
 
 def parse_preprocess(mean: str | None, std: str | None, channel_order: str | None, preprocess_file: Path | None):
-    """--preprocess FILE as a Preprocess; else the --mean/--std/--channel-order given, as a dict of
-    overrides on top of the defaults for the input shape; None when none is given."""
+    """The preprocessing options as a dict of overrides on top of the defaults for the input shape
+    (with a "source" key naming them): --preprocess FILE, then --mean/--std/--channel-order over it;
+    None when none is given (a file saved with the model is then looked for)."""
+    from edgecls.preprocessing import read_preprocess_file
     mean, std = _floats(mean, "--mean"), _floats(std, "--std")
+    given = {k: v for k, v in (("mean", mean), ("std", std), ("channel_order", channel_order)) if v}
     if preprocess_file:
-        from edgecls.data import Preprocess
-        try:
-            return Preprocess.from_dict(json.loads(Path(preprocess_file).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"--preprocess {preprocess_file}: {exc}") from None
-    if mean or std or channel_order:
-        return {k: v for k, v in (("mean", mean), ("std", std), ("channel_order", channel_order)) if v}
+        doc = read_preprocess_file(preprocess_file, f"--preprocess {preprocess_file}")
+        return {**doc, **given, "source": doc["source"] + (" with " + "/".join(f"--{k}" for k in given) if given else "")}
+    if given:
+        return {**given, "source": "/".join(f"--{k.replace('_', '-')}" for k in given)}
     return None
 
 

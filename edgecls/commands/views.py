@@ -31,13 +31,15 @@ def verbose_log(verbose: bool):
 
 
 def stages_table(stages: list[dict]) -> Table:
-    """Accuracy, size and MACs after every optimization stage."""
+    """Accuracy (on how many images), size and MACs after every optimization stage."""
     table = Table(title="accuracy at every stage")
-    for col in ("stage", "top-1", "top-5", "params", "MACs", "size", "note"):
+    for col in ("stage", "top-1", "top-5", "images", "params", "MACs", "size", "note"):
         table.add_column(col, justify="left" if col in ("stage", "note") else "right")
     for st in stages:
         note = st.get("method") or st.get("how") or (f"ratio {st['ratio']}" if "ratio" in st else "")
-        table.add_row(st["stage"], fmt(st.get("top1"), ".4f"), fmt(st.get("top5"), ".4f"),
+        if st.get("carried"):  # the batch boards report on-device top-1 on
+            note += f"; carried {st['carried']['n']}: top-1 {st['carried']['top1']:.4f}"
+        table.add_row(st["stage"], fmt(st.get("top1"), ".4f"), fmt(st.get("top5"), ".4f"), fmt(st.get("n"), "d"),
                       f"{st['params']:,}" if st.get("params") else "-", f"{st['macs']:,}" if st.get("macs") else "-",
                       human_size(st["size_bytes"]) if st.get("size_bytes") else "-", note)
     return table

@@ -129,7 +129,7 @@ def _accuracy(logits: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
     top5 = None
     if num_classes > 5 and logits.shape[1] > 5:
         top5 = float((np.argsort(-logits, axis=1)[:, :5] == y[:, None]).any(1).mean())
-    return {"top1": top1, "top5": top5}
+    return {"top1": top1, "top5": top5, "n": int(len(y))}
 
 
 def _outputs_probabilities(logits: np.ndarray) -> bool:

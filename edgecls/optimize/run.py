@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from edgecls.artifact.gate import require_decidable
 from edgecls.data import Dataset, Preprocess, load_image_folder, split
 from edgecls.errors import UsageError, first_line
 from edgecls.export.onnx import export_onnx
+from edgecls.input_spec import ModelInput, module_input
 from edgecls.load import load_torch_module, parse_shape
+from edgecls.preprocessing import InputChoice, check_preprocessing, choose_input
 
 QUANTIZE_MODES = ("none", "ptq", "qat", "fp16")
 TFLITE_MODES = ("auto", "yes", "no")
@@ -28,7 +31,7 @@ TFLITE_MODES = ("auto", "yes", "no")
 class OptimizeRequest:
     model: Path  # a pickled nn.Module (torch.save(model, path))
     data: Path | None  # ImageFolder, split into fine-tune / calibration / validation
-    preprocess: Preprocess
+    preprocess: Preprocess | dict | None = None  # a dict overrides the defaults; None: a file saved with the model, else defaults
     train: Path | None = None  # or three separate ImageFolders
     calib: Path | None = None
     val: Path | None = None
@@ -41,28 +44,30 @@ class OptimizeRequest:
     seed: int = 0
     threads: int = 1
     tflite: str = "auto"  # also export model.tflite: auto = when edgecls[tflite] is installed
+    input_shape: tuple[int, ...] | None = None  # None: channels from the model, size from the data
+    max_accuracy_drop: float | None = None  # the compile gate: the split must be large enough to decide it
+    expected_accuracy: float | None = None  # top-1 (%) the user measured: far below it stops before fine-tuning
+    accuracy_check: bool = True  # stop when the original model is near chance on the data (preprocessing)
 
     @classmethod
     def from_options(cls, model: Path, data: Path | None, train: Path | None, calib: Path | None,
                      val: Path | None, *, prune: float, importance: str, quantize: str, epochs: int,
                      calib_method: str, seed: int, preprocess: Preprocess | dict | None,
-                     input_shape: str | None, required: bool = False, tflite: str = "auto"):
+                     input_shape: str | None, required: bool = False, tflite: str = "auto",
+                     expected_accuracy: float | None = None, accuracy_check: bool = True):
         """The request `compile`/`optimize` options describe: None when no optimization was asked
         for (unless required); needs --data, or all three of --train/--calib/--val. `preprocess`
-        is a Preprocess, or overrides (a dict) of the defaults for `input_shape` (N,C,H,W text)."""
+        is a Preprocess, or overrides (a dict) of the defaults for the input shape, which is
+        `input_shape` (N,C,H,W text) or else read off the model and the data."""
         if not required and not prune and quantize == "none":
             return None
         if data is None and not (train and calib and val):
             raise UsageError("--prune/--quantize need --data DIR (an ImageFolder of labelled images), "
                              "or all three of --train, --calib and --val")
-        pre = preprocess
-        if preprocess is None or isinstance(preprocess, dict):
-            # Not at the top: edgecls.pipeline (the compile stack) reaches this module the same way.
-            from edgecls.pipeline import default_preprocess
-            pre = default_preprocess(parse_shape(input_shape) or (1, 3, 224, 224), **(preprocess or {}))
-        return cls(model=model, data=data, train=train, calib=calib, val=val, preprocess=pre, prune=prune,
+        return cls(model=model, data=data, train=train, calib=calib, val=val, preprocess=preprocess, prune=prune,
                    importance=importance, quantize=quantize, epochs=epochs, calib_method=calib_method,
-                   seed=seed, tflite=tflite)
+                   seed=seed, tflite=tflite, input_shape=parse_shape(input_shape),
+                   expected_accuracy=expected_accuracy, accuracy_check=accuracy_check)
 
 
 @dataclass
@@ -73,6 +78,7 @@ class OptimizedModel:
     val: Dataset | None = None
     tflite: Path | None = None  # the same variant for LiteRT (int8 when quantized), when exported
     original_onnx: Path | None = None  # the unoptimized model, for comparisons on other image sets
+    input: InputChoice | None = None  # the input shape and preprocessing used, and where they came from
 
 
 def _onnx_size_and_accuracy(path: Path, val: Dataset) -> tuple[int, float]:
@@ -88,7 +94,7 @@ def _export(model, example, path: Path) -> Path:
 def _stage(name: str, model, example, val: Dataset, onnx_path: Path | None = None, **extra) -> dict:
     from edgecls.optimize.finetune import evaluate
     from edgecls.optimize.prune import count_macs_params
-    row = {"stage": name}
+    row = {"stage": name, "n": len(val)}
     if model is not None:
         macs, params = count_macs_params(model, example)
         row.update(evaluate(model, val), macs=int(macs), params=int(params))
@@ -100,13 +106,13 @@ def _stage(name: str, model, example, val: Dataset, onnx_path: Path | None = Non
     return row
 
 
-def _load_splits(req: OptimizeRequest, log):
+def _load_splits(req: OptimizeRequest, preprocess: Preprocess, log):
     """(all, fine-tune, calibration, validation) datasets from --data or --train/--calib/--val."""
     if req.train and req.calib and req.val:
-        tune, calib, val = (load_image_folder(p, req.preprocess) for p in (req.train, req.calib, req.val))
+        tune, calib, val = (load_image_folder(p, preprocess) for p in (req.train, req.calib, req.val))
         data = val
     elif req.data is not None:
-        data = load_image_folder(req.data, req.preprocess)
+        data = load_image_folder(req.data, preprocess)
         tune, calib, val = split(data, seed=req.seed)
     else:
         raise UsageError("give --data DIR, or all three of --train, --calib and --val")
@@ -124,18 +130,26 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
     from edgecls.optimize.keras_qat import is_keras_model
 
     _check_request(req)
-    data, tune, calib, val = _load_splits(req, log)
-    if is_keras_model(req.model):
-        return _optimize_keras(req, tune, calib, val, work_dir, log)
-    model = load_torch_module(req.model)
+    keras = is_keras_model(req.model)
+    model = None if keras else load_torch_module(req.model)
+    choice = choose_input(ModelInput() if keras else module_input(model), Path(req.model), req.input_shape,
+                          req.preprocess, req.data or req.train)
+    log(f"input {list(choice.shape)} ({choice.shape_from}); preprocessing {choice.describe()}")
+    data, tune, calib, val = _load_splits(req, choice.preprocess, log)
+    require_decidable(len(val), req.max_accuracy_drop)  # before minutes of fine-tuning
+    if keras:
+        return replace(_optimize_keras(req, tune, calib, val, work_dir, log), input=choice)
     example = torch.from_numpy(val.x[:1])
-    _check_model_fits_data(model, example, req, data)
+    _check_model_fits_data(model, example, req, data, choice)
     log(f"data: {len(tune)} fine-tune / {len(calib)} calibration / {len(val)} validation images, "
         f"{len(data.classes)} classes")
 
+    if req.accuracy_check:  # before any export or fine-tuning: a preprocessing mismatch is never optimized
+        check_preprocessing(_predict(model, val.x), val.x, val.y, len(data.classes), choice,
+                            str(req.data or req.val), req.expected_accuracy, lambda alt: _predict(model, alt))
     work_dir = Path(work_dir)
     stages = [_stage("original", model, example, val, _export(model, example, work_dir / "original.onnx"))]
-    log(f"original: top-1 {stages[0]['top1']:.4f}, {stages[0]['macs']:,} MACs")
+    log(f"original: top-1 {stages[0]['top1']:.4f} on {len(val)} validation images, {stages[0]['macs']:,} MACs")
     variant, current = [], model
     if req.prune > 0:
         current = _prune_and_finetune(req, model, example, tune, val, work_dir, stages, log)
@@ -148,7 +162,15 @@ def optimize_model(req: OptimizeRequest, work_dir: Path, log=lambda m: None) -> 
         log(f"quantized ({req.quantize}): {stages[-1]['size_bytes']:,} bytes, top-1 {stages[-1]['top1']:.4f}")
     tflite = _export_tflite(req, current, example, calib, val, work_dir, stages, log)
     return OptimizedModel(onnx=final, variant="-".join(variant) or "fp32", stages=stages, val=val, tflite=tflite,
-                          original_onnx=work_dir / "original.onnx")
+                          original_onnx=work_dir / "original.onnx", input=choice)
+
+
+def _predict(model, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    from edgecls.optimize.finetune import _logits
+    with torch.no_grad():
+        return _logits(model, x).argmax(1).numpy()
 
 
 def _check_request(req: OptimizeRequest) -> None:
@@ -166,15 +188,18 @@ def _check_request(req: OptimizeRequest) -> None:
         raise UsageError(KERAS_PRUNE_MESSAGE)
 
 
-def _check_model_fits_data(model, example, req: OptimizeRequest, data) -> None:
-    """The model takes the data's images and has one output per class folder, or a UsageError."""
+def _check_model_fits_data(model, example, req: OptimizeRequest, data, choice: InputChoice) -> None:
+    """The model takes the data's images and has one output per class folder, or a UsageError
+    naming the option to pass."""
     import torch
     try:
         with torch.no_grad():
             out = model(example)
     except Exception as exc:
-        raise UsageError(f"the model does not accept the images of {req.data or req.val} (shape {list(example.shape)}): "
-                         f"{first_line(exc)}") from None
+        fit = ",".join(map(str, (*choice.shape[:-2], "H", "W")))
+        raise UsageError(f"the model does not accept the images of {req.data or req.val} (shape {list(example.shape)}; "
+                         f"{choice.shape_from}): {first_line(exc)}; pass --input-shape {fit} with the image size "
+                         f"it was trained on") from None
     if out.shape[-1] != len(data.classes):
         raise UsageError(f"the model outputs {out.shape[-1]} classes but {req.data or req.val} has {len(data.classes)} class folders")
 
@@ -226,7 +251,6 @@ def _optimize_keras(req: OptimizeRequest, tune, calib, val, work_dir: Path, log)
     kr = optimize_keras(Path(req.model), tune, calib, val, Path(work_dir), quantize=req.quantize,
                         epochs=req.epochs, seed=req.seed, log=log)
     if kr.layout == "NHWC":  # the carried batch must match the .tflite's input
-        from dataclasses import replace
         val = replace(val, x=np.ascontiguousarray(val.x.transpose(0, 2, 3, 1)))
     return OptimizedModel(onnx=None, variant=kr.variant, stages=kr.stages, val=val, tflite=kr.tflite)
 
@@ -251,7 +275,7 @@ def _export_tflite(req: OptimizeRequest, model, example, calib: Dataset, val: Da
     log(f"tflite: exporting {'full-int8' if int8 else 'fp32'} model.tflite with litert-torch")
     res = export_tflite(model, example, work_dir / "model.tflite", int8_calib=calib.x[:128] if int8 else None)
     top1 = float((run_tflite(res.path, val.x).argmax(-1) == val.y).mean())
-    stages.append({"stage": "tflite", "runtime": "litert", "how": f"ai-edge-litert ({'int8' if int8 else 'fp32'})",
+    stages.append({"stage": "tflite", "n": len(val), "runtime": "litert", "how": f"ai-edge-litert ({'int8' if int8 else 'fp32'})",
                    "top1": top1, "size_bytes": res.size_bytes,
                    "dtype": "int8" if int8 else "float32", "macs": stages[-1].get("macs"),
                    "params": stages[-1].get("params")})
@@ -270,8 +294,9 @@ def write_optimized(result: OptimizedModel, out_dir: Path, force: bool = False) 
             shutil.copy2(result.tflite, tmp / "model.tflite")
         np.save(tmp / "val_x.npy", result.val.x[:64])
         np.save(tmp / "val_y.npy", result.val.y[:64])
+        inputs = {"preprocess": result.input.preprocess.to_dict(), **result.input.record()} if result.input else {}
         (tmp / "optimize.json").write_text(json.dumps(
-            {"variant": result.variant, "stages": result.stages}, indent=2, default=str) + "\n")
+            {"variant": result.variant, "stages": result.stages, **inputs}, indent=2, default=str) + "\n")
     return Path(out_dir)
 
 

@@ -96,7 +96,7 @@ def log_compile(uri: str, artifact: Path) -> str:
                "size_bytes": sum(f["size"] for f in m.get("files", {}).values()),
                **{f"timing_{k}": v for k, v in (m.get("timings") or {}).items()}}
     for st in m.get("stages") or []:
-        for key in ("top1", "top5", "macs", "params", "size_bytes"):
+        for key in ("top1", "top5", "n", "macs", "params", "size_bytes"):
             metrics[f"{st['stage']}_{key}"] = st.get(key)
     params = {"target": m["target"]["name"], "variant": m.get("variant"), "model_sha256": m["model"]["sha256"],
               "model": m["model"]["source"], "layout": (m.get("layout") or {}).get("chosen"),

@@ -8,7 +8,7 @@
 //
 //   edgecls-runner --model model.so --input in.npy [--output out.npy] [--topk 5]
 //                  [--warmup 1] [--warmup-ms 0] [--runs 1] [--min-ms 0] [--cooldown-ms 0]
-//                  [--cores CPULIST] [--threads N] [--val-x X.npy --val-y Y.npy]
+//                  [--cores CPULIST] [--threads N] [--val-x X.npy --val-y Y.npy [--val-pred P.npy]]
 //                  [--ref-input in.npy --ref-output out.npy] [--json-out report.json]
 // Options, statistics and JSON (schema 2) are ../harness/contract.py's; tests hold this file to it.
 // Prints exactly one JSON object (schema 2) on stdout. Any failure prints one line
@@ -179,11 +179,10 @@ const char* Bytes(const ffi::Tensor& t) {
   return static_cast<const char*>(t.data_ptr()) + t.byte_offset();
 }
 
-void WriteNpy(const std::string& path, const ffi::Tensor& t) {
-  if (!t.IsContiguous()) throw Fail("model output is not contiguous");
-  std::string h = std::string("{'descr': '") + DTypeFromDL(t.dtype()).descr +
-                  "', 'fortran_order': False, 'shape': " + ShapeStr(t.shape(), "(", ")", true) + ", }";
-  // Version 1.0: magic(6)+version(2)+len(2)+header, padded with spaces to 64 bytes, ending '\n'.
+// Version 1.0 .npy: magic(6)+version(2)+len(2)+header, padded with spaces to 64 bytes, ending '\n'.
+void WriteNpyBytes(const std::string& path, const std::string& descr, const std::string& shape, const char* data,
+                   size_t size) {
+  std::string h = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
   size_t total = 10 + h.size() + 1;
   h.append((64 - total % 64) % 64, ' ');
   h += '\n';
@@ -193,8 +192,14 @@ void WriteNpy(const std::string& path, const ffi::Tensor& t) {
   const char pre[10] = {'\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0, char(hl & 0xff), char(hl >> 8)};
   f.write(pre, 10);
   f.write(h.data(), h.size());
-  f.write(Bytes(t), ffi::GetDataSize(t));
+  f.write(data, size);
   if (!f) throw Fail("error writing output '" + path + "'");
+}
+
+void WriteNpy(const std::string& path, const ffi::Tensor& t) {
+  if (!t.IsContiguous()) throw Fail("model output is not contiguous");
+  WriteNpyBytes(path, DTypeFromDL(t.dtype()).descr, ShapeStr(t.shape(), "(", ")", true), Bytes(t),
+                ffi::GetDataSize(t));
 }
 
 double ElementAsDouble(const ffi::Tensor& t, int64_t i) {
@@ -228,6 +233,7 @@ const char* kUsage =
     "  --threads N           TVM thread pool size (default: number of cores, else TVM's)\n"
     "  --val-x X.npy --val-y Y.npy\n"
     "                        accuracy over N images (X: N x input shape, Y: N integer labels)\n"
+    "  --val-pred P.npy      with --val-x: also write each image's top-1 class (N int64)\n"
     "  --ref-input in.npy --ref-output out.npy\n"
     "                        compare the model output on in.npy with out.npy\n"
     "                        (--input defaults to --ref-input)\n"
@@ -235,7 +241,7 @@ const char* kUsage =
     "Validation and reference runs come before the warm-up and are not timed.\n";
 
 struct Options {
-  std::string model, input, output, cores, val_x, val_y, ref_input, ref_output, json_out;
+  std::string model, input, output, cores, val_x, val_y, val_pred, ref_input, ref_output, json_out;
   int topk = 5, warmup = 1, runs = 1, threads = 0;
   double warmup_ms = 0, min_ms = 0, cooldown_ms = 0;
 };
@@ -284,6 +290,7 @@ Options ParseArgs(int argc, char** argv) {
     else if (a == "--cores") o.cores = v;
     else if (a == "--val-x") o.val_x = v;
     else if (a == "--val-y") o.val_y = v;
+    else if (a == "--val-pred") o.val_pred = v;
     else if (a == "--ref-input") o.ref_input = v;
     else if (a == "--ref-output") o.ref_output = v;
     else if (a == "--json-out") o.json_out = v;
@@ -292,6 +299,7 @@ Options ParseArgs(int argc, char** argv) {
   if (o.input.empty()) o.input = o.ref_input;
   if (o.model.empty() || o.input.empty()) throw Fail("--model and --input are required");
   if (o.val_x.empty() != o.val_y.empty()) throw Fail("--val-x and --val-y go together");
+  if (!o.val_pred.empty() && o.val_x.empty()) throw Fail("--val-pred needs --val-x and --val-y");
   if (o.ref_input.empty() != o.ref_output.empty()) throw Fail("--ref-input and --ref-output go together");
   return o;
 }
@@ -465,6 +473,7 @@ std::string Accuracy(const ffi::Function& main_fn, const Options& o) {
   one[0] = 1;
   ffi::Tensor x = xs.Read(one);
   int64_t top1 = 0, top5 = 0, classes = 0;
+  std::vector<int64_t> predicted;  // --val-pred: per-image top-1, for paired comparisons
   auto a = Clock::now();
   for (int64_t i = 0; i < n; ++i) {
     if (i) xs.ReadInto(x);
@@ -472,6 +481,7 @@ std::string Accuracy(const ffi::Function& main_fn, const Options& o) {
     classes = Classes(out);
     auto best = TopK(out, 5);
     int64_t label = static_cast<int64_t>(ElementAsDouble(ys, i));
+    predicted.push_back(best.empty() ? -1 : best[0].second);
     for (size_t j = 0; j < best.size(); ++j)
       if (best[j].second == label) {
         top1 += j == 0;
@@ -479,6 +489,9 @@ std::string Accuracy(const ffi::Function& main_fn, const Options& o) {
       }
   }
   double ms = Ms(a, Clock::now());
+  if (!o.val_pred.empty())
+    WriteNpyBytes(o.val_pred, "<i8", "(" + std::to_string(predicted.size()) + ",)",
+                  reinterpret_cast<const char*>(predicted.data()), predicted.size() * sizeof(int64_t));
   using edgecls::JsonNum;
   return "{\"n\": " + std::to_string(n) + ", \"top1\": " + JsonNum(double(top1) / n) +
          ", \"top5\": " + (classes > 5 ? JsonNum(double(top5) / n) : "null") +

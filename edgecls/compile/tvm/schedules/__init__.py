@@ -7,11 +7,9 @@ left as it was and counted "unscheduled".
 
     neon_dot.py         int8 conv2d/dense on aarch64 + dotprod: c4-packed weights, sdot by lane
     neon_dot_depthwise.py  int16 depthwise on aarch64 + dotprod: 8 lanes (smlal + smlal2)
-    neon_int8_pool.py   8-bit pooling on aarch64 + dotprod: 16 lanes
-    neon_int8_injective.py  8-bit pads/transposes/adds on aarch64 + dotprod: 16 lanes
     widening_int8.py    int8 x int8 -> int32 conv2d/dense with a widening tensor intrinsic
     neon_fp32.py        float32 conv2d/dense on aarch64 with the by-lane FMA intrinsic
-    neon_bytes.py       8-bit-only kernels (max pool, pad, residual add) on aarch64, 16 lanes
+    neon_bytes.py       8-bit kernels (max pool, pad, residual add, quantize) on aarch64, 16 lanes
     reduction.py        one reduction block: conv2d, depthwise, dense, pooling (register tiles)
     multi_reduction.py  other reductions: parallel over the leading spatial loops only
     injective.py        no reduction: elementwise, transpose, padding (vectorized, parallel)
@@ -32,8 +30,6 @@ from edgecls.compile.tvm.schedules.multi_reduction import ParallelReductionsRule
 from edgecls.compile.tvm.schedules.neon_bytes import NeonByteRule
 from edgecls.compile.tvm.schedules.neon_dot import NeonDotRule
 from edgecls.compile.tvm.schedules.neon_dot_depthwise import NeonDotDepthwiseRule
-from edgecls.compile.tvm.schedules.neon_int8_injective import NeonInt8InjectiveRule
-from edgecls.compile.tvm.schedules.neon_int8_pool import NeonInt8PoolRule
 from edgecls.compile.tvm.schedules.neon_fp32 import NeonFp32Rule
 from edgecls.compile.tvm.schedules.reduction import ReductionRule
 from edgecls.compile.tvm.schedules.rule import SCHEDULED_ATTR, Applied, NotRecognised, Rule, RuleTarget
@@ -48,11 +44,9 @@ log = logging.getLogger(__name__)
 RULES: tuple[Rule, ...] = (
     NeonDotRule(),  # an int8 x int8 -> int32 conv2d/dense on an aarch64 target with dotprod
     NeonDotDepthwiseRule(),  # an int16 depthwise conv on an aarch64 target with dotprod
-    NeonInt8PoolRule(),  # an 8-bit pool on an aarch64 target with dotprod
-    NeonInt8InjectiveRule(),  # no reduction, 8-bit only, on an aarch64 target with dotprod
     WideningInt8Rule(),  # an int8 x int8 -> int32 reduction, on a target with a widening intrinsic
     NeonFp32Rule(),  # a float32 reduction on aarch64: conv2d/dense with by-lane FMA
-    NeonByteRule(),  # 8-bit parameters only (max pool, pad, add) on aarch64: 16 lanes
+    NeonByteRule(),  # 8-bit output (max pool, pad, add, quantize) on aarch64: 16 lanes
     ReductionRule(),  # exactly one reduction block whose output channel has a contiguous operand
     ParallelReductionsRule(),  # any other reduction: parallel loops only
     InjectiveRule(),  # no reduction
