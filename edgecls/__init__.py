@@ -12,8 +12,6 @@ Errors are edgecls.EdgeclsError (one line; subclasses UsageError, ModelError, Ta
 Importing edgecls loads neither torch nor TVM: every call imports what it needs.
 """
 
-import types as _types
-
 from edgecls import api as _api
 from edgecls.errors import (ArtifactError, EdgeclsError, ModelError, RemoteError, TargetError, ToolchainError,
                             UsageError)
@@ -21,27 +19,10 @@ from edgecls.errors import (ArtifactError, EdgeclsError, ModelError, RemoteError
 __version__ = "0.1.0"
 
 load_artifact = _api.load_artifact
-bench = _api.bench
-report = _api.report
 
 
-class _CompilePackage(_types.ModuleType):
-    """`edgecls.compile` is both the compiler subpackage (edgecls/compile/) and the API call.
-
-    Importing a submodule (edgecls.compile.build) makes the import system set the package's
-    `compile` attribute to the subpackage, which would replace a function of that name; so the
-    subpackage itself is callable, and `edgecls.compile(...)` is edgecls.api.compile.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return _api.compile(*args, **kwargs)
-
-    __call__.__doc__ = _api.compile.__doc__
-
-
-from edgecls import compile  # noqa: E402  (the subpackage: its __init__ is a docstring, cheap)
-
-compile.__class__ = _CompilePackage
+# compile, bench and report are subpackages that are also the API's calls (edgecls/api_package.py).
+from edgecls import bench, compile, report  # noqa: E402  (their __init__s are cheap)
 
 
 def __getattr__(name):

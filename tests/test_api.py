@@ -88,7 +88,8 @@ def test_in_memory_module_pruned_quantized_for_rk3399_runs_under_qemu(tmp_path):
     torch.manual_seed(0)
     lines = []
     art = edgecls.compile(SmallCNN().eval(), "rk3399", tmp_path / "rk", data=data, prune=0.5, quantize="ptq",
-                          epochs=1, input_shape=(1, 3, 8, 8), tflite=False, log=lines.append)
+                          epochs=1, input_shape=(1, 3, 8, 8), tflite=False, log=lines.append,
+                          accuracy_check=False)  # untrained: near chance, as #19's check would say
     assert isinstance(art, edgecls.Artifact) and art.target == "rk3399"
     assert art.variant.startswith("pruned50-int8-static") and art.manifest["model"]["name"] == "SmallCNN"
     assert [s["stage"] for s in art.stages] == ["original", "pruned", "fine-tuned", "quantized", "compiled"]

@@ -19,3 +19,7 @@ Within tvm/, a module imports a sibling's module directly (e.g. schedules.rule),
 of a package above it (edgecls.compile.tvm or its own package's __init__), so no import, at
 module level or lazily inside a function, goes back up a layer.
 """
+
+from edgecls.api_package import callable_as_api
+
+callable_as_api(__name__)  # edgecls.compile(...) is edgecls.api.compile (edgecls/api_package.py)

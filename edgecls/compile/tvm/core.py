@@ -20,6 +20,10 @@ from edgecls.errors import EdgeclsError, first_line
 _tvm = None
 
 
+# The function attribute dlight/MetaSchedule check to skip a function already scheduled (read by
+# the rule table and tuning, set by them and by quant kernels built scheduled, e.g. column_fold).
+SCHEDULED_ATTR = "tirx.is_scheduled"
+
 def load_tvm():
     """The `tvm` module, imported on first use (with the relax namespace registered)."""
     global _tvm

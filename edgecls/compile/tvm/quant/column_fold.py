@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecls.compile.tvm.schedules.rule import SCHEDULED_ATTR
+from edgecls.compile.tvm.core import SCHEDULED_ATTR
 
 OPAQUE = 8  # TVM's OpPatternKind kOpaque: FuseOps keeps the kernel alone
 FOLD_MULTIPLE = 8  # the smull kernels take 8, 16, 24 or 32 channels per call (isa MULL_K)

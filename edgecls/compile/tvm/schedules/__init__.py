@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 
-from edgecls.compile.tvm.core import load_tvm
+from edgecls.compile.tvm.core import SCHEDULED_ATTR, load_tvm
 from edgecls.compile.tvm.schedules.injective import InjectiveRule
 from edgecls.compile.tvm.schedules.isa import simd_lanes
 from edgecls.compile.tvm.schedules.multi_reduction import ParallelReductionsRule
@@ -32,7 +32,7 @@ from edgecls.compile.tvm.schedules.neon_dot import NeonDotRule
 from edgecls.compile.tvm.schedules.neon_dot_depthwise import NeonDotDepthwiseRule
 from edgecls.compile.tvm.schedules.neon_fp32 import NeonFp32Rule
 from edgecls.compile.tvm.schedules.reduction import ReductionRule
-from edgecls.compile.tvm.schedules.rule import SCHEDULED_ATTR, Applied, NotRecognised, Rule, RuleTarget
+from edgecls.compile.tvm.schedules.rule import Applied, NotRecognised, Rule, RuleTarget
 from edgecls.compile.tvm.schedules.widening_int8 import WideningInt8Rule, widening_disabled
 
 __all__ = ["RULES", "SCHEDULED_ATTR", "STAT_KEYS", "Applied", "NotRecognised", "Rule", "RuleTarget",

@@ -12,7 +12,6 @@ from edgecls.errors import first_line
 
 log = logging.getLogger(__name__)
 
-SCHEDULED_ATTR = "tirx.is_scheduled"  # the attribute dlight/MetaSchedule check to skip a function
 # Below this many loop iterations a parallel launch (a few microseconds) costs more than it saves.
 PARALLEL_MIN_WORK = 1 << 14
 
