@@ -41,7 +41,9 @@ def six(tmp_path_factory) -> dict:
     net, other = small_net_onnx(d / "net.onnx"), small_net_onnx(d / "other.onnx", seed=1, width=4)
     int8 = quantize_static_ort(net, d / "net_int8.onnx")
     val = _val_dir(d / "val", net)
-    for model, extra in ((net, ()), (int8, ()), (other, ("--variant", "mine"))):
+    # The images are labelled by `net`: the other model scores near chance on them, which #19's
+    # preprocessing check would stop; here that is expected.
+    for model, extra in ((net, ()), (int8, ()), (other, ("--variant", "mine", "--accept-low-accuracy"))):
         p = edgecls("compile", model, "--target", "x86-host", "--val-data", val, "-o", d / model.stem, *extra)
         assert p.returncode == 0, p.stderr
         p = edgecls("bench", d / model.stem, "--local", "--runtime", "tvm,onnxruntime", "--runs", "10",
