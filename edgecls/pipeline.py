@@ -29,7 +29,6 @@ from edgecls.hashing import sha256_file
 from edgecls.input_spec import model_file_input, shape_text
 from edgecls.load import TORCHSCRIPT_SUFFIXES, load_model
 from edgecls.preprocessing import InputChoice, check_preprocessing, choose_input
-from edgecls.preprocessing import default_preprocess  # noqa: F401  (moved there; callers of pipeline.default_preprocess keep working)
 from edgecls.targets import Target, get_target
 
 
