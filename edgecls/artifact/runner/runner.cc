@@ -397,7 +397,8 @@ std::vector<int> SetUpThreads(const Options& o, const std::string& model, int* t
   }
   *threads = o.threads > 0 ? o.threads : std::max<int>(1, static_cast<int>(cores.size()));
   setenv("TVM_BIND_THREADS", "0", 1);
-  *own_pool = !edgecls::UsesParallelBarrier(model);
+  const char* launcher = std::getenv("EDGECLS_RUNNER_LAUNCHER");  // "tvm": TVM's pool, to compare
+  *own_pool = !(launcher && std::string(launcher) == "tvm") && !edgecls::UsesParallelBarrier(model);
   if (*own_pool) {
     edgecls::InstallParallelLauncher(*threads);  // before the model is loaded
     return cores;
