@@ -230,6 +230,20 @@ def test_threads_option_sizes_the_runners_pool_unpinned(host_art, model, tmp_pat
         assert [allowed for allowed, _ in _tasks(res)] == [cpus] * n
 
 
+def test_tvm_pool_on_request_unpinned(host_art, model, tmp_path, monkeypatch):
+    """EDGECLS_RUNNER_LAUNCHER=tvm (and any model whose kernels use TVM's parallel barrier) runs
+    on TVM's own pool, sized by --threads, its workers not pinned to single cores."""
+    runner, model_so = host_art
+    cpus = sorted(os.sched_getaffinity(0))
+    np.save(tmp_path / "ref.npy", model[2])
+    monkeypatch.setenv("EDGECLS_RUNNER_LAUNCHER", "tvm")
+    res = _bench(runner, "--model", model_so, "--ref-input", model[1], "--ref-output", tmp_path / "ref.npy",
+                 "--threads", 2)
+    assert res["affinity"]["launcher"] == "tvm" and res["affinity"]["tvm_bind_threads"] == "0"
+    assert res["threads"] == 2 and res["reference"]["max_abs_diff"] < 1e-4
+    assert all(allowed == cpus for allowed, _ in _tasks(res))
+
+
 def _bench(runner: Path, *args, qemu: bool = False) -> dict:
     p = _run(runner, *args, qemu=qemu)
     assert p.returncode == 0, p.stderr

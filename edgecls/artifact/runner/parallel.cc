@@ -81,7 +81,7 @@ class Pool {
     std::unique_lock<std::mutex> lock(launch_, std::try_to_lock);
     if (!lock.owns_lock() || in_job_) return RunInline(fn, cdata);  // nested or concurrent
     in_job_ = true;
-    int chunks = num_task > 0 ? num_task : threads_ * chunks_per_thread_;
+    int chunks = num_task > 0 ? num_task : threads_ > 1 ? threads_ * chunks_per_thread_ : 1;
     fn_ = fn;
     cdata_ = cdata;
     env_.num_task = chunks;
