@@ -7,7 +7,7 @@
 // (TVM_THREAD_POOL_SPIN_COUNT, 300000 sched_yield rounds) while waiting. When another process
 // takes one core, the worker pinned there holds up every layer for a scheduler time slice, and
 // the spinning threads compete with the process that took the core: latency went from ~11 ms
-// to 100+ ms. Here any thread that is running takes the next chunk, so a descheduled thread
+// to 100+ ms (issue #17). Here any thread that is running takes the next chunk, so a descheduled thread
 // delays at most one small chunk, and idle threads give their core away.
 //
 // The model .so reaches the runtime through function pointers (__TVMBackendParallelLaunch) that
@@ -25,9 +25,9 @@ namespace edgecls {
 bool UsesParallelBarrier(const std::string& model_path);
 
 // Starts `threads` - 1 workers (the calling thread is the other one) and registers the launcher
-// for every model library loaded afterwards. Each parallel loop is cut into `chunks_per_thread`
-// x threads chunks; a waiting thread spins `spin_us` microseconds before it sleeps.
-// EDGECLS_RUNNER_CHUNKS and EDGECLS_RUNNER_SPIN_US override the defaults (for measurements).
+// for every model library loaded afterwards. Each parallel loop is cut into 4 x threads chunks
+// (one with one thread); a waiting thread spins 50 us before it sleeps. EDGECLS_RUNNER_CHUNKS
+// (chunks per thread) and EDGECLS_RUNNER_SPIN_US override those defaults, for measurements.
 void InstallParallelLauncher(int threads);
 
 }  // namespace edgecls
