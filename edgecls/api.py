@@ -123,11 +123,13 @@ def bench_run(artifact, *, board: str | None = None, local: bool = False, emulat
               warmup: int = 5, warmup_ms: float = 0, min_ms: float = 0, cooldown_ms: float = 0,
               batch_sizes=(1,), latency_budget: float | None = None, count: bool = False,
               cpu_model: str | None = None, precision: str | None = None, out_dir="reports", parallel: int = 4,
-              inventory=None, ssh_config=None, accept_new_host_key: bool = False, on_change=None):
+              inventory=None, ssh_config=None, accept_new_host_key: bool = False, on_change=None,
+              background_load: int = 0):
     """`bench` per place: a PlaceResult each (status, detail, report paths), failures included."""
     from edgecls.artifact.batches import parse_batches
     from edgecls.bench.counted import check_cpu_model
     from edgecls.bench.harness import BenchOptions, parse_runtimes
+    from edgecls.bench.load import check_background_load
     from edgecls.bench.run import make_places, run_bench
     from edgecls.bench.tensorrt import check_precision
     runtimes = parse_runtimes(runtime)
@@ -135,7 +137,8 @@ def bench_run(artifact, *, board: str | None = None, local: bool = False, emulat
     opts = BenchOptions(runtimes=runtimes, threads=threads, cores=cores, runs=runs, warmup=warmup,
                         warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms,
                         extra={"precision": check_precision(precision, runtimes)}, batches=batches,
-                        latency_budget_ms=latency_budget, count=count, count_cpu=check_cpu_model(cpu_model, count))
+                        latency_budget_ms=latency_budget, count=count, count_cpu=check_cpu_model(cpu_model, count),
+                        background_load=check_background_load(background_load, count))
     places = make_places(board, local, emulate, inventory, ssh_config, accept_new_host_key)
     path = getattr(artifact, "path", artifact)
     return run_bench(Path(path), places, opts, Path(out_dir), parallel, on_change=on_change or (lambda rs: None))

@@ -216,14 +216,32 @@ def test_aarch64_benchmark_flags_under_qemu(a64_art, model, val_set, tmp_path):
         "before", "after", "peak_rss_kb", "throttled"}
 
 
-def test_threads_option_sizes_the_tvm_thread_pool(host_art, model):
+def test_threads_option_sizes_the_runners_pool_unpinned(host_art, model, tmp_path):
+    """--threads N: N threads run the kernels' parallel loops (the runner's launcher, parallel.cc),
+    none pinned to one core without --cores; 3 threads on fewer cores still give right results."""
     runner, model_so = host_art
-    cpus = len(os.sched_getaffinity(0))
-    for n in (1, 2):
-        p = _run(runner, "--model", model_so, "--input", model[1], "--threads", n)
-        assert p.returncode == 0, p.stderr
-        # Read back from TVM's runtime.NumThreads; TVM caps the pool at the available cores.
-        assert json.loads(p.stdout)["threads"] == min(n, cpus)
+    cpus = sorted(os.sched_getaffinity(0))
+    np.save(tmp_path / "ref.npy", model[2])
+    for n in (1, 2, 3):
+        res = _bench(runner, "--model", model_so, "--ref-input", model[1], "--ref-output", tmp_path / "ref.npy",
+                     "--threads", n)
+        assert res["threads"] == n and res["affinity"]["launcher"] == "edgecls"
+        assert res["reference"]["max_abs_diff"] < 1e-4
+        assert [allowed for allowed, _ in _tasks(res)] == [cpus] * n
+
+
+def test_tvm_pool_on_request_unpinned(host_art, model, tmp_path, monkeypatch):
+    """EDGECLS_RUNNER_LAUNCHER=tvm (and any model whose kernels use TVM's parallel barrier) runs
+    on TVM's own pool, sized by --threads, its workers not pinned to single cores."""
+    runner, model_so = host_art
+    cpus = sorted(os.sched_getaffinity(0))
+    np.save(tmp_path / "ref.npy", model[2])
+    monkeypatch.setenv("EDGECLS_RUNNER_LAUNCHER", "tvm")
+    res = _bench(runner, "--model", model_so, "--ref-input", model[1], "--ref-output", tmp_path / "ref.npy",
+                 "--threads", 2)
+    assert res["affinity"]["launcher"] == "tvm" and res["affinity"]["tvm_bind_threads"] == "0"
+    assert res["threads"] == 2 and res["reference"]["max_abs_diff"] < 1e-4
+    assert all(allowed == cpus for allowed, _ in _tasks(res))
 
 
 def _bench(runner: Path, *args, qemu: bool = False) -> dict:

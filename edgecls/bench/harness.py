@@ -19,6 +19,7 @@ from pathlib import Path
 from edgecls import __version__
 from edgecls.artifact.harness.contract import error_message, harness_flags
 from edgecls.artifact.manifest import manifest_id, read_manifest
+from edgecls.bench.load import background_load
 from edgecls.bench.places import Place
 from edgecls.errors import ArtifactError, UsageError
 
@@ -43,6 +44,7 @@ class BenchOptions:
     latency_budget_ms: float | None = None  # recommend the batch with most images/s within it
     count: bool = False  # instructions per inference under qemu instead of timing (bench/counted.py)
     count_cpu: str | None = None  # the qemu CPU model to count on; default: the target's first
+    background_load: int = 0  # busy processes on the place while each runtime is measured (bench/load.py)
 
 
 class PartialBench(ArtifactError):
@@ -164,7 +166,8 @@ def _measure(artifact, manifest, place, runtime, opts, cores, remote_dir, batch,
     argv = runtime_argv(runtime, manifest, place, opts, cores, batch)
     log(f"{place.name}: {runtime}: {' '.join(argv)}")
     t0 = time.perf_counter()
-    proc = place.run(argv, cwd=remote_dir, timeout=opts.timeout)
+    with background_load(place, opts.background_load, bound_s=opts.timeout + 30) as load:
+        proc = place.run(argv, cwd=remote_dir, timeout=opts.timeout)
     if proc.returncode != 0:
         raise ArtifactError(f"{runtime} harness failed on {place.name}: {error_message(_fail_line(proc))}")
     try:
@@ -174,6 +177,7 @@ def _measure(artifact, manifest, place, runtime, opts, cores, remote_dir, batch,
     report = make_report(artifact, manifest, place, runtime, opts, cores, measured,
                          wall_s=time.perf_counter() - t0, batch=batch)
     report["batch"] = batch
+    report["background_load"] = load
     if report.get("bench") and report["bench"].get("fps"):
         report["bench"]["images_per_s"] = round(report["bench"]["fps"] * batch, 3)
     return report

@@ -33,6 +33,9 @@ from edgecls.errors import EdgeclsError
 @click.option("--warmup-ms", default=0.0, show_default=True, type=click.FloatRange(0))
 @click.option("--min-ms", default=0.0, show_default=True, type=click.FloatRange(0), help="Time runs for at least this long.")
 @click.option("--cooldown-ms", default=0.0, show_default=True, type=click.FloatRange(0))
+@click.option("--background-load", default=0, show_default=True, type=click.IntRange(0, 64), metavar="N",
+              help="Run N busy processes on the board (or here) while each runtime is measured: latency on a "
+              "busy board. Stopped after each runtime; reports show it as a variant (fp32-load1).")
 @click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64), help="Boards measured at once.")
 @click.option("--batch", "batches", default="1", show_default=True, metavar="1,2,4,8",
               help="TVM batch sizes to measure (the artifact needs them: compile --batch-sizes).")
@@ -44,7 +47,7 @@ from edgecls.errors import EdgeclsError
 @accept_new_option
 @mlflow_option
 def bench(artifact, board_spec, local, emulate, count, cpu_model, runtime, precision, threads, cores, runs, warmup, warmup_ms, min_ms,
-          cooldown_ms, parallel, batches, latency_budget, out_dir, inventory, ssh_config, accept_new_host_key,
+          cooldown_ms, background_load, parallel, batches, latency_budget, out_dir, inventory, ssh_config, accept_new_host_key,
           mlflow_uri):
     """Benchmark an artifact on boards (in parallel) or locally; one JSON report per board and runtime."""
     from rich.live import Live
@@ -60,7 +63,8 @@ def bench(artifact, board_spec, local, emulate, count, cpu_model, runtime, preci
             runs=runs, warmup=warmup, warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms,
             batch_sizes=batches, latency_budget=latency_budget, count=count, cpu_model=cpu_model,
             precision=precision, out_dir=out_dir, parallel=parallel, inventory=inventory, ssh_config=ssh_config,
-            accept_new_host_key=accept_new_host_key, on_change=lambda rs: live.update(fleet_table(rs)))
+            accept_new_host_key=accept_new_host_key, on_change=lambda rs: live.update(fleet_table(rs)),
+            background_load=background_load)
     bench_summary(results)
     if mlflow_uri:
         from edgecls.report.mlflow_log import log_bench
@@ -172,7 +176,9 @@ def _threads_lines(reports: list[dict]) -> list[str]:
         opts = r.get("options") or {}
         if opts.get("threads_how") and r["board"]["name"] not in lines:
             lines[r["board"]["name"]] = f"{r['board']['name']}: {opts['threads']} thread(s), {opts['threads_how']}" \
-                + ("" if opts["threads_how"].startswith("given") else "; --threads N overrides")
+                + ("" if opts["threads_how"].startswith("given") else "; --threads N overrides") \
+                + (f"; {opts['background_load']} busy process(es) beside each runtime, stopped after it"
+                   if opts.get("background_load") else "")
     return list(lines.values())
 
 

@@ -163,14 +163,17 @@ def place_text(r: dict) -> tuple[str, str]:
 
 
 def _variant(r: dict, art: dict) -> str:
-    """The artifact's variant; a batch size and a TensorRT precision are variants of their own
-    (fp32-b4, int8-trt-fp16)."""
+    """The artifact's variant; a batch size, a TensorRT precision and a background load are
+    variants of their own (fp32-b4, int8-trt-fp16, fp32-load1)."""
     variant = str(art.get("variant") or "fp32")
     if isinstance(r.get("batch"), int) and r["batch"] != 1:
         variant += f"-b{r['batch']}"
     precision = _dict(r.get("tensorrt")).get("precision")
     if r.get("runtime") == "tensorrt" and precision:
         variant += f"-trt-{precision}"
+    load = _int(_dict(r.get("background_load")).get("processes"))
+    if load:
+        variant += f"-load{load}"
     return variant
 
 

@@ -4,7 +4,7 @@
 // Links only against libtvm_runtime.so + libtvm_ffi.so, which ship next to this binary and are
 // found through an $ORIGIN rpath. Only tvm::ffi headers are used: tvm/runtime/tensor.h in the
 // wheel includes a header the wheel does not ship. System facts (cpufreq, thermal, affinity,
-// device) come from sysinfo.cc.
+// device) come from sysinfo.cc; TVM's parallel loops run on parallel.cc's threads.
 //
 //   edgecls-runner --model model.so --input in.npy [--output out.npy] [--topk 5]
 //                  [--warmup 1] [--warmup-ms 0] [--runs 1] [--min-ms 0] [--cooldown-ms 0]
@@ -42,6 +42,7 @@
 #include <thread>
 #include <vector>
 
+#include "parallel.h"
 #include "sysinfo.h"
 
 namespace ffi = tvm::ffi;
@@ -229,8 +230,8 @@ const char* kUsage =
     "                        time-driven runs stop at 100000)\n"
     "  --cooldown-ms T       sleep T ms between timed runs (default 0)\n"
     "  --cores CPULIST       run on these CPUs only, e.g. 4,5 or 0-3 (default: the CPUs this\n"
-    "                        process may use; TVM's own pinning is kept only if that is all)\n"
-    "  --threads N           TVM thread pool size (default: number of cores, else TVM's)\n"
+    "                        process may use); threads are never pinned to single cores\n"
+    "  --threads N           threads for the model's parallel loops (default: number of cores)\n"
     "  --val-x X.npy --val-y Y.npy\n"
     "                        accuracy over N images (X: N x input shape, Y: N integer labels)\n"
     "  --val-pred P.npy      with --val-x: also write each image's top-1 class (N int64)\n"
@@ -377,19 +378,14 @@ std::string CheckModel(const std::string& path) {
   return buf;
 }
 
-// Pins the process to its cores and sizes TVM's thread pool; returns the cores in use.
-//
-// TVM's pool (src/runtime/thread_pool.cc, threading_backend.cc) is created on first use with
-// MaxConcurrency() = TVM_NUM_THREADS workers, then Configure(kBig) re-pins them: workers to
-// single cores taken from ALL online CPUs sorted by cpuinfo_max_freq, the main thread to every
-// "big" core, ignoring the process affinity mask (so `taskset` alone does not hold); it also caps
-// the pool at the number of big cores (2 on an RK3399 even when asked for 4 little ones). So for
-// --cores, or an inherited mask narrower than the online CPUs (taskset, cpuset): TVM_BIND_THREADS=0
-// turns the re-pinning off (threads keep the mask they inherit from the main thread), and
-// runtime.config_threadpool(kSpecifyThreadShareAllCore, N, <N cpu ids>) creates the pool with
-// exactly N workers. Otherwise TVM's defaults stand (TVM_NUM_THREADS from --threads).
-std::vector<int> SetUpThreads(const Options& o, int* threads) {
-  *threads = o.threads;
+// Pins the process to --cores (threads inherit the mask; none is pinned to one core) and sets up
+// the threads that run the model's parallel loops: the runner's launcher (parallel.h: dynamic
+// chunks, futex waits), or TVM's pool for a model whose kernels need TVM's barrier. TVM's pool
+// would re-pin its workers to single cores taken from ALL online CPUs, ignoring the process mask
+// (threading_backend.cc), so TVM_BIND_THREADS=0 turns that off, and config_threadpool(
+// kSpecifyThreadShareAllCore, N, <N ids>) sizes it to exactly N (it caps TVM_NUM_THREADS alone
+// at the big cores). Returns the cores in use.
+std::vector<int> SetUpThreads(const Options& o, const std::string& model, int* threads, bool* own_pool) {
   std::vector<int> cores = edgecls::Affinity(0);
   if (!o.cores.empty()) {
     try {
@@ -397,19 +393,20 @@ std::vector<int> SetUpThreads(const Options& o, int* threads) {
     } catch (const std::exception& e) {
       throw Fail(std::string("--cores: ") + e.what());
     }
-    edgecls::SetProcessAffinity(cores);  // before any TVM worker thread exists
-  } else if (cores.empty() || cores == edgecls::OnlineCpus()) {
-    if (o.threads > 0) setenv("TVM_NUM_THREADS", std::to_string(o.threads).c_str(), 1);
-    // Create the pool now (it is per thread and lazy), so that no timed run pays for it.
-    if (auto nt = ffi::Function::GetGlobal("runtime.NumThreads")) (*nt)();
+    edgecls::SetProcessAffinity(cores);  // before any worker thread exists
+  }
+  *threads = o.threads > 0 ? o.threads : std::max<int>(1, static_cast<int>(cores.size()));
+  setenv("TVM_BIND_THREADS", "0", 1);
+  const char* launcher = std::getenv("EDGECLS_RUNNER_LAUNCHER");  // "tvm": TVM's pool, to compare
+  *own_pool = !(launcher && std::string(launcher) == "tvm") && !edgecls::UsesParallelBarrier(model);
+  if (*own_pool) {
+    edgecls::InstallParallelLauncher(*threads);  // before the model is loaded
     return cores;
   }
-  if (*threads == 0) *threads = static_cast<int>(cores.size());
   setenv("TVM_NUM_THREADS", std::to_string(*threads).c_str(), 1);
-  setenv("TVM_BIND_THREADS", "0", 1);
   if (auto config = ffi::Function::GetGlobal("runtime.config_threadpool")) {
     ffi::Array<ffi::String> ids;  // its length sets the pool size; the ids are unused unbound
-    for (int i = 0; i < *threads; ++i) ids.push_back(std::to_string(cores[i % cores.size()]));
+    for (int i = 0; i < *threads; ++i) ids.push_back(std::to_string(cores.empty() ? i : cores[i % cores.size()]));
     (*config)(-3 /* kSpecifyThreadShareAllCore */, *threads, ids);
   }
   return cores;
@@ -509,11 +506,11 @@ int Run(const Options& o) {
     json_out.open(o.json_out);
     if (!json_out) throw Fail("cannot write --json-out '" + o.json_out + "'");
   }
-  int threads = 0;
-  std::vector<int> cores = SetUpThreads(o, &threads);
-
-  ffi::Tensor input = ReadNpy(o.input);
   std::string model = CheckModel(o.model);
+  int threads = 0;
+  bool own_pool = false;
+  std::vector<int> cores = SetUpThreads(o, model, &threads, &own_pool);
+  ffi::Tensor input = ReadNpy(o.input);
 
   auto t0 = Clock::now();
   ffi::Module lib = ffi::Module::LoadFromFile(model);
@@ -562,9 +559,7 @@ int Run(const Options& o) {
   if (out.device().device_type != kDLCPU) throw Fail("model output is not on the CPU");
   if (!out.IsContiguous()) throw Fail("model output is not contiguous");
 
-  // Report the pool size TVM actually uses (without --cores it caps TVM_NUM_THREADS at the
-  // number of big cores).
-  if (auto nt = ffi::Function::GetGlobal("runtime.NumThreads")) threads = (*nt)().cast<int>();
+  if (auto nt = ffi::Function::GetGlobal("runtime.NumThreads"); nt && !own_pool) threads = (*nt)().cast<int>();
   if (!o.output.empty()) WriteNpy(o.output, out);
   auto top = TopK(out, o.topk);
   double mean = 0;
@@ -589,7 +584,8 @@ int Run(const Options& o) {
      << ", \"runs\": " << o.runs << ", \"min_ms\": " << JsonNum(o.min_ms) << ", \"cooldown_ms\": "
      << JsonNum(o.cooldown_ms) << "}}, \"threads\": " << threads << ", \"cores\": " << edgecls::JsonList(cores)
      << ", \"affinity\": {\"tvm_bind_threads\": " << edgecls::JsonOptStr(bind ? std::optional<std::string>(bind) : std::nullopt)
-     << ", \"tasks\": " << tasks << "}, \"accuracy\": " << accuracy << ", \"reference\": " << reference
+     << ", \"launcher\": \"" << (own_pool ? "edgecls" : "tvm") << "\", \"tasks\": " << tasks
+     << "}, \"accuracy\": " << accuracy << ", \"reference\": " << reference
      << ", \"system\": {\"before\": " << edgecls::ToJson(before) << ", \"after\": " << edgecls::ToJson(after)
      << ", \"peak_rss_kb\": " << edgecls::PeakRssKb()
      << ", \"throttled\": " << (throttled ? (*throttled ? "true" : "false") : "null")
