@@ -12,7 +12,9 @@ import subprocess
 # on x86 the mark is the int16 pairs (byte-to-word widening of the interleaved weight rows) or
 # the byte pairs (vpmaddubsw, which LLVM never picks itself: it saturates); on NEON the int16
 # pairs' sadalp, sdot, or smull on 8-bit lanes reduced by addp. Alternatives per ISA.
+# x86 VNNI: vpdpbusd (the plain rule never gets it from LLVM either).
 ASM_MARKS = {"avx2": (("vpmaddwd", "vpmovsxbw", "vpunpcklbw"), ("vpmaddubsw", "vpmaddwd")),
+             "x86_vnni": (("vpdpbusd",),),
              "neon": (("sadalp",), ("sdot",), ("smull", "addp"))}
 
 
