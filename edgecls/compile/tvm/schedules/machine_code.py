@@ -30,8 +30,10 @@ def kernel_mnemonics(lib, objdump: str = "objdump") -> dict[str, set[str]]:
             ops = funcs.setdefault(head.group(1), set())
             continue
         fields = line.split("\t")
-        if len(fields) > 1 and fields[0].strip().endswith(":") and fields[1].split():
-            ops.add(fields[1].split()[0])
+        # An encoding pseudo-prefix ("{vex} vpdpbusd": AVX-VNNI) is not the mnemonic.
+        words = [w for w in fields[1].split() if not w.startswith("{")] if len(fields) > 1 else []
+        if fields[0].strip().endswith(":") and words:
+            ops.add(words[0])
     return funcs
 
 

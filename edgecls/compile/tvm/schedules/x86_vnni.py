@@ -25,7 +25,7 @@ from __future__ import annotations
 from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.schedules import tir as th
 from edgecls.compile.tvm.schedules.isa import has_vnni
-from edgecls.compile.tvm.schedules.isa.x86_vnni import GROUP, LANES, vnni_c4_intrin
+from edgecls.compile.tvm.schedules.isa.x86_vnni import C4_LANES, GROUP, LANES, vnni_c4_intrin
 from edgecls.compile.tvm.schedules.neon_dot import vector_weight
 from edgecls.compile.tvm.schedules.neon_fp32 import channel_loop
 from edgecls.compile.tvm.schedules.prepack import pack_c4
@@ -40,7 +40,7 @@ MAX_UNROLLED_TAPS = 7  # kernel-width taps unrolled in one-step kernels (the RGB
 
 
 def register_budget(target) -> int:
-    """Vector registers a tile may hold (2 left for LLVM): 32 ymm with AVX512VL, else 16."""
+    """Vector registers a tile may hold (2 left for LLVM): 32 with AVX512VL, else 16."""
     from tvm.target import codegen
     return 30 if codegen.target_has_features("avx512vl", target) else 14
 
@@ -51,7 +51,7 @@ def vnni_tile(budget: int):
     broadcasts, nv weight loads, the loop) for rb nv vpdpbusd; rb nv accumulators, nv weight
     vectors and a broadcast or two within the budget; no tail."""
     def tile(kind: str, vext: int, vl: int, rext: int) -> tuple[int, int]:
-        if kind not in ("conv2d", "dense") or vl != LANES:
+        if kind not in ("conv2d", "dense") or vl not in C4_LANES:
             return register_tile(vext, vl, rext, True)
         best = (float("inf"), 0, 1, 1)
         for nv in range(1, budget):
@@ -93,13 +93,15 @@ def schedule_vnni(sch, block, target) -> str:
     _uint8_product(sch.get(block))
     name = th.name(sch, block)
     ndim = len(vector_weight(sch, block).shape)
-    kind = schedule_reduction(sch, block, LANES, tile=vnni_tile(register_budget(target)), inline_pad_cin=0)
+    kind = schedule_reduction(sch, block, LANES, tile=vnni_tile(register_budget(target)),
+                              inline_pad_cin=0)
     if kind not in ("conv2d", "dense"):
         raise NotRecognised("not a conv2d or dense")
     update = sch.get_sblock(name + "_update")
     loops = sch.get_loops(update)
     at = channel_loop(sch, update)
-    if th.extent(sch, loops[at]) % GROUP or th.extent(sch, loops[-1]) != LANES:
+    lanes = th.extent(sch, loops[-1])
+    if th.extent(sch, loops[at]) % GROUP or lanes not in C4_LANES:
         raise NotRecognised("input channels not in fours, or a vector narrower than the intrinsic")
     weight = vector_weight(sch, update)
     if not pack_c4(sch, update, weight, int(weight.shape[-1]), blocked=len(weight.shape) > ndim):
@@ -109,7 +111,7 @@ def schedule_vnni(sch, block, target) -> str:
     k_o, k_i = sch.split(loops[at], [None, GROUP])
     sch.reorder(k_o, *loops[at + 1:], k_i)
     _unroll_steps(sch, loops, at, k_o)
-    sch.tensorize(sch.get_loops(update)[-2], vnni_c4_intrin())
+    sch.tensorize(sch.get_loops(update)[-2], vnni_c4_intrin(lanes))
     return kind
 
 

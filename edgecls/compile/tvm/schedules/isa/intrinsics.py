@@ -97,7 +97,8 @@ def register_intrinsics() -> None:
                 intrin_name(isa, act, k)
     intrin_name("avx2_byte_pairs", "uint8", 4)
     intrin_name("x86_vnni", "uint8", 4)
-    x86_vnni.vnni_c4_intrin()
+    for lanes in x86_vnni.C4_LANES:
+        x86_vnni.vnni_c4_intrin(lanes)
     for k in (*DOT_K, 4):
         intrin_name("neon_dot", "int8", k)
     for k in MULL_K:

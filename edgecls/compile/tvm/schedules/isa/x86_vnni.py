@@ -12,8 +12,8 @@ Operands as AVX2's byte pairs (avx2.py): the 4 activation bytes of a pixel (uint
   are one vpdpbusd operand (8 output x 4 input channels): one load, no shuffle (x86_vnni.py's
   rule, as XNNPACK's and oneDNN's packed VNNI GEMMs).
 
-256-bit, not 512: Zen 4 executes a 512-bit vpdpbusd as two 256-bit halves (no more MACs per
-cycle), and 8-lane vectors keep the reduction rule's 8-channel tiles and epilogue of AVX2.
+256-bit, not 512 (measured, C4_LANES): 8-lane vectors keep the reduction rule's 8-channel
+tiles and epilogue of AVX2, and run on AVX-VNNI CPUs (no AVX-512) too.
 """
 
 from __future__ import annotations
@@ -24,20 +24,27 @@ from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.schedules.tir import ACC_SCOPE
 
 LANES = 8  # output channels per call: one int32x8 accumulator (ymm)
+# The c4 intrinsic's widths. 16 (zmm, where the CPU has AVX512-VNNI) measured no faster: Zen 4,
+# one thread, benchmarks/int8.py: ResNet-18 12.21 ms (ymm 12.19), MobileNetV2 5.50 (ymm 4.51:
+# coarser channel tiles, 24-channel layers back on ymm), though a zmm vpdpbusd loop alone runs
+# 228 GMAC/s against ymm's 187 (benchmarks/mac_ceiling.py). So the rule takes ymm.
+C4_LANES = (8,)
 GROUP = 4  # input channels per vpdpbusd lane
-VPDPBUSD = "llvm.x86.avx512.vpdpbusd.256"  # LLVM selects the VEX form (AVX-VNNI) where there is no AVX512VL
+# LLVM selects the VEX form (AVX-VNNI) of the 256-bit one where there is no AVX512VL.
+VPDPBUSD = {8: "llvm.x86.avx512.vpdpbusd.256", 16: "llvm.x86.avx512.vpdpbusd.512"}
 
 
-def _broadcast_x(A):
+def _broadcast_x(A, lanes: int):
     """The 4 activation bytes A[0:4] as one int32 repeated in every lane (vpbroadcastd)."""
     from tvm import tirx
-    return tirx.Broadcast(tirx.reinterpret("int32", A.vload([tirx.IntImm("int64", 0)], "uint8x4")), LANES)
+    return tirx.Broadcast(tirx.reinterpret("int32", A.vload([tirx.IntImm("int64", 0)], "uint8x4")), lanes)
 
 
-def _vpdpbusd(acc, x, w):
-    # LLVM 22's signature: (<8 x i32> acc, <32 x i8> unsigned, <32 x i8> signed).
+def _vpdpbusd(acc, x, w, lanes: int):
+    # LLVM 22's signature: (<N x i32> acc, <4N x i8> unsigned, <4N x i8> signed).
     from tvm import tirx
-    return tirx.call_llvm_pure_intrin("int32x8", VPDPBUSD, acc, tirx.reinterpret("int8x32", x), w)
+    return tirx.call_llvm_pure_intrin(f"int32x{lanes}", VPDPBUSD[lanes], acc,
+                                      tirx.reinterpret(f"int8x{4 * lanes}", x), w)
 
 
 def rows_mac(A, B, act: str, pairs: int, acc):
@@ -46,24 +53,25 @@ def rows_mac(A, B, act: str, pairs: int, acc):
     from tvm import tirx
     rows = [B.vload([tirx.IntImm("int64", r), tirx.IntImm("int64", 0)], "int8x8") for r in range(GROUP)]
     w = tirx.Shuffle(rows, [LANES * r + o for o in range(LANES) for r in range(GROUP)])
-    return _vpdpbusd(acc, _broadcast_x(A), w)
+    return _vpdpbusd(acc, _broadcast_x(A, LANES), w, LANES)
 
 
 rows_mac.accumulates = True  # intrinsics._prim_func: the accumulator is vpdpbusd's own input
 
 
-def c4_mac(A, B, acc):
-    """acc + sum_r A[r] * B[0, :, r], r < 4, B the c4 block [1, 8, 4]: one 32-byte load."""
+def c4_mac(A, B, acc, lanes: int):
+    """acc + sum_r A[r] * B[0, :, r], r < 4, B the c4 block [1, lanes, 4]: one 4 * lanes-byte load."""
     from tvm import tirx
     zero = tirx.IntImm("int64", 0)
-    return _vpdpbusd(acc, _broadcast_x(A), B.vload([zero, zero, zero], "int8x32"))
+    return _vpdpbusd(acc, _broadcast_x(A, lanes), B.vload([zero, zero, zero], f"int8x{4 * lanes}"), lanes)
 
 
-def _c4_prim_func(implement: bool):
-    """The c4 intrinsic's description (C[i] += A[r] * B[0, i, r], i < 8 vectorized as the
+def _c4_prim_func(lanes: int, implement: bool):
+    """The c4 intrinsic's description (C[i] += A[r] * B[0, i, r], i < lanes vectorized as the
     reduction rule leaves it, r < 4) or its implementation: A 4 contiguous uint8 activations, B
-    the weight's [1, 8, 4] c4 block, C the tile's int32 accumulator in ACC_SCOPE."""
+    the weight's [1, lanes, 4] c4 block, C the tile's int32 accumulator in ACC_SCOPE."""
     from tvm.script import tirx as T
+    LANES = lanes  # noqa: N806  (the TVMScript below reads it as a constant)
 
     @T.prim_func(s_tir=True)
     def func(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -82,16 +90,16 @@ def _c4_prim_func(implement: bool):
                             vi, vr = T.axis.remap("SR", [i, r])
                             C[vi] = C[vi] + T.Cast("int32", A[vr]) * T.Cast("int32", B[vr // 4, vi, vr % 4])
             else:
-                C[T.ramp(T.int64(0), 1, LANES)] = c4_mac(A, B, C[T.ramp(T.int64(0), 1, LANES)])
+                C[T.ramp(T.int64(0), 1, LANES)] = c4_mac(A, B, C[T.ramp(T.int64(0), 1, LANES)], LANES)
 
     return func
 
 
 @functools.cache
-def vnni_c4_intrin() -> str:
-    """Register (once) and name the c4 vpdpbusd intrinsic (4 input x 8 output channels)."""
+def vnni_c4_intrin(lanes: int) -> str:
+    """Register (once) and name the c4 vpdpbusd intrinsic (4 input x `lanes` output channels)."""
     load_tvm()
     from tvm.s_tir import TensorIntrin
-    name = "edgecls_x86_vnni_c4_k4"
-    TensorIntrin.register(name, _c4_prim_func(False), _c4_prim_func(True), override=True)
+    name = f"edgecls_x86_vnni_c4_k4_x{lanes}"
+    TensorIntrin.register(name, _c4_prim_func(lanes, False), _c4_prim_func(lanes, True), override=True)
     return name
