@@ -7,6 +7,8 @@ channel, full-range int8 weights, which AVX2's byte pairs cannot take).
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import onnx
 import pytest
@@ -123,3 +125,17 @@ def test_vnni_conv_matches_numpy_integer_reference(tmp_path):
     x = ((x_q - z_x) * np.float32(s_x)).astype(np.float32)  # on the grid: quantizes back to x_q
     got = ta.run_host_library(libs["vnni"], x)
     assert np.array_equal(got, want), np.abs(got - want).max()
+
+
+def test_avx_vnni_without_avx512_takes_vex_vpdpbusd_on_ymm(tmp_path):
+    """alderlake (AVX-VNNI, no AVX-512): the same kernels, VEX-encoded vpdpbusd on ymm only
+    (objdump writes "{vex} vpdpbusd"; kernel_mnemonics reads the mnemonic past that prefix). The
+    host here has no AVX-VNNI to run it: machine code only."""
+    src = small_net_onnx(tmp_path / "net.onnx", width=16)
+    qdq = quantize_static_ort(src, tmp_path / "net.qdq.onnx", activations="uint8")
+    libs = _builds(qdq, (1, 3, 16, 16), tmp_path, mcpu="alderlake")
+    assert len(ta.widened_kernels(libs["vnni"], "x86_vnni")) == 2
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(libs["vnni"])], capture_output=True,
+                          text=True, check=True).stdout
+    lines = [ln for ln in text.splitlines() if "vpdpbusd" in ln]
+    assert lines and all("{vex}" in ln and "%ymm" in ln and "%zmm" not in ln for ln in lines)
