@@ -147,6 +147,16 @@ def engines_for(name: str, work: Path, size: int, threads: int, seed: int, trial
     return runs, info, {"": qdq, "_full": full}, shape
 
 
+def check_exactness(info: dict, runs: dict, qdqs: dict, x: np.ndarray) -> None:
+    """Widened == plain integer kernels bit for bit (the plain build leaves `runs`: not timed);
+    each int8 build vs ORT's exact (unoptimised) QDQ reference."""
+    info["tvm_int8_equals_plain"] = bool(np.array_equal(runs["tvm_int8"](x), runs.pop("tvm_int8_plain")(x)))
+    for suffix, qdq in qdqs.items():
+        ref = onnx_session(qdq, optimize=False)
+        exact = ref.run(None, {ref.get_inputs()[0].name: x})[0]
+        info[f"tvm_int8{suffix}_max_abs_diff_vs_ort_noopt"] = float(np.abs(runs[f"tvm_int8{suffix}"](x) - exact).max())
+
+
 def cpu_model() -> str:
     """The CPU's model name and its int8-relevant flags (/proc/cpuinfo), for the JSON."""
     try:
@@ -185,12 +195,7 @@ def main() -> None:
         results["nets"][name] = info
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
         inputs[name] = x
-        # Exactness: widened == plain integer kernels bit for bit; both vs ORT's exact QDQ.
-        info["tvm_int8_equals_plain"] = bool(np.array_equal(runs["tvm_int8"](x), runs.pop("tvm_int8_plain")(x)))
-        for suffix, qdq in qdqs.items():
-            ref = onnx_session(qdq, optimize=False)
-            exact = ref.run(None, {ref.get_inputs()[0].name: x})[0]
-            info[f"tvm_int8{suffix}_max_abs_diff_vs_ort_noopt"] = float(np.abs(runs[f"tvm_int8{suffix}"](x) - exact).max())
+        check_exactness(info, runs, qdqs, x)
         for engine, fn in runs.items():
             table[(name, engine)] = fn
     load_before = os.getloadavg()
