@@ -5,8 +5,12 @@ all alike):
   tvm_fp32        TVM, edgecls' zero-trial rule schedules
   tvm_int8        TVM integer kernels (compile/tvm/quant) with the widening multiply-accumulate
                   intrinsics (compile/tvm/schedules/widening_int8.py), zero-trial
-  tvm_int8_plain  the same integer kernels on the plain rule (the previous state)
-  ort_fp32 / ort_int8        ONNX Runtime; int8 = the QDQ file TVM compiles (quantize_static U8S8)
+  tvm_int8_plain  the same integer kernels on the plain rule: built for the exactness check only
+  ort_fp32 / ort_int8        ONNX Runtime; int8 = the QDQ file TVM compiles (quantize_static U8S8,
+                             reduce_range: 7-bit weights, ptq_onnx's default)
+  *_full          the same on the stock quantize_static file (U8S8 per channel, full-range int8
+                  weights): tvm_int8_full, ort_int8_full, and tvm_qdq_float_full, that QDQ file
+                  built in float (--no-int8's path: the integer build must not be slower)
   litert_fp32 / litert_int8  LiteRT (XNNPACK), converted from the torch module; int8 = full int8
                              from litert-torch's PT2E quantizer (edgecls.export.tflite)
 
@@ -21,7 +25,10 @@ values. Prints ratios against LiteRT int8 (the issue's goal: TVM int8 <= 0.8x) a
 Not a test: run it on a quiet machine (it reports the load average it saw).
 
     .venv/bin/python benchmarks/int8.py [--size 224] [--rounds 5] [--iters 10] [--threads 2]
-        [--nets mobilenet_v2,resnet18] [--trials 0] [--out benchmarks/results/int8.json]
+        [--nets mobilenet_v2,resnet18] [--trials 0] [--out benchmarks/results/int8.json] [--work DIR]
+
+--work DIR keeps every model file and build there and reuses them: build once (under a shared
+lock, with other work going on), then time the kept builds on a quiet machine.
 """
 
 from __future__ import annotations
@@ -67,9 +74,13 @@ def randomized(net: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def tvm_engine(onnx_path: Path, shape, out: Path, int8: bool, widening: bool = True, tuning_db=None):
     """(info, callable) of an x86-host build through the pipeline's passes (NHWC, rule schedules,
-    a tuning database's records first when given)."""
+    a tuning database's records first when given); a build kept from an earlier run (--work) is
+    loaded as it is."""
     tgt = get_target("x86-host")
     tt = ta.resolve_target(tgt.tvm)
+    kept = out.with_suffix(".json")
+    if out.exists() and kept.exists():
+        return json.loads(kept.read_text()), ta.load_host_library(out)
     model = onnx.load(str(onnx_path))
     t0 = time.perf_counter()
     fused, _ = ta.run_graph_passes(ta.import_onnx(model, model.graph.input[0].name, shape), tt, "NHWC", int8=int8)
@@ -80,7 +91,10 @@ def tvm_engine(onnx_path: Path, shape, out: Path, int8: bool, widening: bool = T
             _, sched = ta.build(fused, tt, out, tgt.compiler)
     info = {"compile_s": round(time.perf_counter() - t0, 1), "so_bytes": out.stat().st_size, "schedules": sched}
     if int8:
-        info["widened_kernels"] = len(ta.widened_kernels(out, "avx2"))
+        with ta.load_tvm().target.Target(tt):
+            isa = "x86_vnni" if ta.has_vnni() else "avx2"
+        info["widened_kernels"] = {isa: len(ta.widened_kernels(out, isa))}
+    kept.write_text(json.dumps(info))
     return info, ta.load_host_library(out)
 
 
@@ -90,14 +104,19 @@ def engines_for(name: str, work: Path, size: int, threads: int, seed: int, trial
     shape = (1, 3, size, size)
     example = torch.zeros(shape)
     fp32 = work / f"{name}.onnx"
-    with quiet_torch_export():
-        torch.onnx.export(net, (example,), str(fp32), dynamo=True, external_data=False, verbose=False)
+    if not fp32.exists():
+        with quiet_torch_export():
+            torch.onnx.export(net, (example,), str(fp32), dynamo=True, external_data=False, verbose=False)
     calib = np.random.default_rng(seed).standard_normal((CALIBRATION_IMAGES, *shape[1:])).astype(np.float32)
-    qdq = ptq_onnx(fp32, work / f"{name}.int8.onnx", calib, "minmax").path
+    qdq, full = work / f"{name}.int8.onnx", work / f"{name}.int8_full.onnx"
+    for path, reduce_range in ((qdq, True), (full, False)):
+        if not path.exists():
+            ptq_onnx(fp32, path, calib, "minmax", reduce_range=reduce_range)
     info: dict = {"onnx_bytes": {"fp32": fp32.stat().st_size, "int8": qdq.stat().st_size}}
     runs = {}
     for engine, path, int8, widening in (("tvm_fp32", fp32, False, True), ("tvm_int8", qdq, True, True),
-                                         ("tvm_int8_plain", qdq, True, False)):
+                                         ("tvm_int8_plain", qdq, True, False), ("tvm_int8_full", full, True, True),
+                                         ("tvm_qdq_float_full", full, False, True)):
         info[engine], runs[engine] = tvm_engine(path, shape, work / f"{name}.{engine}.so", int8, widening)
         print(name, engine, info[engine], flush=True)
     if trials:
@@ -112,16 +131,42 @@ def engines_for(name: str, work: Path, size: int, threads: int, seed: int, trial
                                                                t["zero_trial_ms"] and t["best_ms"] < t["zero_trial_ms"]))
         print(name, "tvm_int8_tuned", info["tvm_int8_tuned"], flush=True)
     runs["ort_fp32"], runs["ort_int8"] = ort_engine(fp32, threads), ort_engine(qdq, threads)
+    runs["ort_int8_full"] = ort_engine(full, threads)
     try:
         t0 = time.perf_counter()
-        fp_tfl = export_tflite(net, example, work / f"{name}.tflite").path
-        i8_tfl = export_tflite(net, example, work / f"{name}.int8.tflite", int8_calib=calib).path
+        fp_tfl, i8_tfl = work / f"{name}.tflite", work / f"{name}.int8.tflite"
+        if not fp_tfl.exists():
+            export_tflite(net, example, fp_tfl)
+        if not i8_tfl.exists():
+            export_tflite(net, example, i8_tfl, int8_calib=calib)
         info["litert_convert_s"] = round(time.perf_counter() - t0, 1)
         runs["litert_fp32"], runs["litert_int8"] = litert_engine(fp_tfl, threads), litert_engine(i8_tfl, threads)
     except Exception as exc:  # the optional extra is missing: say so, measure the rest
         info["litert_skipped"] = str(exc).splitlines()[0]
         print(f"LiteRT skipped for {name}: {info['litert_skipped']}", flush=True)
-    return runs, info, qdq, shape
+    return runs, info, {"": qdq, "_full": full}, shape
+
+
+def check_exactness(info: dict, runs: dict, qdqs: dict, x: np.ndarray) -> None:
+    """Widened == plain integer kernels bit for bit (the plain build leaves `runs`: not timed);
+    each int8 build vs ORT's exact (unoptimised) QDQ reference."""
+    info["tvm_int8_equals_plain"] = bool(np.array_equal(runs["tvm_int8"](x), runs.pop("tvm_int8_plain")(x)))
+    for suffix, qdq in qdqs.items():
+        ref = onnx_session(qdq, optimize=False)
+        exact = ref.run(None, {ref.get_inputs()[0].name: x})[0]
+        info[f"tvm_int8{suffix}_max_abs_diff_vs_ort_noopt"] = float(np.abs(runs[f"tvm_int8{suffix}"](x) - exact).max())
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its int8-relevant flags (/proc/cpuinfo), for the JSON."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    model = next((x.partition(":")[2].strip() for x in lines if x.startswith("model name")), "unknown")
+    flags = set(next((x.partition(":")[2] for x in lines if x.startswith("flags")), "").split())
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni")
+    return f"{model} ({' '.join(f for f in wanted if f in flags)})"
 
 
 def main() -> None:
@@ -133,24 +178,24 @@ def main() -> None:
     ap.add_argument("--nets", default="mobilenet_v2,resnet18")
     ap.add_argument("--trials", type=int, default=0, help="Also tune the int8 kernels (MetaSchedule) with N trials.")
     ap.add_argument("--out", default="benchmarks/results/int8.json")
+    ap.add_argument("--work", help="Keep model files and builds here and reuse them (default: a fresh temp dir).")
     args = ap.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="edgecls-int8-bench-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="edgecls-int8-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     nets = args.nets.split(",")
     results: dict = {"size": args.size, "threads": args.threads, "batch": 1, "layout": "NHWC",
-                     "cpu": ta.load_tvm().target.codegen.llvm_get_system_cpu(), "nets": {}}
+                     "cpu": ta.load_tvm().target.codegen.llvm_get_system_cpu(), "cpu_model": cpu_model(),
+                     "vnni": ta.has_vnni(ta.load_tvm().target.Target(ta.resolve_target(get_target("x86-host").tvm))),
+                     "nets": {}}
     table, inputs = {}, {}
     for i, name in enumerate(nets):
-        runs, info, qdq, shape = engines_for(name, work, args.size, args.threads, seed=10 * i, trials=args.trials)
+        runs, info, qdqs, shape = engines_for(name, work, args.size, args.threads, seed=10 * i, trials=args.trials)
         results["nets"][name] = info
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
         inputs[name] = x
-        # Exactness: widened == plain integer kernels bit for bit; both vs ORT's exact QDQ.
-        ref = onnx_session(qdq, optimize=False)
-        exact = ref.run(None, {ref.get_inputs()[0].name: x})[0]
-        info["tvm_int8_equals_plain"] = bool(np.array_equal(runs["tvm_int8"](x), runs["tvm_int8_plain"](x)))
-        info["tvm_int8_max_abs_diff_vs_ort_noopt"] = float(np.abs(runs["tvm_int8"](x) - exact).max())
+        check_exactness(info, runs, qdqs, x)
         for engine, fn in runs.items():
             table[(name, engine)] = fn
     load_before = os.getloadavg()

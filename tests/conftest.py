@@ -59,6 +59,8 @@ X86_CPU_FLAGS = {
     "znver3": {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm"},
     "skylake-avx512": {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm",
                        "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
+    "cascadelake": {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm",
+                    "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_vnni"},
 }
 
 

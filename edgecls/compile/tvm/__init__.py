@@ -25,7 +25,7 @@ from edgecls.compile.tvm.lower import (
 from edgecls.compile.tvm.passes import PassRecord, count_ops, kernel_stats, run_graph_passes
 from edgecls.compile.tvm.quant import int8_summary, quantize_int8
 from edgecls.compile.tvm.schedules import apply_default_schedules, simd_lanes, widening_disabled
-from edgecls.compile.tvm.schedules.isa import widening_isa
+from edgecls.compile.tvm.schedules.isa import has_vnni, widening_isa
 from edgecls.compile.tvm.schedules.machine_code import kernel_mnemonics, widened_kernels
 from edgecls.compile.tvm.schedules.neon_requantize import neon_requantize
 from edgecls.compile.tvm.schedules.prepack import pack_array, repack_constants
@@ -33,7 +33,7 @@ from edgecls.compile.tvm.tuning import RpcSpec, TaskResult, TuneResult, apply_da
 
 __all__ = [
     "PassRecord", "RpcSpec", "TaskResult", "TuneResult", "apply_database", "apply_default_schedules", "build",
-    "build_executable", "count_ops", "import_exported_program", "import_onnx", "int8_summary", "kernel_mnemonics",
+    "build_executable", "count_ops", "has_vnni", "import_exported_program", "import_onnx", "int8_summary", "kernel_mnemonics",
     "kernel_stats", "load_executable", "load_host_library", "load_tvm", "neon_requantize", "pack_array", "quantize_int8",
     "repack_constants", "resolve_target", "run_graph_passes", "run_host_library", "simd_lanes", "target",
     "target_key", "tune", "versions", "widened_kernels", "widening_disabled", "widening_isa",

@@ -25,7 +25,8 @@ BYTE_PAIR_MAX_WEIGHT = 64
 
 def input_mode(m, p, w_q: np.ndarray, is_conv: bool, eight_bit: str | None) -> tuple[str, int]:
     """How a conv2d/matmul reads its activation, and the input-channel multiple it needs:
-    "u8" (uint8, channels in fours: AVX2 byte pairs, only for weights within [-64, 64]), "s8"
+    "u8" (uint8, channels in fours: AVX2 byte pairs, only for weights within [-64, 64]; x86 VNNI
+    (eight_bit "u8_vnni"), any weights), "s8"
     (int8, channels in fours: ARMv8.2 sdot; in eights on ARMv8.0, for weights within [-127,
     127] and channels already in eights), "s8_cols" (int8 on ARMv8.0 for few-channel convs such
     as the RGB stem: kernel columns folded into channels, quant.column_fold), "int16" (int16(x_q) -
@@ -39,6 +40,8 @@ def input_mode(m, p, w_q: np.ndarray, is_conv: bool, eight_bit: str | None) -> t
     the bytes of the depthwise input (the expansion conv writes int16)."""
     if is_conv and int(m[p["conv"]].attrs.groups) != 1:
         return ("int16", 1) if eight_bit in ("s8", "s8_mull") else ("raw", 1)
+    if eight_bit == "u8_vnni":  # x86 VNNI: vpdpbusd sums 4 u8 x s8 products in int32, any int8 weights
+        return "u8", 4
     if eight_bit == "s8" or (eight_bit == "u8" and np.abs(w_q.astype(np.int16)).max(initial=0)
                              <= BYTE_PAIR_MAX_WEIGHT):
         return eight_bit, 4

@@ -7,6 +7,7 @@ left as it was and counted "unscheduled".
 
     neon_dot.py         int8 conv2d/dense on aarch64 + dotprod: c4-packed weights, sdot by lane
     neon_dot_depthwise.py  int16 depthwise on aarch64 + dotprod: 8 lanes (smlal + smlal2)
+    x86_vnni.py         uint8 x int8 conv2d/dense on x86 + VNNI: c4-packed weights, vpdpbusd
     widening_int8.py    int8 x int8 -> int32 conv2d/dense with a widening tensor intrinsic
     neon_fp32.py        float32 conv2d/dense on aarch64 with the by-lane FMA intrinsic
     neon_bytes.py       8-bit kernels (max pool, pad, residual add, quantize) on aarch64, 16 lanes
@@ -34,6 +35,7 @@ from edgecls.compile.tvm.schedules.neon_fp32 import NeonFp32Rule
 from edgecls.compile.tvm.schedules.reduction import ReductionRule
 from edgecls.compile.tvm.schedules.rule import Applied, NotRecognised, Rule, RuleTarget
 from edgecls.compile.tvm.schedules.widening_int8 import WideningInt8Rule, widening_disabled
+from edgecls.compile.tvm.schedules.x86_vnni import X86VnniRule
 
 __all__ = ["RULES", "SCHEDULED_ATTR", "STAT_KEYS", "Applied", "NotRecognised", "Rule", "RuleTarget",
            "apply_default_schedules", "rule_schedule", "rule_target", "simd_lanes", "widening_disabled"]
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 RULES: tuple[Rule, ...] = (
     NeonDotRule(),  # an int8 x int8 -> int32 conv2d/dense on an aarch64 target with dotprod
     NeonDotDepthwiseRule(),  # an int16 depthwise conv on an aarch64 target with dotprod
+    X86VnniRule(),  # a uint8 x int8 -> int32 conv2d/dense on an x86 target with VNNI
     WideningInt8Rule(),  # an int8 x int8 -> int32 reduction, on a target with a widening intrinsic
     NeonFp32Rule(),  # a float32 reduction on aarch64: conv2d/dense with by-lane FMA
     NeonByteRule(),  # 8-bit output (max pool, pad, add, quantize) on aarch64: 16 lanes

@@ -12,7 +12,9 @@ import subprocess
 # on x86 the mark is the int16 pairs (byte-to-word widening of the interleaved weight rows) or
 # the byte pairs (vpmaddubsw, which LLVM never picks itself: it saturates); on NEON the int16
 # pairs' sadalp, sdot, or smull on 8-bit lanes reduced by addp. Alternatives per ISA.
+# x86 VNNI: vpdpbusd (the plain rule never gets it from LLVM either).
 ASM_MARKS = {"avx2": (("vpmaddwd", "vpmovsxbw", "vpunpcklbw"), ("vpmaddubsw", "vpmaddwd")),
+             "x86_vnni": (("vpdpbusd",),),
              "neon": (("sadalp",), ("sdot",), ("smull", "addp"))}
 
 
@@ -28,8 +30,10 @@ def kernel_mnemonics(lib, objdump: str = "objdump") -> dict[str, set[str]]:
             ops = funcs.setdefault(head.group(1), set())
             continue
         fields = line.split("\t")
-        if len(fields) > 1 and fields[0].strip().endswith(":") and fields[1].split():
-            ops.add(fields[1].split()[0])
+        # An encoding pseudo-prefix ("{vex} vpdpbusd": AVX-VNNI) is not the mnemonic.
+        words = [w for w in fields[1].split() if not w.startswith("{")] if len(fields) > 1 else []
+        if fields[0].strip().endswith(":") and words:
+            ops.add(words[0])
     return funcs
 
 

@@ -73,7 +73,7 @@ def _int8_product(stmt) -> None:
         raise NotRecognised("not an int8 x int8 -> int32 reduction")
 
 
-def _weight(sch, block):
+def vector_weight(sch, block):
     """The weight buffer of the block: the read whose innermost index follows the vector axis."""
     stmt = sch.get(block)
     vec_var = stmt.writes[0].region[-1].min
@@ -90,7 +90,7 @@ def schedule_dot(sch, block) -> str:
     the innermost step. Returns the stats key."""
     _int8_product(sch.get(block))
     name = th.name(sch, block)
-    ndim = len(_weight(sch, block).shape)
+    ndim = len(vector_weight(sch, block).shape)
     kind = schedule_reduction(sch, block, LANES, tile=dot_tile, inline_pad_cin=0, epilogue_lanes=EPILOGUE_LANES)
     if kind not in ("conv2d", "dense"):
         raise NotRecognised("not a conv2d or dense")
@@ -100,7 +100,7 @@ def schedule_dot(sch, block) -> str:
     k = next((k for k in K if th.extent(sch, loops[at]) % k == 0), None)
     if k is None or th.extent(sch, loops[-1]) != LANES:
         raise NotRecognised("input channels not in fours, or a vector narrower than the intrinsic")
-    weight = _weight(sch, update)
+    weight = vector_weight(sch, update)
     # The tile's channels: pack_last_axis's block, or all O when it left the weight as it was.
     if not pack_c4(sch, update, weight, int(weight.shape[-1]), blocked=len(weight.shape) > ndim):
         raise NotRecognised("the weight is not a constant that packs by fours")

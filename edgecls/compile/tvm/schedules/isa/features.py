@@ -35,6 +35,19 @@ def has_dotprod(target=None) -> bool:
             and bool(codegen.target_has_features("dotprod", target)))
 
 
+def has_vnni(target=None) -> bool:
+    """Does `target` (None: the current one) run 256-bit vpdpbusd: an x86 CPU with AVX512-VNNI
+    and AVX512VL (Cascade Lake, Ice Lake, Zen 4/5) or with AVX-VNNI (Alder Lake)?"""
+    tvm = load_tvm()
+    from tvm.target import codegen
+    if target is None:
+        target = tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm" or widening_isa(8, target) != "avx2":
+        return False
+    has = lambda f: bool(codegen.target_has_features(f, target))  # noqa: E731
+    return (has("avx512vnni") and has("avx512vl")) or has("avxvnni")
+
+
 def widening_isa(lanes: int, target=None) -> str | None:
     """Which widening intrinsic a schedule's target can run: "avx2", "neon" or None.
 
@@ -63,10 +76,13 @@ def widening_isa(lanes: int, target=None) -> str | None:
 
 def eight_bit_kernels(tvm_target: dict) -> str | None:
     """Which 8-bit input the target's int8 kernels take (quant.quantize_int8's eight_bit): "u8"
-    on AVX2 (vpmaddubsw byte pairs, for 7-bit weights), "s8" on aarch64 with dotprod (sdot),
+    on AVX2 (vpmaddubsw byte pairs, for 7-bit weights), "u8_vnni" on x86 with VNNI (vpdpbusd,
+    any int8 weights), "s8" on aarch64 with dotprod (sdot),
     "s8_mull" on other aarch64 (smull on 8-bit lanes, for weights within [-127, 127]), None
     elsewhere (int16 pairs only)."""
     target = load_tvm().target.Target(tvm_target)
     if has_dotprod(target):
         return "s8"
+    if has_vnni(target):
+        return "u8_vnni"
     return {"avx2": "u8", "neon": "s8_mull"}.get(widening_isa(0, target))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 from edgecls.compile.tvm.core import load_tvm
-from edgecls.compile.tvm.schedules.isa import avx2, lane_fma, neon, neon_dot
+from edgecls.compile.tvm.schedules.isa import avx2, lane_fma, neon, neon_dot, x86_vnni
 from edgecls.compile.tvm.schedules.tir import ACC_SCOPE
 
 ACT_DTYPES = ("int8", "uint8", "int16")  # int16: quant.int8's centered input (int16(x_q) - z_x)
@@ -20,7 +20,8 @@ LANES = {"avx2": 8, "neon": 4}  # output channels per intrinsic call
 # pair as it loads: one pair per call.
 K = {"avx2": (4, 2), "neon": (2,)}
 _PAIRS_MAC = {"avx2": avx2.pairs_mac, "neon": neon.pairs_mac}
-# 8-bit-input kernels: name -> (base ISA, MAC). quant.int8's "u8" and "s8" input modes (k = 4),
+# 8-bit-input kernels: name -> (base ISA, MAC). quant.int8's "u8" and "s8" input modes (k = 4:
+# AVX2 byte pairs, x86 VNNI vpdpbusd, sdot),
 # and "s8_mull" (ARMv8.0 smull on 8-bit lanes, k = 32, 24, 16 or 8).
 # Input channels per call, the widest dividing the kernel's count first. neon_mull: up to 32
 # (8 weight registers of the 32-register file; the tile's rows hold the rest); one reduction
@@ -29,7 +30,8 @@ _PAIRS_MAC = {"avx2": avx2.pairs_mac, "neon": neon.pairs_mac}
 # 527.0 M instructions per inference (qemu 7.2 -cpu cortex-a72, one thread). sdot by lane: 16.
 MULL_K = (32, 24, 16, 8)
 DOT_K = (16, 8)
-EIGHT_BIT = {"avx2_byte_pairs": ("avx2", avx2.byte_pairs_mac), "neon_dot": ("neon", neon.dot_mac),
+EIGHT_BIT = {"avx2_byte_pairs": ("avx2", avx2.byte_pairs_mac), "x86_vnni": ("avx2", x86_vnni.rows_mac),
+             "neon_dot": ("neon", neon.dot_mac),
              "neon_mull": ("neon", neon.mull_mac)}
 
 
@@ -94,6 +96,9 @@ def register_intrinsics() -> None:
             for k in ks:
                 intrin_name(isa, act, k)
     intrin_name("avx2_byte_pairs", "uint8", 4)
+    intrin_name("x86_vnni", "uint8", 4)
+    for lanes in x86_vnni.C4_LANES:
+        x86_vnni.vnni_c4_intrin(lanes)
     for k in (*DOT_K, 4):
         intrin_name("neon_dot", "int8", k)
     for k in MULL_K:
