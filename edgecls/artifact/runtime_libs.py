@@ -145,56 +145,21 @@ def fetch_runtime(arch: str = "aarch64", quiet: bool = False) -> RuntimeLibs:
         pass  # absent or stale: fetch below
 
     tvm_version, ffi_version = installed_versions()
-    pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    for tag in _platform_tags(arch):
-        cmd += ["--platform", tag]
-    cmd += ["--python-version", pyver, "--disable-pip-version-check",
-            f"apache-tvm=={tvm_version}", f"apache-tvm-ffi=={ffi_version}"]
-
     final = _runtime_dir(arch, tvm_version)
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgecls-wheels-") as wheel_dir:
         if not quiet:
             print(f"fetching TVM runtime for {arch}: apache-tvm=={tvm_version} "
                   f"apache-tvm-ffi=={ffi_version} ...", file=sys.stderr)
-        try:
-            proc = subprocess.run(cmd + ["-d", wheel_dir], capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise ToolchainError(f"pip download of the {arch} TVM runtime failed: {e}") from None
-        if proc.returncode != 0:
-            raise ToolchainError(f"pip download of the {arch} TVM runtime failed "
-                                 f"(network or index problem?): {_pip_error(proc.stderr + proc.stdout)}")
-        wheels = {w.name: w for w in Path(wheel_dir).glob("*.whl")}
+        wheels = _download_wheels(arch, tvm_version, ffi_version, Path(wheel_dir))
         # Build the new cache entry in a sibling temp dir, then rename it into place in one step,
         # so an interrupted fetch never leaves a half-written runtime behind.
         tmp = temp_dir_beside(final, f".{tvm_version}.tmp-")
         try:
-            records = []
-            for lib, member in _WHEEL_MEMBERS.items():
-                dist = "apache_tvm_ffi-" if lib == LIB_FFI else "apache_tvm-"
-                matches = [w for n, w in wheels.items() if n.startswith(dist)]
-                if len(matches) != 1:
-                    raise ToolchainError(f"pip download did not produce one {dist}*.whl for {arch} "
-                                         f"(got: {', '.join(sorted(wheels)) or 'nothing'})")
-                whl = matches[0]
-                try:
-                    with zipfile.ZipFile(whl) as z, z.open(member) as src, open(tmp / lib, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                except (KeyError, zipfile.BadZipFile) as e:
-                    raise ToolchainError(f"{whl.name} has no usable {member}: {e}") from None
-                os.chmod(tmp / lib, 0o755)
-                records.append({"file": whl.name, "sha256": sha256_file(whl), "member": member,
-                                "lib": lib, "lib_sha256": sha256_file(tmp / lib)})
-            from edgecls.artifact.native import elf_arch  # local import: native imports this module
-
-            for lib in _WHEEL_MEMBERS:
-                got = elf_arch(tmp / lib)
-                if got != arch:
-                    raise ToolchainError(f"downloaded {lib} is for {got}, expected {arch}")
+            records = _extract_libs(arch, wheels, tmp)
             (tmp / "source.json").write_text(json.dumps(
                 {"arch": arch, "tvm_version": tvm_version, "tvm_ffi_version": ffi_version,
-                 "python_version": pyver, "wheels": records}, indent=2) + "\n")
+                 "python_version": _python_version(), "wheels": records}, indent=2) + "\n")
             # Replaces a stale entry; losing a race to a concurrent fetch keeps theirs.
             publish_dir(tmp, final, replace=True, taken=lambda: (final / "source.json").is_file())
         finally:
@@ -203,3 +168,52 @@ def fetch_runtime(arch: str = "aarch64", quiet: bool = False) -> RuntimeLibs:
     if not quiet:
         print(f"TVM runtime for {arch} cached in {final}", file=sys.stderr)
     return libs
+
+
+def _python_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _download_wheels(arch: str, tvm_version: str, ffi_version: str, wheel_dir: Path) -> dict[str, Path]:
+    """{file name: path} of the apache-tvm and apache-tvm-ffi wheels for `arch`, from pip."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    for tag in _platform_tags(arch):
+        cmd += ["--platform", tag]
+    cmd += ["--python-version", _python_version(), "--disable-pip-version-check",
+            f"apache-tvm=={tvm_version}", f"apache-tvm-ffi=={ffi_version}", "-d", str(wheel_dir)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ToolchainError(f"pip download of the {arch} TVM runtime failed: {e}") from None
+    if proc.returncode != 0:
+        raise ToolchainError(f"pip download of the {arch} TVM runtime failed "
+                             f"(network or index problem?): {_pip_error(proc.stderr + proc.stdout)}")
+    return {w.name: w for w in wheel_dir.glob("*.whl")}
+
+
+def _extract_libs(arch: str, wheels: dict[str, Path], tmp: Path) -> list[dict]:
+    """Copies each runtime library out of its wheel into tmp, checks its ELF machine; returns
+    the provenance records (wheel file and hash, member, library hash)."""
+    records = []
+    for lib, member in _WHEEL_MEMBERS.items():
+        dist = "apache_tvm_ffi-" if lib == LIB_FFI else "apache_tvm-"
+        matches = [w for n, w in wheels.items() if n.startswith(dist)]
+        if len(matches) != 1:
+            raise ToolchainError(f"pip download did not produce one {dist}*.whl for {arch} "
+                                 f"(got: {', '.join(sorted(wheels)) or 'nothing'})")
+        whl = matches[0]
+        try:
+            with zipfile.ZipFile(whl) as z, z.open(member) as src, open(tmp / lib, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (KeyError, zipfile.BadZipFile) as e:
+            raise ToolchainError(f"{whl.name} has no usable {member}: {e}") from None
+        os.chmod(tmp / lib, 0o755)
+        records.append({"file": whl.name, "sha256": sha256_file(whl), "member": member,
+                        "lib": lib, "lib_sha256": sha256_file(tmp / lib)})
+    from edgecls.artifact.native import elf_arch  # local import: native imports this module
+
+    for lib in _WHEEL_MEMBERS:
+        got = elf_arch(tmp / lib)
+        if got != arch:
+            raise ToolchainError(f"downloaded {lib} is for {got}, expected {arch}")
+    return records
