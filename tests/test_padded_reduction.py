@@ -71,3 +71,38 @@ def test_padded_matmul_matches_numpy():
     got = tvm_adapter.load_executable(executable)(x)
     np.testing.assert_allclose(got, x @ x.transpose(0, 1, 3, 2), rtol=1e-4, atol=1e-3)
     assert stats["dense"] == 1 and stats["unscheduled"] == 0
+
+
+def _mlp_net(tokens: int, dim: int, hidden: int):
+    """x (1, tokens, dim) @ W (dim, hidden) + b: a transformer MLP's first layer."""
+    rng = np.random.default_rng(1)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, tokens, dim), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.const(rng.standard_normal((dim, hidden)).astype("float32"))))
+            y = bb.emit(relax.op.add(y, relax.const(rng.standard_normal((hidden,)).astype("float32"))))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_prime_token_rows_are_padded_to_a_full_register_tile():
+    target = rule_target(TARGET)
+    mod = _mlp_net(197, 64, 256)
+    func = _matmul_func(tvm_adapter.run_graph_passes(mod, TARGET, layout=None)[0])
+    with target.target:
+        applied = PaddedReductionRule().apply(func, target)
+        assert applied is not None and applied.kind == "dense"
+        assert PaddedReductionRule().apply(_matmul_func(tvm_adapter.run_graph_passes(
+            _mlp_net(192, 64, 256), TARGET, layout=None)[0]), target) is None  # 192 rows: a 6-row tile as it is
+
+
+@needs_host_cpu("znver3")
+def test_padded_rows_match_numpy():
+    mod = _mlp_net(197, 64, 256)
+    x = np.random.default_rng(0).standard_normal((1, 197, 64)).astype("float32")
+    fused, _ = tvm_adapter.run_graph_passes(mod, TARGET, layout=None)
+    want = tvm_adapter.load_executable(tvm_adapter.build_executable(fused, TARGET, schedules=False)[0])(x)
+    got = tvm_adapter.load_executable(tvm_adapter.build_executable(fused, TARGET, schedules=True)[0])(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
