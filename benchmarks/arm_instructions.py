@@ -1,8 +1,9 @@
 """aarch64 instructions per inference under qemu-user: edgecls rk3399 artifacts vs LiteRT (XNNPACK),
 ONNX Runtime and ncnn, on the project's reference nets. The ARM comparison that needs no board.
 
-Nets: MobileNetV2 and ResNet-18 (edgecls.models, torch.manual_seed(0), 224x224, the weights
-scripts/model_so_hashes.py's make_models gives), fp32 and int8: ONNX QDQ from ptq_onnx (minmax,
+Nets: MobileNetV2 and ResNet-18 by default, any of edgecls.models.REFERENCE_NETS with --nets
+(ViT-tiny, MobileViT-XS at 256x256, EfficientNet-B0, ConvNeXt-Pico; torch.manual_seed(0), 224x224,
+the weights scripts/model_so_hashes.py's make_models gives), fp32 and int8: ONNX QDQ from ptq_onnx (minmax,
 32 seeded random calibration images); LiteRT gets .tflite files from edgecls.export.tflite (what
 `edgecls compile --tflite` ships), full int8 from the same calibration images; ncnn converts the
 fp32 ONNX with pnnx (its own net files).
@@ -41,41 +42,50 @@ from edgecls.bench.instructions import count_artifact, qemu_version  # noqa: E40
 from edgecls.errors import EdgeclsError  # noqa: E402
 
 EDGECLS = Path(sys.executable).parent / "edgecls"
-NETS = ("mobilenet_v2", "resnet18")
+NETS = ("mobilenet_v2", "resnet18")  # the default; --nets takes any of edgecls.models.REFERENCE_NETS
 RUNTIMES = ("edgecls", "litert", "onnxruntime", "ncnn")
 RATIO_PEERS = ("litert", "onnxruntime")  # "best peer" of the ratio column
 CALIBRATION_IMAGES = 32
 
 
-def make_nets(out: Path) -> dict[str, Path]:
-    """{net}.onnx, {net}_int8.onnx, {net}.tflite, {net}_int8.tflite, made once into `out`."""
-    names = [f"{n}{p}.{ext}" for n in NETS for p in ("", "_int8") for ext in ("onnx", "tflite")]
-    paths = {n: out / n for n in names}
-    if all(p.is_file() for p in paths.values()):
-        return paths
+def make_nets(out: Path, wanted=NETS) -> dict[str, Path]:
+    """{net}.onnx, {net}_int8.onnx, {net}.tflite, {net}_int8.tflite of each wanted net, made once
+    into `out`; a file LiteRT's converter cannot make is left out (its rows say so)."""
+    import torch
+
+    from edgecls.models import REFERENCE_NETS
+    names = {n: [f"{n}{p}.{ext}" for p in ("", "_int8") for ext in ("onnx", "tflite")] for n in wanted}
+    missing = [n for n in wanted if not all((out / f).is_file() for f in names[n][::2])]  # the .onnx files
+    if missing:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)  # every net made, in REFERENCE_NETS' order: the same weights each run
+        nets = {name: (make().eval(), size) for name, (make, size) in REFERENCE_NETS.items()}
+        for name in missing:
+            _export_net(name, *nets[name], out)
+    return {f: out / f for n in wanted for f in names[n] if (out / f).is_file()}
+
+
+def _export_net(name: str, net, size: int, out: Path) -> None:
     import numpy as np
     import torch
 
     from edgecls.export.onnx import export_onnx
     from edgecls.export.tflite import export_tflite
-    from edgecls.models import MobileNetV2, ResNet18
     from edgecls.optimize.quantize import ptq_onnx
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)  # both nets made first, in make_models' order: the same weights
-    nets = {"mobilenet_v2": MobileNetV2(num_classes=1000).eval(), "resnet18": ResNet18(num_classes=1000).eval()}
-    x = torch.zeros(1, 3, 224, 224)
-    calib = np.random.default_rng(0).standard_normal((CALIBRATION_IMAGES, 3, 224, 224)).astype("float32")
-    for name, net in nets.items():
-        tmp = out / f".{name}.tmp"  # each file is written whole, then renamed into place
-        tmp.mkdir(exist_ok=True)
-        export_onnx(net, x, tmp / f"{name}.onnx", named=False)
-        ptq_onnx(tmp / f"{name}.onnx", tmp / f"{name}_int8.onnx", calib, "minmax")
-        export_tflite(net, x, tmp / f"{name}.tflite")
-        export_tflite(net, x, tmp / f"{name}_int8.tflite", int8_calib=calib)
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
-        tmp.rmdir()
-    return paths
+    x = torch.zeros(1, 3, size, size)
+    calib = np.random.default_rng(0).standard_normal((CALIBRATION_IMAGES, 3, size, size)).astype("float32")
+    tmp = out / f".{name}.tmp"  # each file is written whole, then renamed into place
+    tmp.mkdir(exist_ok=True)
+    export_onnx(net, x, tmp / f"{name}.onnx", named=False)
+    ptq_onnx(tmp / f"{name}.onnx", tmp / f"{name}_int8.onnx", calib, "minmax")
+    for suffix, kw in (("", {}), ("_int8", {"int8_calib": calib})):
+        try:
+            export_tflite(net, x, tmp / f"{name}{suffix}.tflite", **kw)
+        except Exception as exc:  # noqa: BLE001  (a peer's converter failing is a skipped cell, not a stop)
+            print(f"  {name}{suffix}.tflite: LiteRT's converter failed ({str(exc).splitlines()[0][:120]})")
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
 
 
 def host_cpu() -> dict:
@@ -103,13 +113,14 @@ def count_row(net: str, precision: str, files: dict, runtimes, cpu: str, target:
     """One table row: each runtime's count (or why it was skipped), and edgecls / best peer."""
     stem = net + ("_int8" if precision == "int8" else "")
     sources = {"edgecls": files[f"{stem}.onnx"], "onnxruntime": files[f"{stem}.onnx"],
-               "litert": files[f"{stem}.tflite"], "ncnn": files.get(f"{stem}.ncnn.param")}
+               "litert": files.get(f"{stem}.tflite"), "ncnn": files.get(f"{stem}.ncnn.param")}
     row: dict = {"net": net, "precision": precision, "cpu": cpu, "counts": {}, "skipped": {}}
     for rt in runtimes:
         t0 = time.perf_counter()
         try:
             if sources[rt] is None:
-                raise EdgeclsError(files.get("ncnn_skipped", f"no ncnn files for {precision}"))
+                raise EdgeclsError(files.get("ncnn_skipped", f"no ncnn files for {precision}") if rt == "ncnn"
+                                   else f"no {rt} model file for {stem} (its converter failed)")
             got = (count_edgecls(sources[rt], target, cpu, work) if rt == "edgecls"
                    else count_peer(rt, sources[rt], cpu))
         except EdgeclsError as exc:
@@ -167,9 +178,9 @@ def main() -> None:
     qemu = qemu_version("qemu-aarch64")
     print(f"host CPU: {host['model']} ({host['cores']} cores); flags: {' '.join(host['flags'])}")
     print(f"emulator: {qemu}; qemu CPU model: {args.cpu}" + (f", int8 also {args.dotprod_cpu}" if args.dotprod_cpu else ""))
-    files = make_nets(args.models)
+    files = make_nets(args.models, args.nets.split(","))
     if "ncnn" in runtimes:
-        files.update(ncnn_files(args.models))
+        files.update(ncnn_files(args.models, args.nets.split(",")))
     results = {"host": host, "qemu": qemu, "method": "(count of 3 inferences - count of 1) / 2, one thread; "
                "peers: main thread of an aarch64 CPython (per-thread plugin mode)",
                "versions": {"onnxruntime": "1.32.0", "ai-edge-litert": "2.3.0", "ncnn": "1.0.20261020"}, "rows": []}

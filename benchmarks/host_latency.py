@@ -1,7 +1,8 @@
 """Batch-1 latency on this machine: edgecls' TVM artifacts vs ONNX Runtime, LiteRT and torch.
 
-MobileNetV2- and ResNet-18-style networks (random weights: latency does not depend on them), fp32,
-224x224, every engine interleaved round by round in one process so machine noise hits all alike:
+MobileNetV2- and ResNet-18-style networks, and with --nets all the issue-16 families (ViT-tiny,
+MobileViT-XS at its own 256x256, EfficientNet-B0, ConvNeXt-Pico) (random weights: latency does not
+depend on them), fp32, 224x224, every engine interleaved round by round in one process so machine noise hits all alike:
 - onnxruntime (all graph optimisations), ai-edge-litert (XNNPACK, fp32 .tflite from litert-torch),
   torch eager;
 - TVM naive (`--no-schedules`: TVM 0.27's plain loop nests; only with --naive, it is slow),
@@ -35,11 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engines import litert_engine  # noqa: E402
 from edgecls.artifact.reference import onnx_session  # noqa: E402
 from edgecls.compile import tvm as tvm_adapter  # noqa: E402
-from edgecls.models import MobileNetV2, ResNet18  # noqa: E402
+from edgecls.models import REFERENCE_NETS as NETS  # noqa: E402
 from edgecls.optimize.prune import count_macs_params  # noqa: E402
 from edgecls.pipeline import CompileRequest, compile_artifact  # noqa: E402
 
-NETS = {"mobilenet_v2": lambda: MobileNetV2(num_classes=1000), "resnet18": lambda: ResNet18(num_classes=1000)}
 PEERS = ("onnxruntime", "litert", "torch")
 
 
@@ -103,8 +103,10 @@ def tvm_variant(onnx_path: Path, out: Path, *, schedules=True, trials=0, db: Pat
 
 def bench_net(name, args, work: Path) -> dict:
     torch.manual_seed(0)
-    model = NETS[name]().eval()
-    x = torch.randn(1, 3, args.size, args.size)
+    make, native = NETS[name]
+    model = make().eval()
+    size = native if args.size == 224 else args.size  # --size overrides every net's own size
+    x = torch.randn(1, 3, size, size)
     macs, _ = count_macs_params(model, x)
     onnx_path = work / f"{name}.onnx"
     torch.onnx.export(model, (x,), str(onnx_path), dynamo=True, external_data=False, verbose=False)
@@ -140,7 +142,7 @@ def bench_net(name, args, work: Path) -> dict:
     med = {k: statistics.median(v) for k, v in samples.items()}
     best_peer = min((k for k in PEERS if k in med), key=med.get)
     return {
-        "net": name, "input": [1, 3, args.size, args.size], "macs": int(macs),
+        "net": name, "input": [1, 3, size, size], "macs": int(macs),
         "median_ms": {k: round(v, 3) for k, v in med.items()},
         "p90_ms": {k: round(float(np.percentile(v, 90)), 3) for k, v in samples.items()},
         "runs": {k: len(v) for k, v in samples.items()},
@@ -156,7 +158,7 @@ def main():
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--nets", default="mobilenet_v2,resnet18")
+    ap.add_argument("--nets", default="mobilenet_v2,resnet18", help=f"comma list of {', '.join(NETS)}, or all")
     ap.add_argument("--trials", default="500,2000", help="Comma list of tuning budgets; 0 or '' for none.")
     ap.add_argument("--naive", action="store_true", help="Also time TVM without edgecls' schedules (slow).")
     ap.add_argument("--db-root", type=Path, default=None,
@@ -170,7 +172,7 @@ def main():
     peak = cpu_peak_gflops(args.threads)
     results = []
     with tempfile.TemporaryDirectory(prefix="edgecls-bench-") as tmp:
-        for name in args.nets.split(","):
+        for name in (list(NETS) if args.nets == "all" else args.nets.split(",")):
             r = bench_net(name, args, Path(tmp))
             results.append(r)
             print(f"\n{name} ({r['macs'] / 1e6:.0f} M MACs), best peer {r['best_peer']}; CPU fp32 peak "

@@ -122,9 +122,9 @@ def bench_run(artifact, *, board: str | None = None, local: bool = False, emulat
               runtime: str | None = None, threads: int | None = None, cores: str | None = None, runs: int = 50,
               warmup: int = 5, warmup_ms: float = 0, min_ms: float = 0, cooldown_ms: float = 0,
               batch_sizes=(1,), latency_budget: float | None = None, count: bool = False,
-              cpu_model: str | None = None, precision: str | None = None, out_dir="reports", parallel: int = 4,
-              inventory=None, ssh_config=None, accept_new_host_key: bool = False, on_change=None,
-              background_load: int = 0):
+              cpu_model: str | None = None, profile: bool = False, precision: str | None = None,
+              out_dir="reports", parallel: int = 4, inventory=None, ssh_config=None,
+              accept_new_host_key: bool = False, on_change=None, background_load: int = 0):
     """`bench` per place: a PlaceResult each (status, detail, report paths), failures included."""
     from edgecls.artifact.batches import parse_batches
     from edgecls.bench.counted import check_cpu_model
@@ -132,13 +132,18 @@ def bench_run(artifact, *, board: str | None = None, local: bool = False, emulat
     from edgecls.bench.load import check_background_load
     from edgecls.bench.run import make_places, run_bench
     from edgecls.bench.tensorrt import check_precision
+    if count and profile:
+        raise UsageError("--count (instructions under qemu) and --profile (time here) are two runs: give one")
+    if profile and background_load:
+        raise UsageError("--profile times kernels on a quiet machine; drop --background-load, or time the busy "
+                         "board without --profile")
     runtimes = parse_runtimes(runtime)
     batches = parse_batches(batch_sizes if isinstance(batch_sizes, str) else ",".join(map(str, batch_sizes)))
     opts = BenchOptions(runtimes=runtimes, threads=threads, cores=cores, runs=runs, warmup=warmup,
                         warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms,
                         extra={"precision": check_precision(precision, runtimes)}, batches=batches,
                         latency_budget_ms=latency_budget, count=count, count_cpu=check_cpu_model(cpu_model, count),
-                        background_load=check_background_load(background_load, count))
+                        background_load=check_background_load(background_load, count), profile=profile)
     places = make_places(board, local, emulate, inventory, ssh_config, accept_new_host_key)
     path = getattr(artifact, "path", artifact)
     return run_bench(Path(path), places, opts, Path(out_dir), parallel, on_change=on_change or (lambda rs: None))
@@ -157,8 +162,9 @@ def failure(results, out_dir) -> str | None:
 def bench(artifact, *, out_dir="reports", **options) -> list[dict]:
     """Benchmark an artifact (an `Artifact` or its path) on boards (`board="rk1,rk2"` or "all") or
     here (`local=True`, `emulate=True` for an aarch64 artifact under qemu); the keywords are
-    `edgecls bench`'s options. Returns the reports (dicts, also written to out_dir as JSON);
-    raises EdgeclsError when a place failed, after writing the others' reports."""
+    `edgecls bench`'s options (`profile=True`: time per kernel here, in each report's `profile`;
+    `background_load=N`: N busy processes beside each runtime). Returns the reports (dicts, also
+    written to out_dir as JSON); raises EdgeclsError when a place failed, after writing the others'."""
     import json
 
     from edgecls.errors import EdgeclsError

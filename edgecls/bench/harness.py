@@ -45,6 +45,7 @@ class BenchOptions:
     count: bool = False  # instructions per inference under qemu instead of timing (bench/counted.py)
     count_cpu: str | None = None  # the qemu CPU model to count on; default: the target's first
     background_load: int = 0  # busy processes on the place while each runtime is measured (bench/load.py)
+    profile: bool = False  # time per kernel in the Relax VM on this machine (bench/profiled.py)
 
 
 class PartialBench(ArtifactError):
@@ -143,6 +144,11 @@ def bench_one(artifact: Path, place: Place, opts: BenchOptions, log=lambda m: No
     choice = choose_threads(opts.threads, cores, manifest["target"], place, opts.cores)
     opts, cores = replace(opts, threads=choice.threads, extra={**opts.extra, "threads_how": choice.how}), choice.cores
     log(f"{place.name}: threads {choice.threads} ({choice.how})")
+    if opts.profile:
+        from edgecls.bench.profiled import check_profilable, profile_report
+        check_profilable(place, opts.runtimes)
+        return [profile_report(artifact, manifest, place, opts, cores, remote_dir, batch, log)
+                for batch in opts.batches]
     auto = opts.runtimes == (AUTO,)
     runtimes = expand_auto(manifest) if auto else (opts.runtimes or default_runtimes(manifest))
     reports, failures, unavailable = [], [], []

@@ -21,6 +21,9 @@ from edgecls.errors import EdgeclsError
               "(the target's CPU model, one thread) instead of timing: deterministic emulated instructions, not time.")
 @click.option("--cpu-model", default=None, metavar="QEMU_CPU",
               help="With --count: the qemu CPU model to count on (e.g. cortex-a53); default: the target's.")
+@click.option("--profile", is_flag=True, help="With --local: time per kernel (name, calls, ms and share of an "
+              "inference per kernel, most first) in TVM's Relax VM here; the report's `profile` lists every kernel.")
+@click.option("--top", default=15, show_default=True, type=click.IntRange(1), help="With --profile: kernels shown.")
 @click.option("--runtime", default=None, help="auto (every CPU runtime the artifact carries; the fastest is "
               "recorded) or a comma list of tvm,onnxruntime,tflite,tensorrt. Default: the artifact's backend "
               "(compile --backend), else tvm.")
@@ -46,8 +49,9 @@ from edgecls.errors import EdgeclsError
 @ssh_config_option
 @accept_new_option
 @mlflow_option
-def bench(artifact, board_spec, local, emulate, count, cpu_model, runtime, precision, threads, cores, runs, warmup, warmup_ms, min_ms,
-          cooldown_ms, background_load, parallel, batches, latency_budget, out_dir, inventory, ssh_config, accept_new_host_key,
+def bench(artifact, board_spec, local, emulate, count, cpu_model, profile, top, runtime, precision, threads, cores,
+          runs, warmup, warmup_ms, min_ms, cooldown_ms, background_load, parallel, batches, latency_budget, out_dir,
+          inventory, ssh_config, accept_new_host_key,
           mlflow_uri):
     """Benchmark an artifact on boards (in parallel) or locally; one JSON report per board and runtime."""
     from rich.live import Live
@@ -61,11 +65,11 @@ def bench(artifact, board_spec, local, emulate, count, cpu_model, runtime, preci
         results = api.bench_run(
             artifact, board=board_spec, local=local, emulate=emulate, runtime=runtime, threads=threads, cores=cores,
             runs=runs, warmup=warmup, warmup_ms=warmup_ms, min_ms=min_ms, cooldown_ms=cooldown_ms,
-            batch_sizes=batches, latency_budget=latency_budget, count=count, cpu_model=cpu_model,
+            batch_sizes=batches, latency_budget=latency_budget, count=count, cpu_model=cpu_model, profile=profile,
             precision=precision, out_dir=out_dir, parallel=parallel, inventory=inventory, ssh_config=ssh_config,
             accept_new_host_key=accept_new_host_key, on_change=lambda rs: live.update(fleet_table(rs)),
             background_load=background_load)
-    bench_summary(results)
+    bench_summary(results, top)
     if mlflow_uri:
         from edgecls.report.mlflow_log import log_bench
         runs_logged = log_bench(mlflow_uri, [p for r in results for p in r.reports])
@@ -110,6 +114,27 @@ def count_table(reports: list[dict], top: int = 5):
     return table
 
 
+def profile_table(report: dict, top: int):
+    """--profile: the `top` kernels by time, then the kinds of kernel (conv2d, matmul, ...)."""
+    from rich.table import Table
+    prof = report["profile"]
+    table = Table(title=f"time per kernel per inference: {report['artifact']['name']}, {report['threads']} "
+                        f"thread(s); {prof['kernels_ms']:.3f} ms in calls (instrumented run "
+                        f"{prof['instrumented_ms']:.3f} ms, plain run {prof['inference_ms']:.3f} ms)")
+    for col in ("kernel", "kind", "calls", "ms", "% of inference"):
+        table.add_column(col, justify="left" if col in ("kernel", "kind") else "right")
+    for k in prof["kernels"][:top]:
+        table.add_row(k["name"], k["kind"], str(k["calls"]), f"{k['total_ms']:.3f}", f"{k['share']:.1%}")
+    rest = prof["kernels"][top:]
+    if rest:
+        table.add_row(f"({len(rest)} more)", "", str(sum(k["calls"] for k in rest)),
+                      f"{sum(k['total_ms'] for k in rest):.3f}", f"{sum(k['share'] for k in rest):.1%}")
+    table.add_section()
+    for k in prof["kinds"]:
+        table.add_row(f"all {k['kind']}", k["kind"], str(k["calls"]), f"{k['total_ms']:.3f}", f"{k['share']:.1%}")
+    return table
+
+
 def _measurement_warnings(r: dict) -> list[str]:
     """Why a report's times may not be the board's real speed."""
     system = r.get("system") or {}
@@ -136,16 +161,19 @@ def fleet_table(results):
     return table
 
 
-def bench_summary(results) -> int:
+def bench_summary(results, top: int = 15) -> int:
     """Print every report written and the per-runtime table; returns how many places failed."""
     from edgecls.commands.views import console
     reports = [json.loads(p.read_text()) for r in results for p in r.reports]
-    timed = [r for r in reports if not r.get("instructions")]
+    timed = [r for r in reports if not r.get("instructions") and not r.get("profile")]
     counted = [r for r in reports if r.get("instructions")]
     if timed:
         console.print(bench_table(timed))
     if counted:
         console.print(count_table(counted))
+    for r in reports:
+        if r.get("profile"):
+            console.print(profile_table(r, top))
     for line in _threads_lines(timed):
         console.print(line, highlight=False)
     for line in _runtime_choice_lines(reports):

@@ -11,6 +11,8 @@ left as it was and counted "unscheduled".
     widening_int8.py    int8 x int8 -> int32 conv2d/dense with a widening tensor intrinsic
     neon_fp32.py        float32 conv2d/dense on aarch64 with the by-lane FMA intrinsic
     neon_bytes.py       8-bit kernels (max pool, pad, residual add, quantize) on aarch64, 16 lanes
+    padded_reduction.py one reduction block whose vector axis is odd (attention q @ k^T over 197
+                        tokens): padded to whole vectors, then the reduction rule
     reduction.py        one reduction block: conv2d, depthwise, dense, pooling (register tiles)
     multi_reduction.py  other reductions: parallel over the leading spatial loops only
     injective.py        no reduction: elementwise, transpose, padding (vectorized, parallel)
@@ -32,6 +34,7 @@ from edgecls.compile.tvm.schedules.neon_bytes import NeonByteRule
 from edgecls.compile.tvm.schedules.neon_dot import NeonDotRule
 from edgecls.compile.tvm.schedules.neon_dot_depthwise import NeonDotDepthwiseRule
 from edgecls.compile.tvm.schedules.neon_fp32 import NeonFp32Rule
+from edgecls.compile.tvm.schedules.padded_reduction import PaddedReductionRule
 from edgecls.compile.tvm.schedules.reduction import ReductionRule
 from edgecls.compile.tvm.schedules.rule import Applied, NotRecognised, Rule, RuleTarget
 from edgecls.compile.tvm.schedules.widening_int8 import WideningInt8Rule, widening_disabled
@@ -50,6 +53,7 @@ RULES: tuple[Rule, ...] = (
     WideningInt8Rule(),  # an int8 x int8 -> int32 reduction, on a target with a widening intrinsic
     NeonFp32Rule(),  # a float32 reduction on aarch64: conv2d/dense with by-lane FMA
     NeonByteRule(),  # 8-bit output (max pool, pad, add, quantize) on aarch64: 16 lanes
+    PaddedReductionRule(),  # one einsum reduction whose vector axis is odd: padded, then as below
     ReductionRule(),  # exactly one reduction block whose output channel has a contiguous operand
     ParallelReductionsRule(),  # any other reduction: parallel loops only
     InjectiveRule(),  # no reduction

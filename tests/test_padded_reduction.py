@@ -1,0 +1,108 @@
+"""The padded-reduction rule: an attention score matmul over an odd number of tokens gets whole
+vectors (padded), stays exact, and a rule-less case (a conv, a narrow axis) is left to the others."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import needs_host_cpu, x86_target
+from edgecls.compile import tvm as tvm_adapter
+from edgecls.compile.tvm.schedules import RULES, rule_schedule, rule_target
+from edgecls.compile.tvm.schedules.padded_reduction import PaddedReductionRule
+
+tvm = tvm_adapter.load_tvm()
+import tvm_ffi  # noqa: E402
+from tvm import relax  # noqa: E402
+
+TARGET = tvm_adapter.resolve_target(x86_target("znver3"))  # AVX2: 8 lanes, whatever the host
+
+
+def _scores_net(tokens: int, dim: int = 64, heads: int = 3):
+    """x (1, heads, tokens, dim) -> x @ x^T, the q @ k^T of an attention head."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, heads, tokens, dim), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            kt = bb.emit(relax.op.permute_dims(x, [0, 1, 3, 2]))
+            out = bb.emit_output(bb.emit(relax.op.matmul(x, kt)))
+        bb.emit_func_output(out)
+    fused, _ = tvm_adapter.run_graph_passes(bb.get(), TARGET, layout=None)
+    return fused
+
+
+def _matmul_func(mod):
+    return next(f for g, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and "matmul" in g.name_hint)
+
+
+def _vector_widths(func) -> list[int]:
+    widths = []
+
+    def visit(node):
+        if tvm.tirx.ForKind(int(node.kind)).name == "VECTORIZED":
+            widths.append(int(node.extent))
+
+    tvm_ffi.structural_walk(func.body, (tvm.tirx.For, visit), order="pre")
+    return widths
+
+
+def test_odd_token_matmul_is_padded_to_whole_vectors():
+    target = rule_target(TARGET)
+    func = _matmul_func(_scores_net(197))
+    with target.target:
+        sch, kind = rule_schedule(func, target)
+        applied = next(r for r in RULES if r.apply(func, target) is not None)
+    assert applied.name == "padded-reduction" and kind == "dense"
+    assert 8 in _vector_widths(sch.mod["main"])  # the tokens in whole AVX2 vectors
+    assert "_pad = T.sblock_alloc_buffer" in sch.mod["main"].script()  # the zero-padded operand
+
+
+@pytest.mark.parametrize("tokens", [16, 12])  # 16: 8 lanes, no padding; 12: 4 lanes, enough
+def test_token_counts_with_wide_divisors_are_not_padded(tokens):
+    target = rule_target(TARGET)
+    with target.target:
+        assert PaddedReductionRule().apply(_matmul_func(_scores_net(tokens)), target) is None
+
+
+@needs_host_cpu("znver3")
+def test_padded_matmul_matches_numpy():
+    x = np.random.default_rng(0).standard_normal((1, 3, 197, 64)).astype("float32")
+    executable, stats = tvm_adapter.build_executable(_scores_net(197), TARGET, schedules=True)
+    got = tvm_adapter.load_executable(executable)(x)
+    np.testing.assert_allclose(got, x @ x.transpose(0, 1, 3, 2), rtol=1e-4, atol=1e-3)
+    assert stats["dense"] == 1 and stats["unscheduled"] == 0
+
+
+def _mlp_net(tokens: int, dim: int, hidden: int):
+    """x (1, tokens, dim) @ W (dim, hidden) + b: a transformer MLP's first layer."""
+    rng = np.random.default_rng(1)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, tokens, dim), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.const(rng.standard_normal((dim, hidden)).astype("float32"))))
+            y = bb.emit(relax.op.add(y, relax.const(rng.standard_normal((hidden,)).astype("float32"))))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_prime_token_rows_are_padded_to_a_full_register_tile():
+    target = rule_target(TARGET)
+    mod = _mlp_net(197, 64, 256)
+    func = _matmul_func(tvm_adapter.run_graph_passes(mod, TARGET, layout=None)[0])
+    with target.target:
+        applied = PaddedReductionRule().apply(func, target)
+        assert applied is not None and applied.kind == "dense"
+        assert PaddedReductionRule().apply(_matmul_func(tvm_adapter.run_graph_passes(
+            _mlp_net(192, 64, 256), TARGET, layout=None)[0]), target) is None  # 192 rows: a 6-row tile as it is
+
+
+@needs_host_cpu("znver3")
+def test_padded_rows_match_numpy():
+    mod = _mlp_net(197, 64, 256)
+    x = np.random.default_rng(0).standard_normal((1, 197, 64)).astype("float32")
+    fused, _ = tvm_adapter.run_graph_passes(mod, TARGET, layout=None)
+    want = tvm_adapter.load_executable(tvm_adapter.build_executable(fused, TARGET, schedules=False)[0])(x)
+    got = tvm_adapter.load_executable(tvm_adapter.build_executable(fused, TARGET, schedules=True)[0])(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
