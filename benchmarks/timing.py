@@ -1,0 +1,144 @@
+"""Each runtime timed in its own process, so no other runtime's thread pool competes with it.
+
+Why: thread pools of several runtimes in one process fight. Measured on the Zen 3 EPYC: ORT
+ResNet-18 on 2 threads took 16.9 ms interleaved with TVM, LiteRT and torch in one process and
+9.0-9.5 ms alone; on the Zen 4 EPYC ORT int8 MobileNetV2 took 8.53 ms on 2 threads in one process
+vs 3.90 ms on 1 thread. So every engine lives in a child process of its own (`Worker`): the child
+loads the engine once and waits on its stdin; the parent asks one child at a time for n timed
+calls (never two children running at once) and keeps the round-robin order between them, so
+machine noise still hits all engines alike. A pause before each turn lets the previous child's
+pool threads stop spinning and sleep.
+
+One-shot use, for a single engine (JSON list of per-call ms on stdout):
+
+    python benchmarks/timing.py time --kind tvm|ort|litert|torch --path P --threads N
+        --input x.npy [--runs 20] [--warmup 3] [--save-output out.npy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+KINDS = ("tvm", "ort", "litert", "torch")
+SETTLE_S = 0.1  # idle pools (ORT, TVM) spin well under this after a call, then block
+
+
+def load_engine(kind: str, path: Path, threads: int):
+    """A callable x -> first output (numpy) for one model file, on `threads` threads."""
+    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(HERE))
+    if kind == "tvm":
+        os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's pool starts
+        from edgecls.compile.tvm import load_host_library
+        return load_host_library(path)
+    if kind == "ort":
+        from engines import ort_engine
+        return ort_engine(path, threads)
+    if kind == "litert":
+        from engines import litert_engine
+        return litert_engine(path, threads)
+    if kind == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        model = torch.load(path, weights_only=False).eval()  # a whole module saved by the parent
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).numpy()
+        return run
+    raise ValueError(f"unknown engine kind {kind!r}; one of {', '.join(KINDS)}")
+
+
+def timed_calls(fn, x: np.ndarray, runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(x)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def serve(fn, x: np.ndarray) -> None:
+    """The child's loop: one JSON request a line on stdin, one JSON reply a line on stdout.
+    {"runs": n} -> {"ms": [...]}; {"output": path} -> np.save of one call's output, {"saved": path}."""
+    for line in sys.stdin:
+        req = json.loads(line)
+        if "runs" in req:
+            reply = {"ms": timed_calls(fn, x, int(req["runs"]))}
+        else:
+            np.save(req["output"], np.asarray(fn(x)))
+            reply = {"saved": req["output"]}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+class Worker:
+    """One engine in its own child process, loaded once, warmed up, then timed on request."""
+
+    def __init__(self, kind: str, path: Path, threads: int, input_npy: Path, warmup: int = 3):
+        argv = [sys.executable, str(Path(__file__).resolve()), "serve", "--kind", kind, "--path", str(path),
+                "--threads", str(threads), "--input", str(input_npy), "--warmup", str(warmup)]
+        env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+        self.name = f"{kind}:{Path(path).name}"
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self._ask(None)  # the child says it is loaded and warm
+
+    def _ask(self, req: dict | None) -> dict:
+        if req is not None:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+        for line in self.proc.stdout:  # skips anything a runtime prints that is not a reply
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"timing child {self.name} exited (code {self.proc.wait()}); see its stderr above")
+
+    def time(self, runs: int) -> list[float]:
+        """Per-call milliseconds of `runs` calls, after a pause that lets idle peers' pools sleep."""
+        time.sleep(SETTLE_S)
+        return self._ask({"runs": runs})["ms"]
+
+    def output(self, path: Path) -> np.ndarray:
+        self._ask({"output": str(path)})
+        return np.load(path)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=("time", "serve"))
+    ap.add_argument("--kind", choices=KINDS, required=True)
+    ap.add_argument("--path", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--input", type=Path, required=True, help="The input tensor, a .npy file.")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--save-output", type=Path, help="time: also np.save one call's output here.")
+    args = ap.parse_args()
+    x = np.load(args.input)
+    fn = load_engine(args.kind, args.path, args.threads)
+    timed_calls(fn, x, args.warmup)
+    if args.mode == "serve":
+        sys.stdout.write(json.dumps({"ready": True}) + "\n")
+        sys.stdout.flush()
+        serve(fn, x)
+        return
+    if args.save_output:
+        np.save(args.save_output, np.asarray(fn(x)))
+    print(json.dumps(timed_calls(fn, x, args.runs)))
+
+
+if __name__ == "__main__":
+    main()
