@@ -70,6 +70,16 @@ def timed_calls(fn, x: np.ndarray, runs: int) -> list[float]:
     return out
 
 
+def die_with_parent() -> None:
+    """A served child is stopped most of the time: if the parent dies (killed, not closing it),
+    the kernel kills the child (PR_SET_PDEATHSIG) instead of leaving it stopped forever."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass  # not Linux: close() still ends the child on every normal exit
+
+
 def serve(fn, x: np.ndarray) -> None:
     """The child's loop: one JSON request a line on stdin, one JSON reply a line on stdout.
     {"runs": n} -> {"ms": [...]}; {"output": path} -> np.save of one call's output, {"saved": path}."""
@@ -145,6 +155,7 @@ def main() -> None:
     fn = load_engine(args.kind, args.path, args.threads)
     timed_calls(fn, x, args.warmup)
     if args.mode == "serve":
+        die_with_parent()
         sys.stdout.write(json.dumps({"ready": True}) + "\n")
         sys.stdout.flush()
         serve(fn, x)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,21 @@ def test_one_shot_time_prints_per_call_ms(tiny, tmp_path):
                            "--save-output", str(tmp_path / "o.npy")], capture_output=True, text=True, check=True)
     assert len(json.loads(done.stdout.strip().splitlines()[-1])) == 4
     assert np.load(tmp_path / "o.npy").shape == (1, 8)
+
+
+def test_stopped_child_dies_with_its_parent(tiny):
+    """A parent killed outright leaves no stopped child behind."""
+    model, x = tiny
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from timing import Worker; "
+            f"w = Worker('ort', {str(model)!r}, 1, {str(x)!r}, warmup=1); print(w.proc.pid, flush=True); "
+            "import time; time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        if not Path(f"/proc/{child}").exists() or _state(child) == "Z":
+            break
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or _state(child) == "Z"
