@@ -27,9 +27,10 @@ Not a test: run it on a quiet machine (it reports the load average it saw).
 
     .venv/bin/python benchmarks/int8.py [--size 224] [--rounds 5] [--iters 10] [--threads 2]
         [--nets mobilenet_v2,resnet18] [--trials 0] [--out benchmarks/results/int8.json] [--work DIR]
+        [--build-only]
 
---work DIR keeps every model file and build there and reuses them: build once (under a shared
-lock, with other work going on), then time the kept builds on a quiet machine.
+--work DIR keeps every model file and build there and reuses them: build once (--build-only,
+under a shared lock, with other work going on), then time the kept builds on a quiet machine.
 """
 
 from __future__ import annotations
