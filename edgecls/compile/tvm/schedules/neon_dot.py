@@ -85,6 +85,38 @@ def vector_weight(sch, block):
     return weights[0]
 
 
+def tensorize_c4(sch, update, ndim: int, at: int, k: int, intrin: str, whole: int, per_iteration: int) -> None:
+    """The c4 rules' (this one's and x86_vnni's) last steps on the reduction rule's update block:
+    the weight (ndim dims before the rule) packed c4, the input channel loop at `at` split into
+    steps of k innermost, the steps unrolled (_unroll_steps) and each tensorized as `intrin`."""
+    weight = vector_weight(sch, update)
+    # The tile's channels: pack_last_axis's block, or all O when it left the weight as it was.
+    if not pack_c4(sch, update, weight, int(weight.shape[-1]), blocked=len(weight.shape) > ndim):
+        raise NotRecognised("the weight is not a constant that packs by fours")
+    # [.., ci, rows (unrolled), vectors (unrolled), lanes] -> [.., ci/k, rows, vectors, lanes, k]
+    loops = sch.get_loops(update)
+    k_o, k_i = sch.split(loops[at], [None, k])
+    sch.reorder(k_o, *loops[at + 1:], k_i)
+    _unroll_steps(sch, loops, at, k_o, whole, per_iteration)
+    sch.tensorize(sch.get_loops(update)[-2], intrin)
+
+
+def _unroll_steps(sch, loops, at: int, k_o, whole: int, per_iteration: int) -> None:
+    """Unroll the c4 step loop k_o (both c4 rules): whole when it has 2..`whole` steps, else
+    `per_iteration` steps per loop iteration (fewer pointer bumps and branches). A one-step
+    kernel (an RGB stem, 4 channels) unrolls its kernel-width taps instead, so rows that read the
+    same pixel at different taps share its load. LLVM did this itself until the 8-lane epilogue
+    grew the function: ResNet-18's 7x7 stem 17.3 -> 25.7 M instructions (dotprod) without it."""
+    steps = th.extent(sch, k_o)
+    if 1 < steps <= whole:
+        sch.unroll(k_o)
+    elif steps % per_iteration == 0:
+        _, inner = sch.split(k_o, [None, per_iteration])
+        sch.unroll(inner)
+    elif steps == 1 and at > 0 and th.extent(sch, loops[at - 1]) <= MAX_UNROLLED_TAPS:
+        sch.unroll(loops[at - 1])
+
+
 def schedule_dot(sch, block) -> str:
     """The reduction rule with dot_tile's tile, the weight packed c4 and the c4 sdot intrinsic as
     the innermost step. Returns the stats key."""
@@ -100,25 +132,7 @@ def schedule_dot(sch, block) -> str:
     k = next((k for k in K if th.extent(sch, loops[at]) % k == 0), None)
     if k is None or th.extent(sch, loops[-1]) != LANES:
         raise NotRecognised("input channels not in fours, or a vector narrower than the intrinsic")
-    weight = vector_weight(sch, update)
-    # The tile's channels: pack_last_axis's block, or all O when it left the weight as it was.
-    if not pack_c4(sch, update, weight, int(weight.shape[-1]), blocked=len(weight.shape) > ndim):
-        raise NotRecognised("the weight is not a constant that packs by fours")
-    # [.., ci, rows (unrolled), vectors (unrolled), lanes] -> [.., ci/k, rows, vectors, lanes, k]
-    loops = sch.get_loops(update)
-    k_o, k_i = sch.split(loops[at], [None, k])
-    sch.reorder(k_o, *loops[at + 1:], k_i)
-    if 1 < th.extent(sch, k_o) <= MAX_UNROLLED_STEPS:
-        sch.unroll(k_o)
-    elif th.extent(sch, k_o) % STEPS_PER_ITERATION == 0:
-        _, steps = sch.split(k_o, [None, STEPS_PER_ITERATION])
-        sch.unroll(steps)
-    elif th.extent(sch, k_o) == 1 and at > 0 and th.extent(sch, loops[at - 1]) <= MAX_UNROLLED_TAPS:
-        # One step per tap (an RGB stem, 4 channels): the kernel-width taps unrolled, so rows
-        # that read the same pixel at different taps share its load. LLVM did this itself until
-        # the 8-lane epilogue grew the function: ResNet-18's 7x7 stem 17.3 -> 25.7 M without it.
-        sch.unroll(loops[at - 1])
-    sch.tensorize(sch.get_loops(update)[-2], dot_c4_intrin(k))
+    tensorize_c4(sch, update, ndim, at, k, dot_c4_intrin(k), MAX_UNROLLED_STEPS, STEPS_PER_ITERATION)
     return kind
 
 

@@ -26,17 +26,15 @@ from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.schedules import tir as th
 from edgecls.compile.tvm.schedules.isa import has_vnni
 from edgecls.compile.tvm.schedules.isa.x86_vnni import C4_LANES, GROUP, LANES, vnni_c4_intrin
-from edgecls.compile.tvm.schedules.neon_dot import vector_weight
+from edgecls.compile.tvm.schedules.neon_dot import tensorize_c4, vector_weight
 from edgecls.compile.tvm.schedules.neon_fp32 import channel_loop
-from edgecls.compile.tvm.schedules.prepack import pack_c4
 from edgecls.compile.tvm.schedules.reduction import register_tile, schedule_reduction
 from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
 from edgecls.compile.tvm.schedules.widening_int8 import widening_enabled
 
 MAX_VECTORS = 4  # 32 output channels per row (oneDNN's and XNNPACK's VNNI GEMMs: 16 to 64)
 LOOP_INSTRUCTIONS = 1  # per step of 4 channels, with STEPS_PER_ITERATION steps unrolled
-STEPS_PER_ITERATION = 4
-MAX_UNROLLED_TAPS = 7  # kernel-width taps unrolled in one-step kernels (the RGB stem)
+STEPS_PER_ITERATION = 4  # and kernels of 2 to 4 steps unrolled whole (neon_dot.tensorize_c4)
 
 
 def register_budget(target) -> int:
@@ -73,20 +71,6 @@ def _uint8_product(stmt) -> None:
         raise NotRecognised("not a uint8 x int8 -> int32 reduction")
 
 
-def _unroll_steps(sch, loops, at: int, k_o) -> None:
-    """Unroll STEPS_PER_ITERATION steps per loop iteration (fewer pointer bumps and branches);
-    a one-step kernel (the RGB stem, 4 channels) unrolls its kernel-width taps instead, so rows
-    that read the same pixel at different taps share its load."""
-    steps = th.extent(sch, k_o)
-    if 1 < steps <= STEPS_PER_ITERATION:
-        sch.unroll(k_o)
-    elif steps % STEPS_PER_ITERATION == 0:
-        _, inner = sch.split(k_o, [None, STEPS_PER_ITERATION])
-        sch.unroll(inner)
-    elif steps == 1 and at > 0 and th.extent(sch, loops[at - 1]) <= MAX_UNROLLED_TAPS:
-        sch.unroll(loops[at - 1])
-
-
 def schedule_vnni(sch, block, target) -> str:
     """The reduction rule with vnni_tile's tile, the weight packed c4 and the c4 vpdpbusd
     intrinsic as the innermost step. Returns the stats key."""
@@ -103,15 +87,7 @@ def schedule_vnni(sch, block, target) -> str:
     lanes = th.extent(sch, loops[-1])
     if th.extent(sch, loops[at]) % GROUP or lanes not in C4_LANES:
         raise NotRecognised("input channels not in fours, or a vector narrower than the intrinsic")
-    weight = vector_weight(sch, update)
-    if not pack_c4(sch, update, weight, int(weight.shape[-1]), blocked=len(weight.shape) > ndim):
-        raise NotRecognised("the weight is not a constant that packs by fours")
-    # [.., ci, rows (unrolled), vectors (unrolled), lanes] -> [.., ci/4, rows, vectors, lanes, 4]
-    loops = sch.get_loops(update)
-    k_o, k_i = sch.split(loops[at], [None, GROUP])
-    sch.reorder(k_o, *loops[at + 1:], k_i)
-    _unroll_steps(sch, loops, at, k_o)
-    sch.tensorize(sch.get_loops(update)[-2], vnni_c4_intrin(lanes))
+    tensorize_c4(sch, update, ndim, at, GROUP, vnni_c4_intrin(lanes), STEPS_PER_ITERATION, STEPS_PER_ITERATION)
     return kind
 
 

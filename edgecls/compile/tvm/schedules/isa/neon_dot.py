@@ -19,10 +19,10 @@ from __future__ import annotations
 import functools
 
 from edgecls.compile.tvm.core import load_tvm
-from edgecls.compile.tvm.schedules.tir import ACC_SCOPE
+from edgecls.compile.tvm.schedules.isa.common import C4_GROUP, c4_prim_func
 
 LANES = 4  # output channels per call: one int32x4 accumulator
-GROUP = 4  # input channels per sdot lane
+GROUP = C4_GROUP  # input channels per sdot lane
 K = (16, 8, 4)  # input channels per call, the widest that divides the kernel's count first
 
 
@@ -41,34 +41,8 @@ def dot_c4(A, B, acc, k: int):
 
 
 def _prim_func(k: int, implement: bool):
-    """The intrinsic's description (C[i] += A[r] * B[r // 4, i, r % 4], i < 4 vectorized as the
-    reduction rule leaves it, r < k) or its implementation, over the same buffers: A k
-    contiguous int8 activations, B the weight's [k / 4, 4, 4] c4 block (any group stride), C the
-    tile's int32 accumulator in ACC_SCOPE."""
-    from tvm.script import tirx as T
-
-    groups = k // GROUP
-
-    @T.prim_func(s_tir=True)
-    def func(a: T.handle, b: T.handle, c: T.handle) -> None:
-        s0 = T.int64()
-        A = T.match_buffer(a, (T.int64(k),), "int8", offset_factor=1)
-        B = T.match_buffer(b, (T.int64(groups), T.int64(LANES), T.int64(GROUP)), "int8", offset_factor=1,
-                           strides=[s0, T.int64(GROUP), T.int64(1)])
-        C = T.match_buffer(c, (T.int64(LANES),), "int32", offset_factor=1, scope=ACC_SCOPE)
-        with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:k], B[0:groups, 0:LANES, 0:GROUP])
-            T.writes(C[0:LANES])
-            if not implement:
-                for i in T.vectorized(T.int64(LANES)):
-                    for r in T.serial(T.int64(k)):
-                        with T.sblock("update"):
-                            vi, vr = T.axis.remap("SR", [i, r])
-                            C[vi] = C[vi] + T.Cast("int32", A[vr]) * T.Cast("int32", B[vr // 4, vi, vr % 4])
-            else:
-                C[T.ramp(T.int64(0), 1, LANES)] = dot_c4(A, B, C[T.ramp(T.int64(0), 1, LANES)], k)
-
-    return func
+    """The c4 intrinsic over k int8 activations and the weight's [k / 4, 4, 4] c4 block."""
+    return c4_prim_func(k, LANES, "int8", lambda A, B, acc: dot_c4(A, B, acc, k), implement)
 
 
 @functools.cache

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 
 from edgecls.compile.tvm.core import load_tvm
-from edgecls.compile.tvm.schedules.tir import ACC_SCOPE
+from edgecls.compile.tvm.schedules.isa.common import C4_GROUP, c4_prim_func
 
 LANES = 8  # output channels per call: one int32x8 accumulator (ymm)
 # The c4 intrinsic's widths. 16 (zmm, where the CPU has AVX512-VNNI) measured no faster: Zen 4,
@@ -29,7 +29,7 @@ LANES = 8  # output channels per call: one int32x8 accumulator (ymm)
 # coarser channel tiles, 24-channel layers back on ymm), though a zmm vpdpbusd loop alone runs
 # 228 GMAC/s against ymm's 187 (benchmarks/mac_ceiling.py). So the rule takes ymm.
 C4_LANES = (8,)
-GROUP = 4  # input channels per vpdpbusd lane
+GROUP = C4_GROUP  # input channels per vpdpbusd lane
 # LLVM selects the VEX form (AVX-VNNI) of the 256-bit one where there is no AVX512VL.
 VPDPBUSD = {8: "llvm.x86.avx512.vpdpbusd.256", 16: "llvm.x86.avx512.vpdpbusd.512"}
 
@@ -67,32 +67,8 @@ def c4_mac(A, B, acc, lanes: int):
 
 
 def _c4_prim_func(lanes: int, implement: bool):
-    """The c4 intrinsic's description (C[i] += A[r] * B[0, i, r], i < lanes vectorized as the
-    reduction rule leaves it, r < 4) or its implementation: A 4 contiguous uint8 activations, B
-    the weight's [1, lanes, 4] c4 block, C the tile's int32 accumulator in ACC_SCOPE."""
-    from tvm.script import tirx as T
-    LANES = lanes  # noqa: N806  (the TVMScript below reads it as a constant)
-
-    @T.prim_func(s_tir=True)
-    def func(a: T.handle, b: T.handle, c: T.handle) -> None:
-        s0 = T.int64()
-        A = T.match_buffer(a, (T.int64(GROUP),), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (T.int64(1), T.int64(LANES), T.int64(GROUP)), "int8", offset_factor=1,
-                           strides=[s0, T.int64(GROUP), T.int64(1)])
-        C = T.match_buffer(c, (T.int64(LANES),), "int32", offset_factor=1, scope=ACC_SCOPE)
-        with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:GROUP], B[0:1, 0:LANES, 0:GROUP])
-            T.writes(C[0:LANES])
-            if not implement:
-                for i in T.vectorized(T.int64(LANES)):
-                    for r in T.serial(T.int64(GROUP)):
-                        with T.sblock("update"):
-                            vi, vr = T.axis.remap("SR", [i, r])
-                            C[vi] = C[vi] + T.Cast("int32", A[vr]) * T.Cast("int32", B[vr // 4, vi, vr % 4])
-            else:
-                C[T.ramp(T.int64(0), 1, LANES)] = c4_mac(A, B, C[T.ramp(T.int64(0), 1, LANES)], LANES)
-
-    return func
+    """The c4 intrinsic over 4 uint8 activations and the weight's [1, lanes, 4] c4 block."""
+    return c4_prim_func(GROUP, lanes, "uint8", lambda A, B, acc: c4_mac(A, B, acc, lanes), implement)
 
 
 @functools.cache
