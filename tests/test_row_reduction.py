@@ -103,3 +103,40 @@ def test_scheduled_rows_match_numpy(tokens):
         executable, _ = tvm_adapter.build_executable(fused, TARGET, schedules=True)
         got = np.asarray(tvm_adapter.load_executable(executable)(x))
         np.testing.assert_allclose(got, ref(x.astype("float64")), rtol=1e-4, atol=1e-5)
+
+
+def _softmax_layer_norm_onnx(path, shape=(1, 3, 16, 16)):
+    """ONNX x -> Softmax(last axis) -> LayerNormalization(last axis): both kernels of the rule."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape[-1]).astype("float32"), n) for n in ("g", "b")]
+    nodes = [helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("Softmax", ["xs"], ["p"], axis=-1),
+             helper.make_node("LayerNormalization", ["p", "g", "b"], ["out"], axis=-1, epsilon=1e-5)]
+    inits.append(numpy_helper.from_array(np.array(4.0, "float32"), "s"))
+    graph = helper.make_graph(nodes, "rows", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, list(shape))], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@needs_aarch64
+def test_rk3399_rows_match_onnxruntime_under_qemu_in_neon_vectors(tmp_path):
+    """rk3399 (4 lanes): the artifact's runner under qemu -cpu cortex-a72 equals ONNX Runtime, and
+    the softmax's max and sum run as 4-lane NEON ops (.4s: LLVM lowers TIR's max, NaN-aware, to
+    fcmgt + bsl; the sum to fadd), not scalar."""
+    from edgecls.artifact.execute import run_runner
+    from edgecls.artifact.reference import onnx_session
+    from edgecls.pipeline import CompileRequest, compile_artifact
+    model = _softmax_layer_norm_onnx(tmp_path / "rows.onnx")
+    art = compile_artifact(CompileRequest(model=model, target="rk3399", out_dir=tmp_path / "art", tflite="no"))
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run_runner(art, tmp_path / "x.npy", emulate=True, output_path=tmp_path / "y.npy")
+    want = onnx_session(model, optimize=False).run(None, {"x": x})[0]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, rtol=1e-4, atol=1e-5)
+    text = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(art / "model.so")],
+                          capture_output=True, text=True, check=True).stdout
+    softmax = next(body for name, body in re.findall(r"^[0-9a-f]+ <(\w+)>:\n(.*?)(?=\n\n|\Z)", text, re.S | re.M)
+                   if "softmax" in name and name.endswith("_compute_"))
+    assert re.search(r"\bf(max|cmgt)\s+v\d+\.4s", softmax) and re.search(r"\bfadd\s+v\d+\.4s", softmax)
