@@ -26,7 +26,7 @@ from edgecls.errors import ArtifactError, UsageError
 
 VM_ROW = "(vm builtins: allocation, shape checks)"
 MULTI_WORD_OPS = ("layer_norm", "group_norm", "rms_norm", "batch_matmul", "adaptive_avg_pool", "avg_pool",
-                  "max_pool", "log_softmax", "strided_slice")
+                  "max_pool", "log_softmax", "fast_softmax", "strided_slice")
 
 
 def check_profilable(place: Place, runtimes: tuple[str, ...]) -> None:

@@ -14,6 +14,8 @@ left as it was and counted "unscheduled".
     padded_reduction.py one reduction block whose vector axis is odd (attention q @ k^T over 197
                         tokens): padded to whole vectors, then the reduction rule
     reduction.py        one reduction block: conv2d, depthwise, dense, pooling (register tiles)
+    row_reduction.py    softmax, LayerNorm: reductions + elementwise along one innermost row axis,
+                        rows parallel, each block per row, reductions in `lanes` partials (rfactor)
     multi_reduction.py  other reductions: parallel over the leading spatial loops only
     injective.py        no reduction: elementwise, transpose, padding (vectorized, parallel)
 
@@ -36,6 +38,7 @@ from edgecls.compile.tvm.schedules.neon_dot_depthwise import NeonDotDepthwiseRul
 from edgecls.compile.tvm.schedules.neon_fp32 import NeonFp32Rule
 from edgecls.compile.tvm.schedules.padded_reduction import PaddedReductionRule
 from edgecls.compile.tvm.schedules.reduction import ReductionRule
+from edgecls.compile.tvm.schedules.row_reduction import RowReductionRule
 from edgecls.compile.tvm.schedules.rule import Applied, NotRecognised, Rule, RuleTarget
 from edgecls.compile.tvm.schedules.widening_int8 import WideningInt8Rule, widening_disabled
 from edgecls.compile.tvm.schedules.x86_vnni import X86VnniRule
@@ -55,6 +58,7 @@ RULES: tuple[Rule, ...] = (
     NeonByteRule(),  # 8-bit output (max pool, pad, add, quantize) on aarch64: 16 lanes
     PaddedReductionRule(),  # one einsum reduction whose vector axis is odd: padded, then as below
     ReductionRule(),  # exactly one reduction block whose output channel has a contiguous operand
+    RowReductionRule(),  # softmax, LayerNorm: row-wise reductions along the innermost axis
     ParallelReductionsRule(),  # any other reduction: parallel loops only
     InjectiveRule(),  # no reduction
 )
