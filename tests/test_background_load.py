@@ -22,17 +22,21 @@ from sshd import ssh_board  # noqa: F401  (fixture)
 
 
 def load_pids() -> set[int]:
-    """Live (not zombie) processes whose command line carries the load's marker."""
-    found = set()
+    """Live (not zombie) busy loops: processes whose command line carries the load's marker, less
+    their own children (each `$(date +%s)` forks a subshell that carries the same command line
+    until it execs date: seen as a third process under a loaded CI run)."""
+    found = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            if MARKER.encode() in (d / "cmdline").read_bytes() and ") Z" not in (d / "stat").read_text():
-                found.add(int(d.name))
+            if MARKER.encode() in (d / "cmdline").read_bytes():
+                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                if stat[0] != "Z":
+                    found[int(d.name)] = int(stat[1])  # pid -> parent pid
         except OSError:  # it just ended
             pass
-    return found
+    return {pid for pid, parent in found.items() if parent not in found}
 
 
 def cpu_ticks(pid: int) -> int:
@@ -145,9 +149,13 @@ def test_ctrl_c_stops_the_load(artifacts, tmp_path):
     art = artifacts.get("digits", "x86-host")
     proc = subprocess.Popen([EDGECLS, "bench", str(art), "--local", "--runtime", "tvm", "--runs", "1",
                              "--min-ms", "120000", "--background-load", "2", "-o", str(tmp_path / "r")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # as in a terminal: pytest-xdist's workers ignore SIGINT, and an ignored
+                            # signal stays ignored across exec (the bench then ran its full 120 s)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert wait_for(lambda: len(load_pids()) == 2, 120), "the load never started"
+        assert proc.poll() is None, "the bench ended before Ctrl-C"
         time.sleep(1)  # the harness is running now
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
         _, err = proc.communicate(timeout=120)
@@ -155,3 +163,16 @@ def test_ctrl_c_stops_the_load(artifacts, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0 and "Traceback" not in err
+
+
+def test_reports_of_one_second_never_overwrite_each_other(tmp_path):
+    """A quiet bench right after a loaded one can finish within the same second (seen under CI
+    load: the loaded TVM report vanished); each report keeps its own file."""
+    from edgecls.bench.harness import write_report
+    report = {"created": "2026-12-03T14:17:06+00:00", "board": {"name": "local"}, "artifact": {"name": "art"},
+              "runtime": "tvm", "batch": 1, "background_load": None}
+    loaded = {**report, "background_load": {"processes": 2}}
+    paths = [write_report(tmp_path, r) for r in (loaded, report, report)]
+    assert [p.name for p in paths] == ["local-art-tvm-load2-20261203T141706.json", "local-art-tvm-20261203T141706.json",
+                                       "local-art-tvm-20261203T141706-2.json"]
+    assert [json.loads(p.read_text()) for p in paths] == [loaded, report, report]

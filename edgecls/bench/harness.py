@@ -267,10 +267,19 @@ def make_report(artifact: Path, manifest: dict, place: Place, runtime: str, opts
 
 
 def report_path(out_dir: Path, report: dict) -> Path:
+    """<board>-<artifact>-<runtime>[-bN][-loadN]-<UTC stamp to the second>.json; a report of the
+    same name already there (two benches within one second: a quiet run right after a loaded
+    one, measured) gets -2, -3 ... rather than being overwritten."""
     stamp = report["created"].replace(":", "").replace("-", "")[:15]
     batch = f"-b{report['batch']}" if report.get("batch", 1) != 1 else ""
-    name = f"{report['board']['name']}-{report['artifact']['name']}-{report['runtime']}{batch}-{stamp}.json"
-    return Path(out_dir) / re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+    load = f"-load{report['background_load']['processes']}" if report.get("background_load") else ""
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_",
+                  f"{report['board']['name']}-{report['artifact']['name']}-{report['runtime']}{batch}{load}-{stamp}")
+    path, n = Path(out_dir) / f"{name}.json", 1
+    while path.exists():
+        n += 1
+        path = Path(out_dir) / f"{name}-{n}.json"
+    return path
 
 
 def write_report(out_dir: Path, report: dict) -> Path:
