@@ -176,19 +176,26 @@ def _python_version() -> str:
 
 def _download_wheels(arch: str, tvm_version: str, ffi_version: str, wheel_dir: Path) -> dict[str, Path]:
     """{file name: path} of the apache-tvm and apache-tvm-ffi wheels for `arch`, from pip."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    pip_download(arch, _python_version(), [f"apache-tvm=={tvm_version}", f"apache-tvm-ffi=={ffi_version}"],
+                 wheel_dir, deps=False, timeout=900, what=f"the {arch} TVM runtime",
+                 hint="network or index problem?")
+    return {w.name: w for w in wheel_dir.glob("*.whl")}
+
+
+def pip_download(arch: str, pyver: str, requirements: list[str], dest: Path, *, deps: bool, timeout: float,
+                 what: str, hint: str) -> None:
+    """`pip download` of binary wheels for another arch and Python into dest (the runtime here,
+    a board's TVM in remote/board_tvm.py); a failure is one ToolchainError line naming `what`."""
+    cmd = [sys.executable, "-m", "pip", "download", *([] if deps else ["--no-deps"]), "--only-binary=:all:"]
     for tag in _platform_tags(arch):
         cmd += ["--platform", tag]
-    cmd += ["--python-version", _python_version(), "--disable-pip-version-check",
-            f"apache-tvm=={tvm_version}", f"apache-tvm-ffi=={ffi_version}", "-d", str(wheel_dir)]
+    cmd += ["--python-version", pyver, "--disable-pip-version-check", *requirements, "-d", str(dest)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise ToolchainError(f"pip download of the {arch} TVM runtime failed: {e}") from None
+        raise ToolchainError(f"pip download of {what} failed: {e}") from None
     if proc.returncode != 0:
-        raise ToolchainError(f"pip download of the {arch} TVM runtime failed "
-                             f"(network or index problem?): {_pip_error(proc.stderr + proc.stdout)}")
-    return {w.name: w for w in wheel_dir.glob("*.whl")}
+        raise ToolchainError(f"pip download of {what} failed ({hint}): {_pip_error(proc.stderr + proc.stdout)}")
 
 
 def _extract_libs(arch: str, wheels: dict[str, Path], tmp: Path) -> list[dict]:

@@ -11,18 +11,10 @@ wheels), copied over SSH, and installed into a venv in the board's work dir with
 from __future__ import annotations
 
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
-from edgecls.artifact.runtime_libs import (
-    _pip_error,
-    _platform_tags,
-    cache_dir,
-    installed_versions,
-    normalize_arch,
-)
-from edgecls.errors import EdgeclsError, ToolchainError
+from edgecls.artifact.runtime_libs import cache_dir, installed_versions, normalize_arch, pip_download
+from edgecls.errors import EdgeclsError
 from edgecls.remote.boards import Board, add_board
 from edgecls.remote.ssh import SshHost
 
@@ -60,19 +52,10 @@ def download_wheels(arch: str, pyver: str, log=lambda m: None) -> Path:
     if (dest / ".complete").is_file():
         return dest
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--disable-pip-version-check",
-           "--python-version", pyver, "-d", str(dest)]
-    for tag in _platform_tags(arch):
-        cmd += ["--platform", tag]
-    cmd += [f"apache-tvm=={tvm_version}", f"apache-tvm-ffi=={ffi_version}", *RPC_EXTRA_DEPS]
     log(f"downloading TVM {tvm_version} wheels for {arch} / Python {pyver}")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise ToolchainError(f"pip download of TVM wheels for {arch} failed: {e}") from None
-    if proc.returncode != 0:
-        raise ToolchainError(f"pip download of TVM wheels for {arch} / Python {pyver} failed "
-                             f"(network, or no wheel for that Python?): {_pip_error(proc.stderr + proc.stdout)}")
+    pip_download(arch, pyver, [f"apache-tvm=={tvm_version}", f"apache-tvm-ffi=={ffi_version}", *RPC_EXTRA_DEPS],
+                 dest, deps=True, timeout=1800, what=f"TVM wheels for {arch} / Python {pyver}",
+                 hint="network, or no wheel for that Python?")
     (dest / ".complete").write_text("ok\n")
     return dest
 
