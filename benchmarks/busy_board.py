@@ -4,8 +4,10 @@ ResNet-18- and MobileNetV2-style nets (fp32, 224x224, random weights: latency do
 them) compiled for x86-host; each runtime measured in its own process through the artifact's own
 harness (edgecls-runner, harness/bench_py.py), --threads 2, quiet and then beside a fresh busy
 process (edgecls' `bench --background-load`, bench/load.py), round after round, interleaved so
-machine noise hits all alike. Three engines:
-- tvm: the runner's default, its own parallel launcher (runner/parallel.cc);
+machine noise hits all alike. Four engines:
+- tvm: the runner's default, its own parallel launcher (runner/parallel.cc), each loop on the
+  threads the cores left free allow (runner/free_cores.cc);
+- tvm-fixed: the same launcher on all --threads threads (EDGECLS_RUNNER_FOLLOW_FREE=0);
 - tvm-pool: the same runner on TVM's thread pool (EDGECLS_RUNNER_LAUNCHER=tvm; unpinned);
 - onnxruntime: its own thread pool.
 Prints the CPU (model, flags), per engine and condition the median of the round medians and the
@@ -14,7 +16,8 @@ TVM/ORT under load (<= 1) and TVM busy/quiet (<= 2). Not a test: run it on an ot
 machine (flock /tmp/quiet.lock when other jobs share it).
 
     .venv/bin/python benchmarks/busy_board.py [--nets resnet18,mobilenet_v2] [--rounds 4] [--runs 40]
-        [--threads 2] [--load 1] [--work DIR] [--build-only] [--out benchmarks/results/busy_board.json]
+        [--threads 2] [--load 1] [--session same|own] [--work DIR] [--build-only]
+        [--out benchmarks/results/busy_board.json]
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgecls.bench.load import background_load  # noqa: E402
 from edgecls.bench.places import LocalPlace  # noqa: E402
 
-ENGINES = ("tvm", "tvm-pool", "onnxruntime")
+ENGINES = ("tvm", "tvm-fixed", "tvm-pool", "onnxruntime")
 FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 
@@ -72,6 +76,7 @@ def measure(art: Path, engine: str, threads: int, runs: int) -> float:
     else:
         argv = ["./edgecls-runner", "--model", "model.so", *flags]
         env["EDGECLS_RUNNER_LAUNCHER"] = "tvm" if engine == "tvm-pool" else "edgecls"
+        env["EDGECLS_RUNNER_FOLLOW_FREE"] = "0" if engine == "tvm-fixed" else "1"
     proc = subprocess.run(argv, cwd=art, capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0:
         raise SystemExit(f"{engine} failed on {art.name}: {proc.stderr.strip()[-300:]}")
@@ -85,9 +90,28 @@ def summarize(medians: dict) -> dict:
     for e in out:
         out[e]["busy_over_quiet_worst"] = round(out[e]["busy"]["worst_ms"] / out[e]["quiet"]["median_ms"], 2)
     ort = out["onnxruntime"]["busy"]["worst_ms"]
-    for e in ("tvm", "tvm-pool"):
+    for e in ENGINES[:-1]:
         out[e]["over_ort_busy_worst"] = round(out[e]["busy"]["worst_ms"] / ort, 2)
     return out
+
+
+@contextmanager
+def busy(n: int, session: str):
+    """n busy processes: edgecls' own background load (a child of this benchmark, so in its
+    scheduler autogroup: what `bench --background-load` does here), or, with session "own",
+    shell loops in sessions of their own, like a daemon (on Linux with autogroups the CPU is then
+    shared between the groups, not between the threads)."""
+    if session == "same" or not n:
+        with background_load(LocalPlace(), n, bound_s=600):
+            yield
+        return
+    procs = [subprocess.Popen(["setsid", "sh", "-c", "while :; do :; done"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def bench_net(net: str, args, work: Path) -> dict:
@@ -96,7 +120,7 @@ def bench_net(net: str, args, work: Path) -> dict:
     for r in range(args.rounds):
         for cond in ("quiet", "busy"):
             for engine in ENGINES:  # a fresh busy process for each measurement
-                with background_load(LocalPlace(), args.load if cond == "busy" else 0, bound_s=600):
+                with busy(args.load if cond == "busy" else 0, args.session):
                     ms = measure(art, engine, args.threads, args.runs)
                 medians[engine][cond].append(ms)
                 print(f"  {net} round {r + 1} {cond:5s} {engine:12s} {ms:8.2f} ms", flush=True)
@@ -110,13 +134,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--load", type=int, default=1, help="busy processes beside the benchmark")
+    ap.add_argument("--session", choices=("same", "own"), default="same",
+                    help="busy processes in this benchmark's session (as bench --background-load) or their own")
     ap.add_argument("--work", type=Path, default=None, help="keep the compiled artifacts here")
     ap.add_argument("--build-only", action="store_true", help="compile the artifacts into --work and stop")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "busy_board.json")
     args = ap.parse_args()
     facts = cpu_facts()
     print(f"CPU: {facts['cpu']} ({facts['cpus']} CPUs; {' '.join(facts['flags'])}); {args.threads} threads, "
-          f"{args.load} busy process(es), {args.rounds} rounds x {args.runs} runs")
+          f"{args.load} busy process(es) ({args.session} session), {args.rounds} rounds x {args.runs} runs")
     work = args.work or Path(tempfile.mkdtemp(prefix="busy-board-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.build_only:
@@ -133,6 +159,7 @@ def main() -> None:
                   f"{r.get('over_ort_busy_worst', 1.0):9.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": facts, "threads": args.threads, "load": args.load,
+                                    "session": args.session,
                                     "rounds": args.rounds, "runs": args.runs, "nets": results}, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -5,6 +5,7 @@ Artifacts are session-scoped: a TVM build costs seconds, and many tests read the
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import shutil
@@ -24,6 +25,7 @@ from edgecls.pipeline import CompileRequest, compile_artifact
 
 # Compiles apply the default tuning database when one exists: keep the user's out of the tests.
 os.environ["EDGECLS_TUNING_DB"] = tempfile.mkdtemp(prefix="edgecls-test-tuning-")
+atexit.register(shutil.rmtree, os.environ["EDGECLS_TUNING_DB"], ignore_errors=True)  # one per xdist worker
 
 REF_SIZE = 64  # reference nets at 64x64: same layer plan and fusion as 224, 12x cheaper under qemu
 

@@ -35,8 +35,8 @@ from edgecls.errors import ArtifactError, ToolchainError
 
 RUNNER_NAME = "edgecls-runner"
 RUNNER_DIR = Path(__file__).with_name("runner")
-RUNNER_SOURCES = [RUNNER_DIR / "runner.cc", RUNNER_DIR / "sysinfo.cc", RUNNER_DIR / "parallel.cc"]  # compiled
-RUNNER_HEADERS = [RUNNER_DIR / "sysinfo.h", RUNNER_DIR / "parallel.h"]  # only hashed into the cache key
+RUNNER_SOURCES = [RUNNER_DIR / f for f in ("runner.cc", "sysinfo.cc", "parallel.cc", "free_cores.cc")]  # compiled
+RUNNER_HEADERS = [RUNNER_DIR / f for f in ("sysinfo.h", "parallel.h", "free_cores.h")]  # only hashed into the cache key
 CXXFLAGS = ["-O2", "-std=c++17"]
 LDFLAGS = ["-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN"]  # no shell: '$ORIGIN' stays literal
 

@@ -1,6 +1,8 @@
 // See parallel.h for why the runner launches TVM's parallel loops itself.
 #include "parallel.h"
 
+#include "free_cores.h"
+
 #include <dlfcn.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -16,6 +18,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
+#include <string>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -69,9 +72,10 @@ void WaitWhileEquals(std::atomic<uint32_t>* word, uint32_t value, std::atomic<in
 
 class Pool {
  public:
-  Pool(int threads, int chunks_per_thread, int spin_us)
-      : threads_(threads), chunks_per_thread_(chunks_per_thread), spin_us_(spin_us) {
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  Pool(int threads, int chunks_per_thread, int spin_us, std::vector<int> cpus)
+      : threads_(threads), chunks_per_thread_(chunks_per_thread), spin_us_(spin_us),
+        free_cores_(std::move(cpus), threads), workers_(threads > 1 ? threads - 1 : 0) {
+    for (Worker& w : workers_) w.thread = std::thread([this, &w] { WorkerLoop(&w); });
   }
   // The pool lives until the process exits (kernels may run from static destructors); workers
   // sleep on a futex, so exit() does not wait for them.
@@ -80,18 +84,23 @@ class Pool {
   int Launch(FTVMParallelLambda fn, void* cdata, int num_task) {
     std::unique_lock<std::mutex> lock(launch_, std::try_to_lock);
     if (!lock.owns_lock() || in_job_) return RunInline(fn, cdata);  // nested or concurrent
+    int active = free_cores_.ThreadsNow();
+    if (active == 1 && num_task <= 0) return RunInline(fn, cdata);
     in_job_ = true;
-    int chunks = num_task > 0 ? num_task : threads_ > 1 ? threads_ * chunks_per_thread_ : 1;
+    int chunks = num_task > 0 ? num_task : active * chunks_per_thread_;
     fn_ = fn;
     cdata_ = cdata;
     env_.num_task = chunks;
     env_.sync_handle = nullptr;
     error_.store(nullptr);
     pending_.store(static_cast<uint32_t>(chunks));
-    uint32_t job = job_.load() + 1;
+    uint32_t job = ++job_;
     ticket_.store(uint64_t(job) << 32, std::memory_order_release);
-    job_.store(job, std::memory_order_release);  // publishes the job to the workers
-    if (worker_sleepers_.load() > 0) FutexWake(&job_, INT_MAX);
+    // Only the first active - 1 workers get the job; the others stay asleep.
+    for (int i = 0; i + 1 < active; ++i) {
+      workers_[i].job.store(job, std::memory_order_release);
+      if (workers_[i].sleeping.load() > 0) FutexWake(&workers_[i].job, 1);
+    }
     RunChunks(job);
     for (uint32_t left; (left = pending_.load(std::memory_order_acquire)) != 0;)
       WaitWhileEquals(&pending_, left, &main_sleeping_, spin_us_);
@@ -104,7 +113,17 @@ class Pool {
     return 0;
   }
 
+  std::string StatsJson() const { return free_cores_.StatsJson(); }
+
  private:
+  // One per worker thread, on its own cache line: the job it is to help with, and whether it
+  // sleeps on that word (then the launcher wakes it).
+  struct alignas(64) Worker {
+    std::atomic<uint32_t> job{0};
+    std::atomic<int> sleeping{0};
+    std::thread thread;
+  };
+
   static int RunInline(FTVMParallelLambda fn, void* cdata) {
     TVMParallelGroupEnv env{nullptr, 1};
     return fn(0, &env, cdata);
@@ -131,25 +150,27 @@ class Pool {
     if (err && !error_.compare_exchange_strong(none, err)) TVMFFIObjectDecRef(err);
   }
 
-  void WorkerLoop() {
-    uint32_t seen = job_.load();
+  void WorkerLoop(Worker* w) {
+    uint32_t seen = 0;
     for (;;) {
-      WaitWhileEquals(&job_, seen, &worker_sleepers_, spin_us_);
-      seen = job_.load(std::memory_order_acquire);
+      WaitWhileEquals(&w->job, seen, &w->sleeping, spin_us_);
+      seen = w->job.load(std::memory_order_acquire);
       RunChunks(seen);
     }
   }
 
   const int threads_, chunks_per_thread_, spin_us_;
-  std::vector<std::thread> workers_;
+  FreeCoreMonitor free_cores_;
+  std::vector<Worker> workers_;
   std::mutex launch_;
   bool in_job_ = false;
   FTVMParallelLambda fn_ = nullptr;
   void* cdata_ = nullptr;
   TVMParallelGroupEnv env_{nullptr, 0};
-  std::atomic<uint32_t> job_{0}, pending_{0};
+  uint32_t job_ = 0;  // the launcher's job counter (launching thread only)
+  std::atomic<uint32_t> pending_{0};
   std::atomic<uint64_t> ticket_{0};
-  std::atomic<int> worker_sleepers_{0}, main_sleeping_{0};
+  std::atomic<int> main_sleeping_{0};
   std::atomic<void*> error_{nullptr};
 };
 
@@ -173,12 +194,14 @@ bool UsesParallelBarrier(const std::string& model_path) {
   return uses;
 }
 
-void InstallParallelLauncher(int threads) {
+void InstallParallelLauncher(int threads, const std::vector<int>& cpus) {
   if (g_pool) throw std::logic_error("parallel launcher installed twice");
   g_pool = new Pool(threads, EnvInt("EDGECLS_RUNNER_CHUNKS", kChunksPerThread, 1),
-                    EnvInt("EDGECLS_RUNNER_SPIN_US", kSpinMicros, 0));
+                    EnvInt("EDGECLS_RUNNER_SPIN_US", kSpinMicros, 0), cpus);
   TVMFFIEnvModRegisterContextSymbol("__TVMBackendParallelLaunch", reinterpret_cast<void*>(&Launch));
   TVMFFIEnvModRegisterContextSymbol("__TVMBackendParallelBarrier", reinterpret_cast<void*>(&Barrier));
 }
+
+std::string ParallelLauncherStatsJson() { return g_pool ? g_pool->StatsJson() : "null"; }
 
 }  // namespace edgecls

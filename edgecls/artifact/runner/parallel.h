@@ -18,6 +18,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace edgecls {
 
@@ -25,9 +26,16 @@ namespace edgecls {
 bool UsesParallelBarrier(const std::string& model_path);
 
 // Starts `threads` - 1 workers (the calling thread is the other one) and registers the launcher
-// for every model library loaded afterwards. Each parallel loop is cut into 4 x threads chunks
-// (one with one thread); a waiting thread spins 50 us before it sleeps. EDGECLS_RUNNER_CHUNKS
-// (chunks per thread) and EDGECLS_RUNNER_SPIN_US override those defaults, for measurements.
-void InstallParallelLauncher(int threads);
+// for every model library loaded afterwards. Each parallel loop runs on as many of them as the
+// CPUs `cpus` have free (free_cores.h; EDGECLS_RUNNER_FOLLOW_FREE=0: always all) and is cut into
+// 4 chunks per thread taking part (none with one thread); a waiting thread spins 50 us before it
+// sleeps. EDGECLS_RUNNER_CHUNKS (chunks per thread) and EDGECLS_RUNNER_SPIN_US override those
+// defaults, for measurements.
+void InstallParallelLauncher(int threads, const std::vector<int>& cpus);
+
+// The launcher's record for the report: whether it follows free cores, the last estimate of
+// the cores other processes use, how many parallel loops ran on how many threads ("null" when
+// the launcher is not installed).
+std::string ParallelLauncherStatsJson();
 
 }  // namespace edgecls

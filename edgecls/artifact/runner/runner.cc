@@ -400,7 +400,7 @@ std::vector<int> SetUpThreads(const Options& o, const std::string& model, int* t
   const char* launcher = std::getenv("EDGECLS_RUNNER_LAUNCHER");  // "tvm": TVM's pool, to compare
   *own_pool = !(launcher && std::string(launcher) == "tvm") && !edgecls::UsesParallelBarrier(model);
   if (*own_pool) {
-    edgecls::InstallParallelLauncher(*threads);  // before the model is loaded
+    edgecls::InstallParallelLauncher(*threads, cores);  // before the model is loaded
     return cores;
   }
   setenv("TVM_NUM_THREADS", std::to_string(*threads).c_str(), 1);
@@ -584,7 +584,8 @@ int Run(const Options& o) {
      << ", \"runs\": " << o.runs << ", \"min_ms\": " << JsonNum(o.min_ms) << ", \"cooldown_ms\": "
      << JsonNum(o.cooldown_ms) << "}}, \"threads\": " << threads << ", \"cores\": " << edgecls::JsonList(cores)
      << ", \"affinity\": {\"tvm_bind_threads\": " << edgecls::JsonOptStr(bind ? std::optional<std::string>(bind) : std::nullopt)
-     << ", \"launcher\": \"" << (own_pool ? "edgecls" : "tvm") << "\", \"tasks\": " << tasks
+     << ", \"launcher\": \"" << (own_pool ? "edgecls" : "tvm") << "\", \"launcher_stats\": "
+     << edgecls::ParallelLauncherStatsJson() << ", \"tasks\": " << tasks
      << "}, \"accuracy\": " << accuracy << ", \"reference\": " << reference
      << ", \"system\": {\"before\": " << edgecls::ToJson(before) << ", \"after\": " << edgecls::ToJson(after)
      << ", \"peak_rss_kb\": " << edgecls::PeakRssKb()
