@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,19 +33,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from edgecls.bench.load import background_load  # noqa: E402
 from edgecls.bench.places import LocalPlace  # noqa: E402
+from timing import cpu_facts  # noqa: E402
 
 ENGINES = ("tvm", "tvm-fixed", "tvm-pool", "onnxruntime")
-FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def cpu_facts() -> dict:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    return {"cpu": model or platform.processor(), "cpus": len(os.sched_getaffinity(0)),
-            "flags": [f for f in FLAGS_SHOWN if f in flags]}
 
 
 def build(net: str, work: Path) -> Path:

@@ -3,21 +3,22 @@
 MobileNetV2-style network at 224x224 (random weights: latency does not depend on them; the
 accuracy side is tested on real digits data in tests/). Runtimes: ONNX Runtime, the TVM x86-host
 artifact (zero-trial schedules; int8 variants with --float-kernels as tvm and --integer-kernels,
-the default, as tvm_intk), and ai-edge-litert when the `tflite` extra is installed. All variants and runtimes interleaved round by round in one process; prints ratios
-against fp32 ONNX Runtime and writes JSON. Not a test.
+the default, as tvm_intk), and ai-edge-litert when the `tflite` extra is installed. Each
+(variant, runtime) is timed in a kept child process of its own (benchmarks/timing.py: thread pools
+of several runtimes in one process fight), one child at a time, round after round; prints the CPU,
+ratios against fp32 ONNX Runtime and writes JSON. Not a test.
 
-    .venv/bin/python benchmarks/optimize.py [--size 224] [--rounds 3] [--out results.json]
+    .venv/bin/python benchmarks/optimize.py [--size 224] [--rounds 3] [--threads 2] [--out results.json]
+        [--work DIR [--build-only]]   # keep the builds: compile once, time later on a quiet machine
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engines import litert_engine  # noqa: E402
-from edgecls.artifact.reference import onnx_session  # noqa: E402
-from edgecls.compile import tvm as tvm_adapter  # noqa: E402
+from timing import Worker, cpu_facts  # noqa: E402
 from edgecls.models import MobileNetV2  # noqa: E402
 from edgecls.optimize.prune import prune_model  # noqa: E402
 from edgecls.optimize.quantize import ptq_onnx  # noqa: E402
@@ -54,30 +53,49 @@ def variants(work: Path, size: int):
     return out, x, calib
 
 
-def engines_for(name, model, onnx_path, x, calib, work: Path, threads: int):
-    sess = onnx_session(onnx_path, threads=threads)
-    iname = sess.get_inputs()[0].name
-    engines = {"onnxruntime": lambda a: sess.run(None, {iname: a})}
+def build(req: CompileRequest) -> Path:
+    """An artifact, compiled unless --work already holds it."""
+    return req.out_dir if (req.out_dir / "manifest.json").exists() else compile_artifact(req)
+
+
+def engine_files(name, model, onnx_path, x, calib, work: Path) -> dict:
+    """{(variant, runtime): (timing kind, model file)} for one variant."""
+    files = {(name, "onnxruntime"): ("ort", onnx_path)}
     # tuning_db="none": zero-trial builds only; a user's database (records measured elsewhere, or
     # for other kernels) must not leak into this comparison.
-    art = compile_artifact(CompileRequest(model=onnx_path, target="x86-host", out_dir=work / f"art-{name}",
-                                          tuning_db="none", integer_kernels=False))
-    engines["tvm"] = tvm_adapter.load_host_library(art / "model.so")
+    art = build(CompileRequest(model=onnx_path, target="x86-host", out_dir=work / f"art-{name}",
+                               tuning_db="none", integer_kernels=False))
+    files[(name, "tvm")] = ("tvm", art / "model.so")
     if model is None:  # QDQ int8: also the integer-kernel build
-        art = compile_artifact(CompileRequest(model=onnx_path, target="x86-host", out_dir=work / f"art-{name}-intk",
-                                              integer_kernels=True, tuning_db="none"))
-        engines["tvm_intk"] = tvm_adapter.load_host_library(art / "model.so")
+        art = build(CompileRequest(model=onnx_path, target="x86-host", out_dir=work / f"art-{name}-intk",
+                                   integer_kernels=True, tuning_db="none"))
+        files[(name, "tvm_intk")] = ("tvm", art / "model.so")
     try:
         from edgecls.export.tflite import export_tflite
         if model is not None:  # LiteRT converts from the torch module (int8 from its own quantizer)
-            fp = export_tflite(model, x, work / f"{name}.tflite").path
-            i8 = export_tflite(model, x, work / f"{name}-int8.tflite", int8_calib=calib).path
-            # Kept interpreters (edgecls' run_tflite builds one per call: fine for accuracy,
-            # not for timing).
-            return engines, {f"{name}": litert_engine(fp, threads), f"{name}-int8": litert_engine(i8, threads)}
+            fp, i8 = work / f"{name}.tflite", work / f"{name}-int8.tflite"
+            if not fp.exists():
+                export_tflite(model, x, fp)
+            if not i8.exists():
+                export_tflite(model, x, i8, int8_calib=calib)
+            files[(name, "litert")], files[(f"{name}-int8", "litert")] = ("litert", fp), ("litert", i8)
     except Exception as exc:  # the optional extra is missing: say so once, measure the rest
         print(f"LiteRT skipped for {name}: {exc}")
-    return engines, {}
+    return files
+
+
+def sample_round_robin(files: dict, xnpy: Path, threads: int, rounds: int, per_round: int = 10) -> dict:
+    """Per (variant, runtime) the per-call ms over all rounds, each in its own kept child."""
+    workers = {k: Worker(kind, path, threads, xnpy) for k, (kind, path) in files.items()}
+    samples = {k: [] for k in workers}
+    try:
+        for _ in range(rounds):
+            for k, w in workers.items():
+                samples[k] += w.time(per_round)
+    finally:
+        for w in workers.values():
+            w.close()
+    return samples
 
 
 def main():
@@ -86,30 +104,23 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/optimize.json"))
+    ap.add_argument("--work", type=Path, help="keep the models and builds here (reused when present)")
+    ap.add_argument("--build-only", action="store_true", help="only build into --work")
     args = ap.parse_args()
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    torch.set_num_threads(args.threads)
+    facts = cpu_facts()
+    print(f"CPU: {facts['cpu']} ({facts['cpus']} CPUs; {' '.join(facts['flags'])}); {args.threads} threads")
     with tempfile.TemporaryDirectory(prefix="edgecls-bench-opt-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         vs, x, calib = variants(work, args.size)
-        xn = x.numpy()
-        table = {}  # (variant, runtime) -> callable
+        np.save(work / "x.npy", x.numpy())
+        files = {}
         for name, (model, path) in vs.items():
-            engines, tfl = engines_for(name, model, path, x, calib, work, args.threads)
-            for runtime, fn in engines.items():
-                table[(name, runtime)] = fn
-            for tname, run in tfl.items():
-                table[(tname, "litert")] = run
-        per_round = {"onnxruntime": 10, "litert": 10, "tvm": 10, "tvm_intk": 10}
-        samples = {k: [] for k in table}
-        for fn in table.values():
-            fn(xn)
-        for _ in range(args.rounds):
-            for key, fn in table.items():
-                for _ in range(per_round[key[1]]):
-                    t0 = time.perf_counter()
-                    fn(xn)
-                    samples[key].append((time.perf_counter() - t0) * 1e3)
+            files.update(engine_files(name, model, path, x, calib, work))
+        if args.build_only:
+            print(f"built into {work}")
+            return
+        samples = sample_round_robin(files, work / "x.npy", args.threads, args.rounds)
     med = {k: statistics.median(v) for k, v in samples.items()}
     base = med[("fp32", "onnxruntime")]
     rows = []
@@ -118,8 +129,8 @@ def main():
                      "speedup_vs_ort_fp32": round(base / ms, 2), "runs": len(samples[(variant, runtime)])})
         print(f"{runtime:12s} {variant:16s} {ms:9.2f} ms   {base / ms:5.2f}x vs ORT fp32")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "optimize", "size": args.size, "threads": args.threads,
-                                    "results": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"benchmark": "optimize", "machine": facts, "size": args.size,
+                                    "threads": args.threads, "results": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

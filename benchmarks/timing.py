@@ -61,6 +61,24 @@ def load_engine(kind: str, path: Path, threads: int):
     raise ValueError(f"unknown engine kind {kind!r}; one of {', '.join(KINDS)}")
 
 
+FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+               "amx_tile", "asimd", "asimddp", "i8mm")
+
+
+def cpu_facts() -> dict:
+    """What every benchmark prints and records: the CPU model, how many CPUs this process may
+    use, and the flags that decide which kernels run (/proc/cpuinfo)."""
+    import platform
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    field = lambda key: next((x.partition(":")[2].strip() for x in lines if x.startswith(key)), "")  # noqa: E731
+    flags = set((field("flags") or field("Features")).split())
+    return {"cpu": field("model name") or platform.processor() or "unknown", "cpus": len(os.sched_getaffinity(0)),
+            "flags": [f for f in FLAGS_SHOWN if f in flags]}
+
+
 def timed_calls(fn, x: np.ndarray, runs: int) -> list[float]:
     out = []
     for _ in range(runs):
