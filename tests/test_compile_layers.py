@@ -21,7 +21,7 @@ PACKAGE = ROOT / "edgecls"
 TVM_DOOR = "edgecls.compile.tvm"
 # The parts of edgecls.compile.tvm, lowest first (edgecls/compile/__init__.py). A part imports
 # parts of lower layers only; the parts of one layer are independent of each other.
-LAYERS = (("core",), ("frontend", "quant", "schedules"), ("passes",), ("tuning",), ("lower", "profile"))
+LAYERS = (("core",), ("fast_math", "frontend", "quant", "schedules"), ("passes",), ("tuning",), ("lower", "profile"))
 
 
 def _modules() -> dict[str, Path]:

@@ -57,7 +57,7 @@ def test_kernel_kinds_from_fused_names():
     assert kernel_kind("conv2d281") == "conv2d"
     assert kernel_kind("fused_matmul4_add7_gelu1") == "matmul"
     assert kernel_kind("layer_norm2") == "layer_norm"
-    assert kernel_kind("fast_softmax1") == "fast_softmax"  # softmax as passes._fast_softmax legalizes it
+    assert kernel_kind("fast_softmax1") == "fast_softmax"  # softmax as fast_math._fast_softmax legalizes it
     assert kernel_kind("fused_batch_matmul3_multiply2") == "batch_matmul"
     assert kernel_kind("softmax1") == "softmax"
     assert kernel_kind(VM_ROW) == "vm"

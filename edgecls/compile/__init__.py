@@ -8,8 +8,10 @@ Layers, each importing only the ones below it (tests/test_compile_layers.py chec
     tvm/                the one door to TVM (its __init__ lists the public names):
       lower.py            schedules + tuned records + weight packing -> executable / model.so
       tuning/             MetaSchedule: tuner -> measure -> rpc_server, tracker; database
-      passes.py           graph passes -> quant/, schedules/isa (which 8-bit input the kernels take)
+      passes.py           graph passes -> quant/, schedules/isa (which 8-bit input the kernels take),
+                          fast_math (the legalizations of softmax, sigmoid, GELU, Erf)
       frontend.py         ONNX / torch.export -> Relax
+      fast_math.py        activations legalized with TOPI's fast_exp / fast_erf
       quant/              QDQ int8 rewrites of the Relax graph
       schedules/          the rule table (__init__) -> one rule per file -> rule.py, tir.py,
                           prepack.py, isa/ (feature queries, tensor intrinsics)

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from edgecls.compile.tvm.core import load_tvm, target
+from edgecls.compile.tvm.fast_math import FAST_MATH_LEGALIZE
 from edgecls.compile.tvm.quant import quantize_int8
 from edgecls.compile.tvm.schedules.isa import eight_bit_kernels
 from edgecls.errors import ModelError, last_line
@@ -80,14 +81,6 @@ def kernel_stats(mod) -> dict:
             "dense_kernels": dense, "unfused_epilogues": unfused}
 
 
-def _fast_softmax(bb, call):
-    """Softmax with TOPI's fast_exp (a degree-5 polynomial in 2^n scaling, vectorizable) rather
-    than TIR's exp, which LLVM lowers to one libm expf call per lane: ViT-tiny's softmax ran 12
-    calls x 116k scalar expf (row_reduction.py's kernels, AMD EPYC, 1 thread)."""
-    from tvm import topi
-    return bb.call_te(topi.nn.fast_softmax, call.args[0], call.attrs.axis)
-
-
 def _plan(tvm_target: dict, layout: str | None, fold_bn: bool, int8: bool) -> list[tuple[str, object]]:
     """The passes run_graph_passes runs, in order: [(name, pass)]."""
     from tvm import relax
@@ -107,7 +100,7 @@ def _plan(tvm_target: dict, layout: str | None, fold_bn: bool, int8: bool) -> li
             {"relax.nn.conv2d": ["NHWC", "HWIO"]})))
     plan += [("DispatchSampling", relax.backend.DispatchSampling()),
              ("DispatchSortScan", relax.backend.DispatchSortScan()),
-             ("LegalizeOps", relax.transform.LegalizeOps({"relax.nn.softmax": _fast_softmax})),
+             ("LegalizeOps", relax.transform.LegalizeOps(FAST_MATH_LEGALIZE)),
              ("AnnotateTIROpPattern", relax.transform.AnnotateTIROpPattern()),
              ("FoldConstant", relax.transform.FoldConstant()),
              # tvm.compile(mod, target) alone does no fusion on CPU: FuseOps/FuseTIR are explicit.

@@ -19,6 +19,10 @@ left as it was and counted "unscheduled".
     multi_reduction.py  other reductions: parallel over the leading spatial loops only
     injective.py        no reduction: elementwise, transpose, padding (vectorized, parallel)
 
+Activations reach the rules as plain arithmetic: sigmoid (SiLU), GELU, Erf and softmax are
+legalized with TOPI's fast_exp/fast_erf (compile/tvm/fast_math.py), so an epilogue vectorizes with
+the kernel it is fused into instead of calling libm once per lane.
+
 Helpers: tir.py (schedule queries), prepack.py (weights blocked by the register tile),
 isa/ (target features, the tensor intrinsics), machine_code.py (what a built library's kernels
 compiled to).
