@@ -35,8 +35,9 @@ from edgecls.errors import ArtifactError, ToolchainError
 
 RUNNER_NAME = "edgecls-runner"
 RUNNER_DIR = Path(__file__).with_name("runner")
-RUNNER_SOURCES = [RUNNER_DIR / f for f in ("runner.cc", "sysinfo.cc", "parallel.cc", "free_cores.cc")]  # compiled
-RUNNER_HEADERS = [RUNNER_DIR / f for f in ("sysinfo.h", "parallel.h", "free_cores.h")]  # only hashed into the cache key
+_RUNNER_PARTS = ("runner", "options", "npy", "sysinfo", "parallel", "free_cores")
+RUNNER_SOURCES = [RUNNER_DIR / f"{p}.cc" for p in _RUNNER_PARTS]  # compiled
+RUNNER_HEADERS = [RUNNER_DIR / f"{p}.h" for p in _RUNNER_PARTS[1:]]  # only hashed into the cache key
 CXXFLAGS = ["-O2", "-std=c++17"]
 LDFLAGS = ["-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN"]  # no shell: '$ORIGIN' stays literal
 
