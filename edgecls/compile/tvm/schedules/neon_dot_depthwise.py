@@ -46,4 +46,27 @@ class NeonDotDepthwiseRule(Rule):
     def schedule(self, sch, target: RuleTarget) -> str:
         block = dotprod_reduction(sch, target)
         _int16_depthwise(sch, block)
-        return schedule_reduction(sch, block, LANES, pad_stage=True)
+        return schedule_reduction(sch, block, LANES, pad_stage=True, on_update=_window_in_registers)
+
+
+def _window_in_registers(sch, update) -> None:
+    """Load each kernel row's input window once: the tile's rows at every kernel-width tap read
+    a window of rows + taps - 1 pixels (stride 1), cached in a local buffer at the kernel-row
+    loop; with the taps unrolled LLVM keeps it in registers, so rows that read the same pixel at
+    different taps share one `ldr q` (before: one load per tap and row)."""
+    params = list(sch.mod["main"].params)  # TVM 0.27: the parameters are the buffers
+    stmt = sch.get(update)
+    out = th.buffer(stmt.writes[0])
+    staged = [i for i, r in enumerate(stmt.reads)
+              if not th.buffer(r).same_as(out) and not any(th.buffer(r).same_as(p) for p in params)]
+    if len(staged) != 1:
+        return  # no padding stage to read from: leave the loads as they are
+    loops = sch.get_loops(update)  # [tile, kh, kw, c (1), rows, vectors, lanes]
+    window = sch.cache_read(update, staged[0], th.ACC_SCOPE)  # a small alloca (tir.ACC_SCOPE)
+    sch.compute_at(window, loops[1], preserve_unit_loops=True)
+    *w_loops, channels = sch.get_loops(window)[2:]
+    outer, lanes = sch.split(channels, [None, LANES])  # loads as wide as the update's vectors
+    sch.vectorize(lanes)
+    for lp in (*w_loops, outer):
+        sch.unroll(lp)
+    sch.unroll(loops[2])
