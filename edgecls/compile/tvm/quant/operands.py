@@ -42,6 +42,8 @@ def input_mode(m, p, w_q: np.ndarray, is_conv: bool, eight_bit: str | None) -> t
         return ("int16", 1) if eight_bit in ("s8", "s8_mull") else ("raw", 1)
     if eight_bit == "u8_vnni":  # x86 VNNI: vpdpbusd sums 4 u8 x s8 products in int32, any int8 weights
         return "u8", 4
+    if eight_bit == "s8" and is_conv and foldable(m[p["conv"]].attrs, w_q):
+        return "s8_cols", 1  # the RGB stem on dotprod too: 16 bytes of folded columns per load
     if eight_bit == "s8" or (eight_bit == "u8" and np.abs(w_q.astype(np.int16)).max(initial=0)
                              <= BYTE_PAIR_MAX_WEIGHT):
         return eight_bit, 4
