@@ -57,7 +57,7 @@ DOTPROD_TIR_PIPELINE = "edgecls-dotprod"
 def _tir_pipeline(tgt) -> str:
     """TVM's default TIR pipeline, followed on dotprod targets (whose epilogues are 8 and 16
     lanes wide) by neon_requantize.fcvtns_after_vectorize; other targets build as before."""
-    if not has_dotprod(tgt):
+    if not str(tgt.attrs.get("mtriple", "")).startswith("aarch64"):
         return "default"
     tvm = load_tvm()
     from tvm.s_tir.pipeline import default_s_tir_pipeline

@@ -17,7 +17,7 @@ their artifacts unchanged), and only where 8 divides the channels.
 from __future__ import annotations
 
 from edgecls.compile.tvm.schedules import tir as th
-from edgecls.compile.tvm.schedules.neon_dot import dotprod_reduction
+from edgecls.compile.tvm.schedules.isa import widening_isa
 from edgecls.compile.tvm.schedules.reduction import analyse, schedule_reduction
 from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
 
@@ -44,7 +44,12 @@ class NeonDotDepthwiseRule(Rule):
     name = "neon-dot-depthwise"
 
     def schedule(self, sch, target: RuleTarget) -> str:
-        block = dotprod_reduction(sch, target)
+        if widening_isa(target.lanes, target.target) != "neon":
+            raise NotRecognised("not an aarch64 target")
+        reductions = th.reduction_blocks(sch)
+        if len(reductions) != 1:
+            raise NotRecognised(f"{len(reductions)} reduction blocks, not one")
+        block = sch.get_sblock(reductions[0])
         _int16_depthwise(sch, block)
         return schedule_reduction(sch, block, LANES, pad_stage=True, on_update=_window_in_registers)
 
