@@ -12,7 +12,6 @@ import numpy as np
 from edgecls.compile.tvm.core import load_tvm, target
 from edgecls.compile.tvm.schedules import apply_default_schedules
 from edgecls.compile.tvm.schedules.bias_init import fold_bias_into_init
-from edgecls.compile.tvm.schedules.isa import has_dotprod
 from edgecls.compile.tvm.schedules.neon_requantize import fcvtns_after_vectorize, neon_requantize
 from edgecls.compile.tvm.schedules.prepack import repack_constants
 from edgecls.compile.tvm.tuning.database import apply_database
@@ -51,12 +50,12 @@ def build_executable(mod, tvm_target: dict, schedules: bool = True,
         raise EdgeclsError(f"TVM build failed for {tvm_target}: {last_line(exc)}") from None
 
 
-DOTPROD_TIR_PIPELINE = "edgecls-dotprod"
+AARCH64_TIR_PIPELINE = "edgecls-aarch64"
 
 
 def _tir_pipeline(tgt) -> str:
-    """TVM's default TIR pipeline, followed on dotprod targets (whose epilogues are 8 and 16
-    lanes wide) by neon_requantize.fcvtns_after_vectorize; other targets build as before."""
+    """TVM's default TIR pipeline, followed on aarch64 (whose int8 epilogues are 8 and 16 lanes
+    wide) by neon_requantize.fcvtns_after_vectorize; other targets build as before."""
     if not str(tgt.attrs.get("mtriple", "")).startswith("aarch64"):
         return "default"
     tvm = load_tvm()
@@ -66,8 +65,8 @@ def _tir_pipeline(tgt) -> str:
         lower, host, device = default_s_tir_pipeline()
         return tvm.transform.Sequential([lower, fcvtns_after_vectorize()]), host, device
 
-    tvm.tirx.compilation_pipeline.register_tir_pipeline(DOTPROD_TIR_PIPELINE, pipeline)
-    return DOTPROD_TIR_PIPELINE
+    tvm.tirx.compilation_pipeline.register_tir_pipeline(AARCH64_TIR_PIPELINE, pipeline)
+    return AARCH64_TIR_PIPELINE
 
 
 def build(mod, tvm_target: dict, out_path: Path, compiler: str, schedules: bool = True,
