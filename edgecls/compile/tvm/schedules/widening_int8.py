@@ -24,7 +24,8 @@ Which kernels: regular conv2d (including 1x1) and dense whose input-channel coun
 of k (quant.int8 pads the rest with zero channels) and whose output channels fill the vectors (8
 on AVX2, 4 on NEON). Depthwise convs keep the plain rule: with no input-channel reduction, the
 pair would be two taps whose activations also change per channel, so both operands need
-interleaving in registers, as many shuffles as the plain code's multiplies save.
+interleaving in registers, as many shuffles as the plain code's multiplies save; on aarch64 the
+int16 depthwise convs are neon_dot_depthwise.py's (earlier in the rule table).
 """
 
 from __future__ import annotations
