@@ -87,7 +87,8 @@ def test_resnet18_rk3399_int8_count_below_bound(tmp_path):
     """ResNet-18 int8 QDQ (ptq_onnx; counts do not depend on the weights or the calibration
     images, so the fewest ptq_onnx takes: 16) for rk3399, verified under cortex-a72 and
     cortex-a53, counted on the A72: below the bound (issue 15's goal: <= 462 M, 0.8x ONNX
-    Runtime); the 8-bit max pool (16 lanes) well under its 6.87 M at the fp32 width."""
+    Runtime); the 8-bit max pool (16 lanes, its padding a row-copy stage) well under its 6.87 M at
+    the fp32 width and its 1.54 M with a flat pad loop."""
     from edgecls.models import ResNet18
     torch.manual_seed(0)
     fp32 = export_onnx(ResNet18(num_classes=1000).eval(), (1, 3, 224, 224), tmp_path / "resnet18.onnx")
@@ -95,11 +96,11 @@ def test_resnet18_rk3399_int8_count_below_bound(tmp_path):
     ptq_onnx(fp32, tmp_path / "resnet18_int8.onnx", calib, "minmax")
     art = compile_artifact(CompileRequest(model=tmp_path / "resnet18_int8.onnx", target="rk3399",
                                           out_dir=tmp_path / "art", tflite="no"))
-    count = count_artifact(art, top=20)
+    count = count_artifact(art, top=100)  # every kernel: the pool is far from the top now
     assert count.cpu == "cortex-a72"
     assert count.per_inference <= INT8_RESNET18_RK3399_MAX, count.to_dict()
-    pool = [k for k in count.kernels if "max_pool2d" in k["name"]]
-    assert len(pool) == 1 and pool[0]["per_inference"] < 2e6, pool
+    pool = [k for k in count.kernels if k["name"].startswith("model.so:max_pool2d")]  # not its FFI wrapper
+    assert len(pool) == 1 and pool[0]["per_inference"] < 0.5e6, pool  # 0.28 M with its row-copy pad stage
 
 
 @pytest.fixture(scope="module")
