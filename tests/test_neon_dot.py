@@ -140,6 +140,34 @@ def test_dotprod_rules_take_their_kernels_on_dotprod_targets_only(int8_block_qdq
             assert set(hits.values()) == {0}, (target, hits)
 
 
+@pytest.mark.parametrize("target", ["rk3399", "jetson-orin-nano"])
+def test_depthwise_taps_read_each_kernel_rows_window_once(int8_block_qdq, target):
+    """neon_dot_depthwise on both aarch64 kinds: the taps read a window buffer cached at the
+    kernel-row loop (rows + 2 pixels of the padded input, 8-lane copies), not the padded input,
+    so LLVM loads each pixel of a kernel row once."""
+    import tvm
+    import tvm_ffi
+
+    from edgecls.compile.tvm.schedules import tir as th
+    from edgecls.compile.tvm.schedules.tir import ACC_SCOPE
+    funcs, rt = _prim_funcs(int8_block_qdq, target)
+    rule = _dotprod_rules()[1]
+    with rt.target:
+        applied = [a for a in (rule.apply(f, rt) for f in funcs) if a is not None]
+    assert len(applied) == 1
+    func = applied[0].sch.mod["main"]
+    blocks = {}
+
+    def note(node, visitor):
+        blocks[node.name_hint] = [str(th.buffer(r).name) for r in node.reads]
+        visitor.default_visit(node)
+    tvm_ffi.structural_visit(func.body, [(tvm.s_tir.SBlock, note)])
+    update = next(reads for name, reads in blocks.items() if name.endswith("_update"))
+    window = f"pad_temp_{ACC_SCOPE}"
+    assert window in update and "pad_temp" not in update, blocks
+    assert blocks[window] == ["pad_temp"], blocks
+
+
 def test_dotprod_schedules_replay_from_their_traces(int8_block_qdq):
     """A tuning database stores a kernel's rule schedule as its trace: replayed on the original
     function (c4 packing and the c4 intrinsic included), it gives the same function."""
