@@ -31,14 +31,17 @@ from edgecls.targets import get_target
 # 108.2 M with the RGB stem's kernel columns folded into 16 channels for the smull kernel
 # (quant/column_fold.py: stem 9.23 -> 6.42 M), 102.8 M with 8-lane int16 depthwise vectors (ldr q
 # + smlal/smlal2, 8 rows x 8 channels), 100.9 M with the stem's whole 3x3x3 kernel folded into 32
-# channels (one smull call per output: stem 4.24 M + its fold 0.31 M). LiteRT 2.3.0 (XNNPACK)
+# channels (one smull call per output: stem 4.24 M + its fold 0.31 M), 98.60 M with the depthwise
+# convs on neon_dot_depthwise's rule (4 rows x 16 channels, each kernel row's window loaded once),
+# 97.96 M with their 8-lane epilogues rounding by fcvtns per 4 lanes. LiteRT 2.3.0 (XNNPACK)
 # counts 114.8 M on the same CPU model.
-INT8_MOBILENET_V2_RK3399_MAX = 101.5e6
+INT8_MOBILENET_V2_RK3399_MAX = 98.5e6
 # ResNet-18 int8, rk3399, cortex-a72: 1208.0 M with the int16-pair kernels, 526.7 M with the smull
 # kernels (the 7x7 RGB stem still on int16 pairs: 97.4 M), 469.9 M with the stem's columns folded
 # into 24 channels (40.5 M), 459.7 M with the 8-bit-only kernels (max pool, pads) at 16 lanes
-# (schedules/neon_bytes.py: the pool 6.87 -> 1.54 M). LiteRT counts 588.6 M, ONNX Runtime 576.4 M.
-INT8_RESNET18_RK3399_MAX = 460.5e6
+# (schedules/neon_bytes.py: the pool 6.87 -> 1.54 M), 458.45 M with the pool's padding as a row-copy
+# pad stage (0.28 M). LiteRT counts 588.6 M, ONNX Runtime 576.4 M.
+INT8_RESNET18_RK3399_MAX = 459.0e6
 # MobileNetV2 fp32, rk3399: 202.6 M before the NEON fp32 rule (scalar activation loads), 112.1 M
 # with it (vector loads + fmla by lane, 8x2 / 7x2 register tiles, two steps of 4 input channels per
 # loop iteration, RGB conv's padding as a stage); LiteRT 2.3.0 (XNNPACK) counts 124.0 M on the same
@@ -84,7 +87,8 @@ def test_resnet18_rk3399_int8_count_below_bound(tmp_path):
     """ResNet-18 int8 QDQ (ptq_onnx; counts do not depend on the weights or the calibration
     images, so the fewest ptq_onnx takes: 16) for rk3399, verified under cortex-a72 and
     cortex-a53, counted on the A72: below the bound (issue 15's goal: <= 462 M, 0.8x ONNX
-    Runtime); the 8-bit max pool (16 lanes) well under its 6.87 M at the fp32 width."""
+    Runtime); the 8-bit max pool (16 lanes, its padding a row-copy stage) well under its 6.87 M at
+    the fp32 width and its 1.54 M with a flat pad loop."""
     from edgecls.models import ResNet18
     torch.manual_seed(0)
     fp32 = export_onnx(ResNet18(num_classes=1000).eval(), (1, 3, 224, 224), tmp_path / "resnet18.onnx")
@@ -92,11 +96,11 @@ def test_resnet18_rk3399_int8_count_below_bound(tmp_path):
     ptq_onnx(fp32, tmp_path / "resnet18_int8.onnx", calib, "minmax")
     art = compile_artifact(CompileRequest(model=tmp_path / "resnet18_int8.onnx", target="rk3399",
                                           out_dir=tmp_path / "art", tflite="no"))
-    count = count_artifact(art, top=20)
+    count = count_artifact(art, top=100)  # every kernel: the pool is far from the top now
     assert count.cpu == "cortex-a72"
     assert count.per_inference <= INT8_RESNET18_RK3399_MAX, count.to_dict()
-    pool = [k for k in count.kernels if "max_pool2d" in k["name"]]
-    assert len(pool) == 1 and pool[0]["per_inference"] < 2e6, pool
+    pool = [k for k in count.kernels if k["name"].startswith("model.so:max_pool2d")]  # not its FFI wrapper
+    assert len(pool) == 1 and pool[0]["per_inference"] < 0.5e6, pool  # 0.28 M with its row-copy pad stage
 
 
 @pytest.fixture(scope="module")
@@ -199,15 +203,16 @@ def _requantize_module(vector_lanes: int | None):
 
 def test_requantize_epilogue_becomes_integer_on_aarch64_only():
     """aarch64: round + float clamp become fcvtns, an int16 saturation and an int16 clamp (with
-    the zero point added after it); loops vectorized wider than 4 (fcvtns would not compile)
-    and x86 targets keep the float chain."""
+    the zero point added after it); loops vectorized 8 wide get LLVM's generic rounding
+    (fcvtns would not compile there; fcvtns_after_vectorize restores it per 4 lanes); x86
+    targets keep the float chain."""
     a72 = ta.resolve_target(get_target("rk3399").tvm)
     mod, changed = ta.neon_requantize(_requantize_module(None), a72)
     text = mod.script()
     assert changed == 1 and "llvm.aarch64.neon.fcvtns" in text and "round" not in text, text
     assert "T.int16(-3)" in text and "T.int16(197)" in text, text  # clamp to [0 - 3, 200 - 3], then + 3
     assert ta.neon_requantize(_requantize_module(4), a72)[1] == 1
-    assert ta.neon_requantize(_requantize_module(8), a72)[1] == 0
+    assert "llvm.fptosi.sat" in ta.neon_requantize(_requantize_module(8), a72)[0].script()
     assert ta.neon_requantize(_requantize_module(None), {"kind": "llvm", "mcpu": "x86-64"})[1] == 0
 
 
@@ -246,14 +251,16 @@ def _qdq_conv_edges(path):
 
 
 @needs_aarch64
-def test_integer_requantize_keeps_ties_and_saturation_exact_under_qemu(tmp_path):
-    """The rewritten epilogue (neon_requantize) on rk3399, run by its runner under qemu
-    -cpu cortex-a72, equals ONNX Runtime's QDQ graph exactly on ties (x.5 rounds to even) and
-    on products far past int16 (saturation, then the uint8 / ReLU bounds)."""
+@pytest.mark.parametrize("target", ["rk3399", "jetson-orin-nano"])
+def test_integer_requantize_keeps_ties_and_saturation_exact_under_qemu(tmp_path, target):
+    """The rewritten epilogue (neon_requantize: 4 lanes on rk3399; 8 lanes, fcvtns per 4 after
+    vectorization, on jetson-orin-nano), run by its runner under qemu on the target's CPU model,
+    equals ONNX Runtime's QDQ graph exactly on ties (x.5 rounds to even) and on products far
+    past int16 (saturation, then the uint8 / ReLU bounds)."""
     from edgecls.artifact.execute import run_runner
     from edgecls.artifact.reference import onnx_session
     model = _qdq_conv_edges(tmp_path / "edges.onnx")
-    art = compile_artifact(CompileRequest(model=model, target="rk3399", out_dir=tmp_path / "art", tflite="no"))
+    art = compile_artifact(CompileRequest(model=model, target=target, out_dir=tmp_path / "art", tflite="no"))
     x = np.random.default_rng(1).integers(-128, 128, (1, 3, 8, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     run_runner(art, tmp_path / "x.npy", emulate=True, output_path=tmp_path / "y.npy")

@@ -84,13 +84,14 @@ def test_rewrite_keeps_int8_weights_and_int32_products(qdq):
     assert [dt for _, dt, _, g in inputs if g > 1] == [act]
     assert inputs[0][:3] == ("relax.nn.conv2d", "int16", 4)
     # 8-bit kernels: AVX2 byte pairs with ptq_onnx's 7-bit weights take uint8 inputs (int8 ones
-    # shifted by 128), ARM sdot int8 ones (uint8 shifted by -128); input channels in fours.
-    for eight_bit, dtype in (("u8", "uint8"), ("s8", "int8")):
+    # shifted by 128), ARM sdot int8 ones (uint8 shifted by -128); input channels in fours, except
+    # sdot's RGB conv, whose whole 3x3x3 kernel folds into 32 channels (quant.column_fold).
+    for eight_bit, dtype, rgb in (("u8", "uint8", 4), ("s8", "int8", 32)):
         inputs.clear()
         relax.analysis.post_order_visit(quantize_int8(_import(qdq[0]), eight_bit=eight_bit)["main"], lambda e: inputs.append(
             (str(e.args[0].ty.dtype), int(e.args[1].ty.shape[1]), int(e.attrs.groups) if "conv" in e.op.name else 1))
             if isinstance(e, relax.Call) and getattr(e.op, "name", "") in ("relax.nn.conv2d", "relax.matmul") else None)
-        assert sorted(dt for dt, _, g in inputs if g == 1) == [dtype] * 5 and inputs[0][:2] == (dtype, 4)
+        assert sorted(dt for dt, _, g in inputs if g == 1) == [dtype] * 5 and inputs[0][:2] == (dtype, rgb)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 from edgecls.compile.tvm.core import load_tvm, target
 from edgecls.compile.tvm.schedules import apply_default_schedules
 from edgecls.compile.tvm.schedules.bias_init import fold_bias_into_init
-from edgecls.compile.tvm.schedules.neon_requantize import neon_requantize
+from edgecls.compile.tvm.schedules.neon_requantize import fcvtns_after_vectorize, neon_requantize
 from edgecls.compile.tvm.schedules.prepack import repack_constants
 from edgecls.compile.tvm.tuning.database import apply_database
 from edgecls.errors import EdgeclsError, ToolchainError, last_line
@@ -45,9 +45,28 @@ def build_executable(mod, tvm_target: dict, schedules: bool = True,
     mod, stats["bias_init"] = fold_bias_into_init(mod, tvm_target)  # dotprod: bias as the init
     mod, stats["neon_requantize"] = neon_requantize(mod, tvm_target)  # aarch64 int8 epilogues
     try:
-        return relax.build(mod, tgt, relax_pipeline=rest), stats
+        return relax.build(mod, tgt, relax_pipeline=rest, tir_pipeline=_tir_pipeline(tgt)), stats
     except Exception as exc:
         raise EdgeclsError(f"TVM build failed for {tvm_target}: {last_line(exc)}") from None
+
+
+AARCH64_TIR_PIPELINE = "edgecls-aarch64"
+
+
+def _tir_pipeline(tgt) -> str:
+    """TVM's default TIR pipeline, followed on aarch64 (whose int8 epilogues are 8 and 16 lanes
+    wide) by neon_requantize.fcvtns_after_vectorize; other targets build as before."""
+    if not str(tgt.attrs.get("mtriple", "")).startswith("aarch64"):
+        return "default"
+    tvm = load_tvm()
+    from tvm.s_tir.pipeline import default_s_tir_pipeline
+
+    def pipeline():
+        lower, host, device = default_s_tir_pipeline()
+        return tvm.transform.Sequential([lower, fcvtns_after_vectorize()]), host, device
+
+    tvm.tirx.compilation_pipeline.register_tir_pipeline(AARCH64_TIR_PIPELINE, pipeline)
+    return AARCH64_TIR_PIPELINE
 
 
 def build(mod, tvm_target: dict, out_path: Path, compiler: str, schedules: bool = True,

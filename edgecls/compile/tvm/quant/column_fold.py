@@ -1,5 +1,6 @@
-"""Few-channel convs (the RGB stem) on ARMv8.0's 8-bit smull kernels: kernel columns folded into
-the input channels (quant.int8's "s8_cols" mode, operands.input_mode).
+"""Few-channel convs (the RGB stem) on ARMv8.0's 8-bit smull kernels and ARMv8.2's sdot
+kernels: kernel columns folded into the input channels (quant.int8's "s8_cols" mode,
+operands.input_mode).
 
 A 3-channel conv cannot feed the smull/smlal2 kernels (8 to 32 input channels per call), so it
 ran on int16 pairs, its 3 channels padded to 4: ResNet-18's 7x7 stride-2 stem was 97.4 M of the

@@ -6,7 +6,7 @@ ordered table: the first rule that applies to a kernel schedules it, a kernel no
 left as it was and counted "unscheduled".
 
     neon_dot.py         int8 conv2d/dense on aarch64 + dotprod: c4-packed weights, sdot by lane
-    neon_dot_depthwise.py  int16 depthwise on aarch64 + dotprod: 8 lanes (smlal + smlal2)
+    neon_dot_depthwise.py  int16 depthwise on aarch64: 8 lanes (smlal + smlal2), row windows once
     x86_vnni.py         uint8 x int8 conv2d/dense on x86 + VNNI: c4-packed weights, vpdpbusd
     widening_int8.py    int8 x int8 -> int32 conv2d/dense with a widening tensor intrinsic
     neon_fp32.py        float32 conv2d/dense on aarch64 with the by-lane FMA intrinsic
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 # The rule table, in order: the first rule that applies to a function schedules it.
 RULES: tuple[Rule, ...] = (
     NeonDotRule(),  # an int8 x int8 -> int32 conv2d/dense on an aarch64 target with dotprod
-    NeonDotDepthwiseRule(),  # an int16 depthwise conv on an aarch64 target with dotprod
+    NeonDotDepthwiseRule(),  # an int16 depthwise conv on an aarch64 target (ARMv8.0 or dotprod)
     X86VnniRule(),  # a uint8 x int8 -> int32 conv2d/dense on an x86 target with VNNI
     WideningInt8Rule(),  # an int8 x int8 -> int32 reduction, on a target with a widening intrinsic
     NeonFp32Rule(),  # a float32 reduction on aarch64: conv2d/dense with by-lane FMA

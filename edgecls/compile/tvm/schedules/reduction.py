@@ -207,7 +207,7 @@ def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv
 
 def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=None,
                        inline_pad_cin: int = INLINE_PAD_MAX_CIN, max_vectors: int = MAX_ACCUMULATORS,
-                       pad_stage: bool = False, epilogue_lanes: int | None = None) -> str:
+                       pad_stage: bool = False, epilogue_lanes: int | None = None, on_update=None) -> str:
     """The reduction rule (module doc) on `block`, the function's single reduction block.
     prefer_rows: register-tile ties go to more rows of one vector, for kernels whose per-vector
     weight preparation costs more than a load (the int8 widening kernels transpose or interleave
@@ -216,7 +216,8 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=N
     this many input channels read their zero padding inlined. max_vectors: see register_tile.
     pad_stage: keep zero padding as its own stage for every kind (INLINE_PAD_KINDS inline it
     otherwise). epilogue_lanes: the epilogue's vector width, where it divides a tile row's
-    channels, instead of the update's (neon_dot.py). Returns the stats key."""
+    channels, instead of the update's (neon_dot.py). on_update: called with (sch, the update
+    block) once its loops are tiled, before the producers are scheduled. Returns the stats key."""
     main = th.name(sch, block)
     red = analyse(sch, block)
     kind = red.kind(main)
@@ -233,6 +234,8 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=N
     if reduce_loops:
         init = sch.decompose_reduction(block, reduce_loops[0])
         _vectorize_tail(sch, init, skip=1, lanes=vl)
+    if on_update is not None:
+        on_update(sch, block)
     for name in producers:
         (schedule_padding_rows if pad_stage else schedule_injective_block)(sch, sch.get_sblock(name), lanes)
     if kind in ("conv2d", "dense"):  # the tile's weights contiguous (prepack)

@@ -24,7 +24,8 @@ Which kernels: regular conv2d (including 1x1) and dense whose input-channel coun
 of k (quant.int8 pads the rest with zero channels) and whose output channels fill the vectors (8
 on AVX2, 4 on NEON). Depthwise convs keep the plain rule: with no input-channel reduction, the
 pair would be two taps whose activations also change per channel, so both operands need
-interleaving in registers, as many shuffles as the plain code's multiplies save.
+interleaving in registers, as many shuffles as the plain code's multiplies save; on aarch64 the
+int16 depthwise convs are neon_dot_depthwise.py's (earlier in the rule table).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def schedule_widening(sch, block, lanes: int, target=None) -> str:
     # widened (int16 pairs) in registers once per step and tile, then reused by every row.
     # ResNet-18's 3x3 56x56x64 conv: 8 rows x 1 vector 1.9 ms, 4 x 2 2.9 ms (one thread).
     if isa == "neon" and {str(th.buffer(r).dtype) for r in reads} == {"int16"}:
-        return _schedule_int16_depthwise(sch, block)
+        raise NotRecognised("int16 depthwise on aarch64: neon_dot_depthwise's (earlier in the table)")
     kind = schedule_reduction(sch, block, LANES[isa], prefer_rows=True, **({"max_vectors": 1} if mull else {}))
     if kind not in ("conv2d", "dense"):
         return kind
@@ -156,30 +157,6 @@ def schedule_widening(sch, block, lanes: int, target=None) -> str:
     k_o, k_i = sch.split(loops[at], [None, k])
     sch.reorder(k_o, *loops[at + 1:], k_i)
     sch.tensorize(sch.get_loops(update)[-2], intrin_name(family, act, k))
-    return kind
-
-
-# int16 depthwise: vectors of 8 lanes, so that LLVM loads 8 int16 per ldr q and multiplies by
-# smlal + smlal2 (with 4-lane vectors it loaded them by ldp d, one load per 4 MACs); up to 8
-# rows x 8 channels (16 q accumulators). MobileNetV2 int8, qemu -cpu cortex-a72: see README.
-DEPTHWISE_LANES = 8
-DEPTHWISE_MAX_ROWS = 8
-
-
-def _depthwise_tile(kind: str, vext: int, vl: int, rext: int) -> tuple[int, int]:
-    """(rows, vectors) of the int16 depthwise register tile: one vector of `vl` channels, the
-    most rows (up to DEPTHWISE_MAX_ROWS) that divide the output width."""
-    return max(d for d in range(1, DEPTHWISE_MAX_ROWS + 1) if rext % d == 0), 1
-
-
-def _schedule_int16_depthwise(sch, block) -> str:
-    """quant.int8's depthwise convs on aarch64 (int16 input and weights, operands.input_mode):
-    the plain rule's tile (ties to more vectors: 8 channels per row, so LLVM loads 8 int16 at
-    once and multiplies by smlal + smlal2) with the zero padding as its own stage, so the taps
-    load without bounds checks."""
-    kind = schedule_reduction(sch, block, DEPTHWISE_LANES, pad_stage=True, tile=_depthwise_tile)
-    if kind != "depthwise":
-        raise NotRecognised("int16 x int16 is quant.int8's depthwise mode only")
     return kind
 
 
