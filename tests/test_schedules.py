@@ -290,12 +290,13 @@ def test_narrow_rows_get_whole_vectors_and_a_tail():
     np.testing.assert_array_equal(_run(fused, img, True), want)
 
 
-@pytest.mark.parametrize("cin,cout,channels_outermost", [(8, 16, False), (128, 160, True)])
+@pytest.mark.parametrize("cin,cout,channels_outermost", [(8, 16, False), (128, 160, False), (256, 256, True)])
 def test_threads_split_a_small_weight_conv_by_rows(cin, cout, channels_outermost):
-    """A conv whose weight is small (8x16x3x3 floats, 4.6 KB) splits its threads' work by rows
-    (the output channel block innermost in the parallel loop), as the depthwise conv that reads
-    it does; a large weight (128x160x3x3, 737 KB) keeps the channel block outermost, one weight
-    slice per thread. Both stay exact."""
+    """On x86 a conv whose weight fits a core's own L2 (8x16x3x3 floats, 4.6 KB; 128x160x3x3,
+    737 KB; up to reduction.X86_OWN_WEIGHT_SLICE_BYTES) splits its threads' work by rows (the
+    output channel block innermost in the parallel loop), as the depthwise conv that reads it
+    does; a larger weight (256x256x3x3, 2.4 MB) keeps the channel block outermost, one weight
+    slice per thread. All stay exact."""
     fused = _fused(_conv_net(cin, 14, cout, 3, 1, 1, ("bias",)))
     scheduled, _ = apply_default_schedules(fused, TARGET)
     conv = next(f for gv, f in scheduled.functions_items()

@@ -47,6 +47,12 @@ INLINE_PAD_MAX_CIN = 4  # ... and regular convs over this few input channels
 # read half its input from the other core's cache. The weight is small enough to stay hot in
 # each core anyway. Pruned MobileNetV2 int8, 2 threads: 1.55 -> 1.29 ms; one thread unchanged.
 OWN_WEIGHT_SLICE_BYTES = 64 << 10
+# On x86 every core has an L2 of its own (512 KB Zen 3, 1 MB Zen 4, 2 MB Sapphire Rapids) and
+# reads the other core's output through L3, so the split by channels costs more there: the
+# MobileNetV2 expand/project convs at 14x14 and 7x7 (weights 98 KB - 1.2 MB) split by channels
+# between depthwise convs split by rows ran slower on 2 threads than on 1 (AMD EPYC Zen 4:
+# 14x14x384 depthwise 24 -> 43 us a call). Split by rows up to this weight size on x86.
+X86_OWN_WEIGHT_SLICE_BYTES = 1536 << 10
 
 
 @dataclass
@@ -168,7 +174,8 @@ def register_tile(vext: int, vl: int, rext: int, prefer_rows: bool, max_vectors:
     return best[2], best[3]
 
 
-def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv: int):
+def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv: int,
+                own_slice_bytes: int = OWN_WEIGHT_SLICE_BYTES):
     """Split, order, fuse and annotate the loop nest: [parallel tiles, reduction loops, rb rows
     (unrolled), nv vectors (unrolled), vl lanes (vectorized)]. Returns (the parallel tile loop,
     the reduction loops)."""
@@ -185,8 +192,8 @@ def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv
     # conv2d/dense: output-channel block outermost, so a thread sweeps the spatial tiles with
     # one weight slice (rows of the HWIO weight) hot in L1/L2. Depthwise/pooling have no weight
     # reuse to win but read the input at the vector axis: channel block innermost keeps each
-    # pixel's channels together. So does a conv whose whole weight is small (OWN_WEIGHT_SLICE_BYTES).
-    if kind in ("conv2d", "dense") and _nbytes(red.operand) > OWN_WEIGHT_SLICE_BYTES:
+    # pixel's channels together. So does a conv whose whole weight is small (own_slice_bytes).
+    if kind in ("conv2d", "dense") and _nbytes(red.operand) > own_slice_bytes:
         outer.insert(0, v_o)
     else:
         outer.append(v_o)
@@ -207,7 +214,8 @@ def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv
 
 def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=None,
                        inline_pad_cin: int = INLINE_PAD_MAX_CIN, max_vectors: int = MAX_ACCUMULATORS,
-                       pad_stage: bool = False, epilogue_lanes: int | None = None, on_update=None) -> str:
+                       pad_stage: bool = False, epilogue_lanes: int | None = None, on_update=None,
+                       own_slice_bytes: int = OWN_WEIGHT_SLICE_BYTES) -> str:
     """The reduction rule (module doc) on `block`, the function's single reduction block.
     prefer_rows: register-tile ties go to more rows of one vector, for kernels whose per-vector
     weight preparation costs more than a load (the int8 widening kernels transpose or interleave
@@ -217,7 +225,9 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=N
     pad_stage: keep zero padding as its own stage for every kind (INLINE_PAD_KINDS inline it
     otherwise). epilogue_lanes: the epilogue's vector width, where it divides a tile row's
     channels, instead of the update's (neon_dot.py). on_update: called with (sch, the update
-    block) once its loops are tiled, before the producers are scheduled. Returns the stats key."""
+    block) once its loops are tiled, before the producers are scheduled. own_slice_bytes: a
+    conv2d/dense whose weight is at most this many bytes splits its threads' work by pixel rows
+    (OWN_WEIGHT_SLICE_BYTES). Returns the stats key."""
     main = th.name(sch, block)
     red = analyse(sch, block)
     kind = red.kind(main)
@@ -226,7 +236,7 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=N
     vl = th.pow2_lanes(vext, lanes)
     rext = int(red.iters[red.reg].dom.extent) if red.reg is not None else 1
     rb, nv = tile(kind, vext, vl, rext) if tile else register_tile(vext, vl, rext, prefer_rows, max_vectors)
-    tile, reduce_loops = _tile_loops(sch, block, red, kind, vl, rb, nv)
+    tile, reduce_loops = _tile_loops(sch, block, red, kind, vl, rb, nv, own_slice_bytes)
     # Epilogue (bias, ReLU6, residual add or the plain write-back) on the tile while it is hot.
     sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
     wide = epilogue_lanes and (nv * vl) % epilogue_lanes == 0
@@ -283,4 +293,6 @@ class ReductionRule(Rule):
         reductions = th.reduction_blocks(sch)
         if len(reductions) != 1:
             raise NotRecognised(f"{len(reductions)} reduction blocks, not one")
-        return schedule_reduction(sch, sch.get_sblock(reductions[0]), target.lanes)
+        # lanes 8/16: x86 (every NEON target is aarch64, 4 lanes: isa.features.widening_isa)
+        own = X86_OWN_WEIGHT_SLICE_BYTES if target.lanes >= 8 else OWN_WEIGHT_SLICE_BYTES
+        return schedule_reduction(sch, sch.get_sblock(reductions[0]), target.lanes, own_slice_bytes=own)
