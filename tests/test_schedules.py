@@ -16,7 +16,7 @@ from edgecls.compile import tvm as tvm_adapter
 from edgecls.compile.tvm import apply_default_schedules, pack_array, repack_constants, simd_lanes
 from edgecls.compile.tvm.schedules import rule_target
 from edgecls.compile.tvm.schedules.multi_reduction import ParallelReductionsRule
-from edgecls.compile.tvm.schedules.reduction import ReductionRule
+from edgecls.compile.tvm.schedules.reduction import ReductionRule, register_tile
 
 tvm = tvm_adapter.load_tvm()
 import tvm_ffi
@@ -114,6 +114,7 @@ CONVS = {
     "depthwise_s1_relu6": (32, 14, 32, 3, 1, 32, ("bias", "relu6"), "depthwise"),
     "depthwise_s2_relu6": (24, 15, 24, 3, 2, 24, ("bias", "relu6"), "depthwise"),
     "odd_channels_7x7": (3, 11, 10, 7, 2, 1, ("bias",), "conv2d"),  # no even vector split
+    "1x1_prime_rows_13x13": (64, 13, 40, 1, 1, 1, ("bias",), "conv2d"),  # one row: 5 vectors
 }
 
 
@@ -125,6 +126,15 @@ def test_scheduled_conv_matches_unscheduled(name):
     assert stats[key] == 1 and stats["unscheduled"] == 0, stats
     x = np.random.default_rng(1).standard_normal((1, cin, hw, hw)).astype("float32")
     np.testing.assert_allclose(_run(fused, x, True), _run(fused, x, False), atol=ATOL, rtol=0)
+
+
+def test_prime_rows_take_their_accumulators_from_the_vectors():
+    """A 13-pixel row has no register tile of 2..12 rows: the vectors make the accumulators
+    (SqueezeNet's 512->1000 1x1 conv at 13x13: 2 -> 5 accumulators, 10.9 -> 3.4 ms); rows with a
+    divisor keep their tile."""
+    assert register_tile(1000, 8, 13, False) == (1, 5) == register_tile(1000, 8, 1, False)
+    assert register_tile(40, 8, 13, False) == (1, 5)
+    assert register_tile(64, 8, 14, False) == (7, 1) and register_tile(64, 8, 7, False) == (7, 1)
 
 
 def test_scheduled_dense_matches_unscheduled():
