@@ -35,7 +35,8 @@ FreeCoreMonitor::FreeCoreMonitor(std::vector<int> cpus, int threads)
     : cpus_(std::move(cpus)),
       threads_(threads),
       active_(threads),
-      count_nice_as_free_(getpriority(PRIO_PROCESS, 0) <= 0) {
+      count_nice_as_free_(getpriority(PRIO_PROCESS, 0) <= 0),
+      loops_by_threads_(threads + 1, 0) {
   const char* v = std::getenv("EDGECLS_RUNNER_FOLLOW_FREE");  // "0": always the requested count
   enabled_ = threads_ > 1 && !cpus_.empty() && !(v && std::string(v) == "0");
   if (enabled_) enabled_ = Take(&last_);
@@ -101,8 +102,9 @@ std::string FreeCoreMonitor::StatsJson() const {
   }
   js << ", \"loops_by_threads\": {";
   bool first = true;
-  for (const auto& [n, count] : loops_by_threads_) {
-    js << (first ? "" : ", ") << "\"" << n << "\": " << count;
+  for (size_t n = 1; n < loops_by_threads_.size(); ++n) {
+    if (!loops_by_threads_[n]) continue;
+    js << (first ? "" : ", ") << "\"" << n << "\": " << loops_by_threads_[n];
     first = false;
   }
   js << "}}";

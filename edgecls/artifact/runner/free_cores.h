@@ -17,7 +17,6 @@
 #pragma once
 
 #include <chrono>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -50,7 +49,7 @@ class FreeCoreMonitor {
   bool enabled_;
   double other_busy_ = 0;  // cores used by other processes, smoothed
   Sample last_;
-  std::map<int, long> loops_by_threads_;
+  std::vector<long> loops_by_threads_;  // [n]: parallel loops run on n threads
 };
 
 }  // namespace edgecls

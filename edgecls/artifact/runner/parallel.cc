@@ -73,7 +73,7 @@ void WaitWhileEquals(std::atomic<uint32_t>* word, uint32_t value, std::atomic<in
 class Pool {
  public:
   Pool(int threads, int chunks_per_thread, int spin_us, std::vector<int> cpus)
-      : threads_(threads), chunks_per_thread_(chunks_per_thread), spin_us_(spin_us),
+      : chunks_per_thread_(chunks_per_thread), spin_us_(spin_us),
         free_cores_(std::move(cpus), threads), workers_(threads > 1 ? threads - 1 : 0) {
     for (Worker& w : workers_) w.thread = std::thread([this, &w] { WorkerLoop(&w); });
   }
@@ -159,7 +159,7 @@ class Pool {
     }
   }
 
-  const int threads_, chunks_per_thread_, spin_us_;
+  const int chunks_per_thread_, spin_us_;
   FreeCoreMonitor free_cores_;
   std::vector<Worker> workers_;
   std::mutex launch_;
