@@ -286,13 +286,19 @@ def test_bias_beyond_int32_is_added_in_float(tmp_path):
 def _assert_within_two_steps_of_ort(qdq, lib, shape):
     """A build's outputs over 8 random inputs vs ORT's QDQ reference (graph optimisations off):
     within two steps of the output quantizer (float ties may round either way)."""
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    _assert_outputs_within_two_steps(qdq, x, ta.run_host_library(lib, x))
+
+
+def _assert_outputs_within_two_steps(qdq, x, got):
+    """`got`, the outputs of a build of `qdq` for the inputs `x`, within two steps of the output
+    quantizer of ORT's QDQ reference (graph optimisations off)."""
     model = onnx.load(str(qdq))
     ref = onnx_session(qdq, optimize=False)
-    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     want = np.concatenate([ref.run(None, {ref.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(len(x))])
     last_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"][-1]
     step = float(onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == last_q.input[1])))
-    assert np.abs(ta.run_host_library(lib, x) - want).max() <= 2 * step + 1e-6
+    assert np.abs(got - want).max() <= 2 * step + 1e-6
 
 
 class _ResidualPoolNet(__import__("torch").nn.Module):
@@ -333,3 +339,31 @@ def test_residual_add_and_max_pool_run_on_quantized_nhwc_tensors(tmp_path):
     assert sum("transpose" in ln for ln in calls) == 2, calls
     ta.build(fused, tt, tmp_path / "res.so", tgt.compiler)
     _assert_within_two_steps_of_ort(qdq, tmp_path / "res.so", (8, 3, 16, 16))
+
+
+@needs_aarch64
+@pytest.mark.parametrize("target", ["rk3399", "jetson-orin-nano"])
+def test_global_average_pool_reads_nhwc_on_aarch64(tmp_path, target):
+    """On aarch64 the dequantize before the global average pool becomes layout-free float ops
+    (quant/elementwise.py), so the last conv's NHWC output is not transposed back for it (x86
+    keeps the pinned dequantize and its transpose: the test above); the artifact, run by its runner under qemu
+    on the target's CPU model, stays within two output steps of ORT's QDQ reference."""
+    import torch
+    torch.manual_seed(0)
+    fp32, qdq = tmp_path / "res.onnx", tmp_path / "res.int8.onnx"
+    torch.onnx.export(_ResidualPoolNet().eval(), (torch.zeros(1, 3, 16, 16),), str(fp32), dynamo=True,
+                      external_data=False, verbose=False)
+    ptq_onnx(fp32, qdq, np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32), "minmax")
+    model = onnx.load(str(qdq))
+    tt = ta.resolve_target(get_target(target).tvm)
+    fused, _ = ta.run_graph_passes(ta.import_onnx(model, model.graph.input[0].name, (1, 3, 16, 16)), tt, "NHWC",
+                                   int8=True)
+    calls = [ln for ln in fused["main"].script().splitlines() if "call_tir" in ln]
+    # x86 (the test above): fused_transpose_dequantize of the last conv's output, then the mean
+    assert not [ln for ln in calls if "transpose" in ln and "dequantize" in ln], calls
+    assert [ln for ln in calls if "fused_mean_quantize" in ln], calls
+    art = compile_artifact(CompileRequest(model=qdq, target=target, out_dir=tmp_path / "art", tflite="no"))
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run_runner(art, tmp_path / "x.npy", emulate=True, output_path=tmp_path / "y.npy")
+    _assert_outputs_within_two_steps(qdq, x, np.load(tmp_path / "y.npy"))

@@ -324,7 +324,8 @@ def quantize_int8(mod, stats: dict | None = None, eight_bit: str | None = None):
     r.builder = relax.BlockBuilder(mod)
     func = mod["main"]
     func = rewrite_call(r.p["quant"], r.quantized, func)
-    func = rewrite_elementwise(func, stats)  # residual adds, max pools: layout-free, integer
+    # residual adds, max pools: layout-free, integer; on aarch64 ("s8" modes) the global average pool's dequantize too
+    func = rewrite_elementwise(func, stats, layout_free_mean=str(eight_bit).startswith("s8"))
     func = rewrite_call(r.p["r_quant"], r.relu, func)
     func = rewrite_call(r.p["add"], r.float_out, func)
     mod = r.builder.get()  # a copy of the module with the added PrimFuncs
