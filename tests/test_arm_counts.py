@@ -185,15 +185,15 @@ def test_int8_conv_kernels_use_sdot_on_dotprod(int8_conv_qdq, tmp_path):
     assert ".4b[1]" in text
 
 
-def _requantize_module(vector_lanes: int | None):
-    """A PrimFunc computing quant.int8's epilogue uint8(clamp(round(acc * M) + 3, 0, 200)), its
-    loop vectorized `vector_lanes` wide (None: scalar)."""
+def _requantize_module(vector_lanes: int | None, lo: float = 0.0):
+    """A PrimFunc computing quant.int8's epilogue uint8(clamp(round(acc * M) + 3, lo, 200)), its
+    loop vectorized `vector_lanes` wide (None: scalar). lo = 3, the zero point: a ReLU's bound."""
     tvm = ta.load_tvm()
     from tvm import s_tir, te, tirx
     acc = te.placeholder((64,), "int32", name="acc")
     out = te.compute((64,), lambda i: tirx.Cast("uint8", tirx.Min(tirx.Max(
         tirx.round(acc[i].astype("float32") * tirx.FloatImm("float32", 0.37)) + tirx.FloatImm("float32", 3.0),
-        tirx.FloatImm("float32", 0.0)), tirx.FloatImm("float32", 200.0))), name="out")
+        tirx.FloatImm("float32", lo)), tirx.FloatImm("float32", 200.0))), name="out")
     sch = s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func([acc, out])}))
     if vector_lanes:
         _, inner = sch.split(sch.get_loops(sch.get_sblock("out"))[0], [None, vector_lanes])
@@ -211,6 +211,9 @@ def test_requantize_epilogue_becomes_integer_on_aarch64_only():
     text = mod.script()
     assert changed == 1 and "llvm.aarch64.neon.fcvtns" in text and "round" not in text, text
     assert "T.int16(-3)" in text and "T.int16(197)" in text, text  # clamp to [0 - 3, 200 - 3], then + 3
+    # A ReLU's bound (lo = z = 3): saturated to [0, 65535] (sqxtun), then min 197 (umin), + 3.
+    relu = ta.neon_requantize(_requantize_module(None, lo=3.0), a72)[0].script()
+    assert "uint16" in relu and "T.uint16(197)" in relu and "T.int16(-3)" not in relu, relu
     assert ta.neon_requantize(_requantize_module(4), a72)[1] == 1
     assert "llvm.fptosi.sat" in ta.neon_requantize(_requantize_module(8), a72)[0].script()
     assert ta.neon_requantize(_requantize_module(None), {"kind": "llvm", "mcpu": "x86-64"})[1] == 0
@@ -218,10 +221,14 @@ def test_requantize_epilogue_becomes_integer_on_aarch64_only():
 
 @needs_aarch64
 def test_int8_conv_epilogue_rounds_converts_and_saturates_in_one_step_each(int8_conv_qdq, tmp_path):
-    """rk3399: every conv's requantize is fcvtns (round half even + convert) and sqxtn
-    (saturating narrow), with no frinti / fcvtzs / float clamp left."""
+    """rk3399: every conv's requantize is fcvtns (round half even + convert) and a saturating
+    narrow, with no frinti / fcvtzs / float clamp left: sqxtn to int16, or after a ReLU (whose
+    bound is the zero point) sqxtun, which saturates to that bound itself, and one umin."""
     ops = _int8_kernel_ops(int8_conv_qdq, "rk3399", tmp_path / "a72.so")
-    assert len(ops) == 3 and all({"fcvtns", "sqxtn"} <= o for o in ops.values()), ops
+    assert len(ops) == 3 and all("fcvtns" in o for o in ops.values()), ops
+    relu = [f for f in ops if "fused_conv2d2_" not in f]  # the 3x3 convs; the last 1x1 has no ReLU
+    assert len(relu) == 2 and all({"sqxtun", "umin"} <= ops[f] and "smax" not in ops[f] for f in relu), ops
+    assert all("sqxtn" in o for f, o in ops.items() if f not in relu), ops
     assert not any(o & {"frinti", "fcvtzs", "fmaxnm", "fminnm"} for o in ops.values()), ops
 
 
