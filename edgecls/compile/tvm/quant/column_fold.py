@@ -35,7 +35,7 @@ import numpy as np
 from edgecls.compile.tvm.core import SCHEDULED_ATTR
 
 OPAQUE = 8  # TVM's OpPatternKind kOpaque: FuseOps keeps the kernel alone
-FOLD_MULTIPLE = 8  # the smull kernels take 8, 16, 24 or 32 channels per call (isa MULL_K)
+FOLD_MULTIPLE = 8  # the smull kernels take multiples of 8 channels per call (isa MULL_K)
 MAX_FOLDED_CHANNELS = 32
 
 

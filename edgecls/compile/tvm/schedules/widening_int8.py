@@ -34,7 +34,7 @@ import contextlib
 
 from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.schedules import tir as th
-from edgecls.compile.tvm.schedules.isa import ACT_DTYPES, DOT_K, K, LANES, MULL_K, has_dotprod, has_vnni, intrin_name, widening_isa
+from edgecls.compile.tvm.schedules.isa import ACT_DTYPES, DOT_K, K, LANES, MULL_K, MULL_K_SINGLE_MAX, has_dotprod, has_vnni, intrin_name, widening_isa
 from edgecls.compile.tvm.schedules.reduction import analyse, schedule_reduction
 from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
 
@@ -99,15 +99,17 @@ def _intrinsic(sch, loop, isa: str, act: str, target) -> tuple[str, int]:
 
     An 8-bit input to these kernels is quant.int8's "u8" mode on AVX2 (7-bit weights: byte
     pairs; any weights with VNNI: vpdpbusd) or its "s8" mode on a dotprod target (sdot), 4 channels per call, or its "s8_mull"
-    mode on ARMv8.0 (smull on 8-bit lanes), 32, 24, 16 or 8 channels per call. Otherwise int16 (or,
+    mode on ARMv8.0 (smull on 8-bit lanes), 64 (not as a single call), 48, 32, 24, 16 or 8 channels per call. Otherwise int16 (or,
     replaying old records, 8-bit) pairs, the widest k that divides the channels."""
     eight = {("avx2", "uint8"): "avx2_byte_pairs", ("neon", "int8"): "neon_dot"}.get((isa, act))
     if eight == "neon_dot" and not has_dotprod(target):
-        eight = "neon_mull"  # quant.int8's "s8_mull" mode: k = 32, 24, 16 or 8
+        eight = "neon_mull"  # quant.int8's "s8_mull" mode: k in MULL_K
     if eight == "avx2_byte_pairs" and has_vnni(target):
         eight = "x86_vnni"  # quant.int8's "u8_vnni" mode: full-range weights, vpdpbusd
-    ks = MULL_K if eight == "neon_mull" else (*DOT_K, 4) if eight == "neon_dot" else (4,)
-    k = next((k for k in ks if th.extent(sch, loop) % k == 0), None) if eight else None
+    channels = th.extent(sch, loop)
+    ks = ([k for k in MULL_K if k <= MULL_K_SINGLE_MAX or channels > k] if eight == "neon_mull"
+          else (*DOT_K, 4) if eight == "neon_dot" else (4,))
+    k = next((k for k in ks if channels % k == 0), None) if eight else None
     if k:
         return eight, k
     k = next((k for k in K[isa] if th.extent(sch, loop) % k == 0), None)

@@ -3,7 +3,7 @@ widening int8 tensor intrinsics (intrinsics.py, built from avx2.py and neon.py) 
 by-lane FMA (lane_fma.py)."""
 
 from edgecls.compile.tvm.schedules.isa.features import eight_bit_kernels, has_dotprod, has_vnni, simd_lanes, widening_isa
-from edgecls.compile.tvm.schedules.isa.intrinsics import ACT_DTYPES, DOT_K, K, LANES, MULL_K, intrin_name, register_intrinsics
+from edgecls.compile.tvm.schedules.isa.intrinsics import ACT_DTYPES, DOT_K, K, LANES, MULL_K, MULL_K_SINGLE_MAX, intrin_name, register_intrinsics
 
-__all__ = ["ACT_DTYPES", "DOT_K", "K", "LANES", "MULL_K", "eight_bit_kernels", "has_dotprod", "has_vnni", "intrin_name", "register_intrinsics",
+__all__ = ["ACT_DTYPES", "DOT_K", "K", "LANES", "MULL_K", "MULL_K_SINGLE_MAX", "eight_bit_kernels", "has_dotprod", "has_vnni", "intrin_name", "register_intrinsics",
            "simd_lanes", "widening_isa"]

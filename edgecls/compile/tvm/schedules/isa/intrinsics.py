@@ -22,13 +22,19 @@ K = {"avx2": (4, 2), "neon": (2,)}
 _PAIRS_MAC = {"avx2": avx2.pairs_mac, "neon": neon.pairs_mac}
 # 8-bit-input kernels: name -> (base ISA, MAC). quant.int8's "u8" and "s8" input modes (k = 4:
 # AVX2 byte pairs, x86 VNNI vpdpbusd, sdot),
-# and "s8_mull" (ARMv8.0 smull on 8-bit lanes, k = 32, 24, 16 or 8).
+# and "s8_mull" (ARMv8.0 smull on 8-bit lanes, k in MULL_K).
 # Input channels per call, the widest dividing the kernel's count first. neon_mull: up to 32
 # (8 weight registers of the 32-register file; the tile's rows hold the rest); one reduction
 # (saddlp, addp) per call, so wider calls pay it less often: MULL_K (16, 8) -> (32, 24, 16, 8)
 # took MobileNetV2 int8 rk3399 from 143.4 M to 131.0 M and ResNet-18 int8 from 598.8 M to
-# 527.0 M instructions per inference (qemu 7.2 -cpu cortex-a72, one thread). sdot by lane: 16.
-MULL_K = (32, 24, 16, 8)
+# 527.0 M instructions per inference (qemu 7.2 -cpu cortex-a72, one thread). 64 and 48 (16 and 12
+# weight registers) where they divide the channels: MobileNetV2 96.03 -> 93.21 M (its two 960 ->
+# 160 convs 3.74 -> 3.48 M, 144 -> 24 + residual add 3.65 -> 3.15 M), except as a single call
+# (MULL_K_SINGLE_MAX); 96 and wider spilled (MobileNetV2 106.1 M). sdot by lane: 16.
+MULL_K = (64, 48, 32, 24, 16, 8)
+# The widest k of a kernel whose input channels take one call: its 64 -> 384 conv with one call of
+# 64 (LLVM interleaved the unrolled tile's rows and spilled) 5.54 M, two of 32 5.33 M.
+MULL_K_SINGLE_MAX = 48
 DOT_K = (16, 8)
 EIGHT_BIT = {"avx2_byte_pairs": ("avx2", avx2.byte_pairs_mac), "x86_vnni": ("avx2", x86_vnni.rows_mac),
              "neon_dot": ("neon", neon.dot_mac),
