@@ -88,7 +88,7 @@ def int8_block_qdq(tmp_path_factory):
 def test_dotprod_kernels_machine_code(int8_block_qdq, tmp_path):
     """jetson-orin-nano: the four regular convs are sdot with packed weights (no tbl, no ldr of
     4 bytes duplicated per weight row); the depthwise conv multiplies 8 int16 lanes (smlal2);
-    the epilogues narrow 8 lanes at once (sqxtn2) after one fcvtns per 4 lanes (no frintn +
+    the epilogues narrow 8 lanes at once (sqxtn2, sqxtun2) after one fcvtns per 4 lanes (no frintn +
     fcvtzs: neon_requantize.fcvtns_after_vectorize); the max pool compares 16 bytes (umax/smax)."""
     ops = _int8_kernel_ops(int8_block_qdq, "jetson-orin-nano", tmp_path / "a78.so")  # the conv kernels
     convs = {f: o for f, o in ops.items() if "sdot" in o}
@@ -97,8 +97,8 @@ def test_dotprod_kernels_machine_code(int8_block_qdq, tmp_path):
              if "max_pool" in f and f.endswith("_compute_") and o & {"umax", "smax"}]
     assert len(convs) == 4 and len(depthwise) == 1 and len(pools) == 1, ops
     assert not any(o & {"tbl", "saddlp", "sadalp"} for o in convs.values()), convs
-    assert any("sqxtn2" in o for o in convs.values()), convs
-    wide = {f: o for f, o in ops.items() if "sqxtn2" in o}
+    assert any(o & {"sqxtn2", "sqxtun2"} for o in convs.values()), convs  # sqxtun2 after a ReLU
+    wide = {f: o for f, o in ops.items() if o & {"sqxtn2", "sqxtun2"}}
     assert all("fcvtns" in o and not o & {"frintn", "fcvtzs"} for o in wide.values()), wide
     import subprocess
     text = subprocess.run([OBJDUMP, "-d", str(tmp_path / "a78.so")], capture_output=True, text=True, check=True).stdout
@@ -168,6 +168,26 @@ def test_depthwise_taps_read_each_kernel_rows_window_once(int8_block_qdq, target
     assert blocks[window] == ["pad_temp"], blocks
 
 
+@pytest.mark.parametrize("target", ["rk3399", "jetson-orin-nano"])
+def test_stride_one_depthwise_tile_is_one_vector_wide(int8_block_qdq, target):
+    """_Block's stride-1 depthwise conv (16 pixels a row, 32 channels) gets rows x one 8-lane
+    vector, 8 x 1 (the reduction rule's tile, which strided ones keep, was 4 x 2)."""
+    from edgecls.compile.tvm.schedules import tir as th
+    from edgecls.compile.tvm.schedules.neon_dot_depthwise import _strided
+    funcs, rt = _prim_funcs(int8_block_qdq, target)
+    rule = _dotprod_rules()[1]
+    with rt.target:
+        applied = [(f, a) for f, a in ((f, rule.apply(f, rt)) for f in funcs) if a is not None]
+    assert len(applied) == 1
+    func, sch = applied[0][0], applied[0][1].sch
+    tvm = ta.load_tvm()
+    fresh = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
+    conv = th.reduction_blocks(fresh)[0]
+    assert not _strided(fresh, fresh.get_sblock(conv))
+    update = sch.get_sblock(conv + "_update")
+    assert [th.extent(sch, lp) for lp in sch.get_loops(update)[-3:]] == [8, 1, 8]
+
+
 def test_dotprod_schedules_replay_from_their_traces(int8_block_qdq):
     """A tuning database stores a kernel's rule schedule as its trace: replayed on the original
     function (c4 packing and the c4 intrinsic included), it gives the same function."""
@@ -223,11 +243,12 @@ def test_mobilenet_v2_int8_dotprod_count_below_bound(int8_mobilenet_v2, tmp_path
 
 
 @needs_aarch64
-def test_bias_becomes_the_accumulators_init_on_dotprod_only(int8_block_qdq, tmp_path):
+def test_bias_becomes_the_accumulators_init_on_aarch64(int8_block_qdq, tmp_path):
     """bias_init.fold_bias_into_init: the 4 regular convs of the block start their accumulators
     from their int32 bias on jetson-orin-nano (the exact run above covers the result; the
-    depthwise conv, whose update reads the accumulator as a plain load, keeps its add), no kernel
-    of the rk3399 build does."""
+    depthwise conv, whose update reads the accumulator as a plain load, keeps its add), and on
+    rk3399 its 4 smull convs (test_int8 checks their results under qemu); x86 targets keep
+    their adds (scripts/model_so_hashes.py: byte-identical)."""
     import onnx
     model = onnx.load(str(int8_block_qdq))
     folded = {}
@@ -237,7 +258,7 @@ def test_bias_becomes_the_accumulators_init_on_dotprod_only(int8_block_qdq, tmp_
         fused, _ = ta.run_graph_passes(ta.import_onnx(model, model.graph.input[0].name, (1, 3, 16, 16)), tt, "NHWC",
                                        int8=True)
         folded[target] = ta.build(fused, tt, tmp_path / f"{target}.so", tgt.compiler)[1]["bias_init"]
-    assert folded == {"jetson-orin-nano": 4, "rk3399": 0}, folded
+    assert folded == {"jetson-orin-nano": 4, "rk3399": 4}, folded
 
 
 def test_wide_requantize_epilogues_become_integer_on_aarch64():
