@@ -317,15 +317,21 @@ class _ResidualPoolNet(__import__("torch").nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-def test_residual_add_and_max_pool_run_on_quantized_nhwc_tensors(tmp_path):
-    """The QDQ add and max pool become integer/elementwise ops (quant/elementwise.py): in an
-    NHWC build no transpose is left between the convs, and results match ORT's QDQ reference."""
+def _residual_pool_qdq(tmp_path):
+    """_ResidualPoolNet (seeded) as a QDQ int8 ONNX file (ptq_onnx), 16x16 RGB input."""
     import torch
     torch.manual_seed(0)
     fp32, qdq = tmp_path / "res.onnx", tmp_path / "res.int8.onnx"
     torch.onnx.export(_ResidualPoolNet().eval(), (torch.zeros(1, 3, 16, 16),), str(fp32), dynamo=True,
                       external_data=False, verbose=False)
     ptq_onnx(fp32, qdq, np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32), "minmax")
+    return qdq
+
+
+def test_residual_add_and_max_pool_run_on_quantized_nhwc_tensors(tmp_path):
+    """The QDQ add and max pool become integer/elementwise ops (quant/elementwise.py): in an
+    NHWC build no transpose is left between the convs, and results match ORT's QDQ reference."""
+    qdq = _residual_pool_qdq(tmp_path)
     model = onnx.load(str(qdq))
     stats: dict = {}
     quantize_int8(ta.import_onnx(model, model.graph.input[0].name, (1, 3, 16, 16)), stats)
@@ -346,14 +352,10 @@ def test_residual_add_and_max_pool_run_on_quantized_nhwc_tensors(tmp_path):
 def test_global_average_pool_reads_nhwc_on_aarch64(tmp_path, target):
     """On aarch64 the dequantize before the global average pool becomes layout-free float ops
     (quant/elementwise.py), so the last conv's NHWC output is not transposed back for it (x86
-    keeps the pinned dequantize and its transpose: the test above); the artifact, run by its runner under qemu
-    on the target's CPU model, stays within two output steps of ORT's QDQ reference."""
-    import torch
-    torch.manual_seed(0)
-    fp32, qdq = tmp_path / "res.onnx", tmp_path / "res.int8.onnx"
-    torch.onnx.export(_ResidualPoolNet().eval(), (torch.zeros(1, 3, 16, 16),), str(fp32), dynamo=True,
-                      external_data=False, verbose=False)
-    ptq_onnx(fp32, qdq, np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32), "minmax")
+    keeps the pinned dequantize and its transpose: the test above); the artifact, run by its
+    runner under qemu on the target's CPU model, stays within two output steps of ORT's QDQ
+    reference."""
+    qdq = _residual_pool_qdq(tmp_path)
     model = onnx.load(str(qdq))
     tt = ta.resolve_target(get_target(target).tvm)
     fused, _ = ta.run_graph_passes(ta.import_onnx(model, model.graph.input[0].name, (1, 3, 16, 16)), tt, "NHWC",

@@ -26,9 +26,11 @@ OBJDUMP = "aarch64-linux-gnu-objdump"
 # 8-lane depthwise convs, 52.5 M within 30 registers, 51.6 M with 8-lane epilogues, 51.3 M with
 # 16-byte 8-bit kernels, 50.0 M with the bias as the accumulators' init, 49.85 M with a 16-lane
 # input quantize, 48.31 M with each depthwise kernel row's window loaded once, 46.66 M with fcvtns
-# per 4 lanes in the 8-lane epilogues, 46.22 M with the RGB stem's kernel folded into channels.
+# per 4 lanes in the 8-lane epilogues, 46.22 M with the RGB stem's kernel folded into channels,
+# 45.36 M with the global average pool reading NHWC, 44.87 M with sqxtun + umin after ReLUs,
+# 44.76 M with stride-1 depthwise tiles one vector wide.
 # LiteRT 2.3.0 (XNNPACK) counts 50.3 M on the same CPU model.
-INT8_MOBILENET_V2_ORIN_MAX = 46.5e6
+INT8_MOBILENET_V2_ORIN_MAX = 45.0e6
 
 
 def test_c4_array_puts_4_output_x_4_input_channels_in_16_bytes():
