@@ -9,7 +9,7 @@ weights; ties of the tile shape go to more rows, see schedule_widening) and only
 innermost step: k consecutive input channels x one vector of output channels become one TIR
 tensor intrinsic that does several exact MACs per 32-bit lane. Which one follows from the target
 (isa.widening_isa) and from the activation dtype quant.int8 gave the kernel: uint8 byte pairs
-(AVX2), int8 sdot (ARMv8.2 dotprod), int8 smull on 8-bit lanes (ARMv8.0: 16 or 8 channels
+(AVX2), int8 sdot (ARMv8.2 dotprod), int8 smull on 8-bit lanes (ARMv8.0: 8 to 64 channels
 per step, tiles one vector wide), otherwise int16 pairs (isa/avx2.py, isa/neon.py).
 Measured (instructions per inference, qemu 7.2 -cpu cortex-a72, one thread, 224x224): the
 smull kernels took MobileNetV2 int8 from 233.3 M to 143.4 M and ResNet-18 int8 from 1208.0 M to
