@@ -315,3 +315,23 @@ def test_threads_split_a_small_weight_conv_by_rows(cin, cout, channels_outermost
     assert tiles.startswith("ff_0") == channels_outermost and "ff_0" in tiles, tiles
     x = np.random.default_rng(5).standard_normal((1, cin, 14, 14)).astype("float32")
     np.testing.assert_allclose(_run(fused, x, True), _run(fused, x, False), atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cpu,cin,tile_channels", [("skylake-avx512", 64, 32), ("skylake-avx512", 3, 16),
+                                                   ("znver3", 64, 8)])
+def test_avx512_conv_tiles_use_the_32_registers(cpu, cin, tile_channels):
+    """On AVX-512 (32 vector registers) a conv2d that reads its own padding stage gets up to
+    reduction.AVX512_MAX_ACCUMULATORS accumulators: a 7x7 map of 64 channels takes 7 rows x 2
+    vectors (14; AVX2's 12 left 7 x 1), so its packed weight blocks are 32 channels wide. A
+    stem over RGB (padding inlined) and AVX2 keep the 12. Exact where the host runs it."""
+    target = tvm_adapter.resolve_target(x86_target(cpu))
+    fused = _fused(_conv_net(cin, 7, 64, 3, 1, 1, ("bias",)))
+    scheduled, _ = apply_default_schedules(fused, target)
+    packed, _ = repack_constants(scheduled)
+    conv = next(f for gv, f in packed.functions_items()
+                if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint)
+    assert int(conv.params[1].shape[-1]) == tile_channels, conv.params[1].shape
+    if host_runs(cpu):
+        x = np.random.default_rng(6).standard_normal((1, cin, 7, 7)).astype("float32")
+        np.testing.assert_allclose(_run(fused, x, True, target), _run(fused, x, False, target),
+                                   atol=1e-3, rtol=1e-5)
