@@ -106,3 +106,31 @@ def test_padded_rows_match_numpy():
     want = tvm_adapter.load_executable(tvm_adapter.build_executable(fused, TARGET, schedules=False)[0])(x)
     got = tvm_adapter.load_executable(tvm_adapter.build_executable(fused, TARGET, schedules=True)[0])(x)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+AVX512 = tvm_adapter.resolve_target(x86_target("skylake-avx512"))  # 16 lanes, whatever the host
+
+
+@pytest.mark.parametrize("hidden", [576, 768])  # ViT-tiny's qkv and MLP fc1 widths
+def test_prime_rows_over_six_wide_vectors_still_get_a_row_tile(hidden):
+    """With 16 lanes, 576 and 768 channels fill 6 vectors, so register_tile gives the 197 prime
+    rows one row of 6 vectors: each weight vector then feeds one FMA (ViT-tiny fc1 ran at half
+    speed). The rows are padded to 198 and tiled 6 x 2 instead."""
+    target = rule_target(AVX512)
+    func = _matmul_func(tvm_adapter.run_graph_passes(_mlp_net(197, 192, hidden), AVX512, layout=None)[0])
+    with target.target:
+        sch, _ = rule_schedule(func, target)
+        applied = PaddedReductionRule().apply(func, target)
+    assert applied is not None and applied.kind == "dense"
+    script = sch.mod["main"].script()
+    assert "T.int64(198), T.int64(" in script  # the padded rows
+    assert "in T.unroll(T.int64(6))" in script  # a 6-row register tile
+
+
+@needs_host_cpu("skylake-avx512")
+def test_avx512_padded_rows_match_the_unscheduled_build():
+    fused, _ = tvm_adapter.run_graph_passes(_mlp_net(197, 192, 768), AVX512, layout=None)
+    x = np.random.default_rng(0).standard_normal((1, 197, 192)).astype("float32")
+    want = tvm_adapter.load_executable(tvm_adapter.build_executable(fused, AVX512, schedules=False)[0])(x)
+    got = tvm_adapter.load_executable(tvm_adapter.build_executable(fused, AVX512, schedules=True)[0])(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
