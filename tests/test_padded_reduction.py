@@ -134,3 +134,42 @@ def test_avx512_padded_rows_match_the_unscheduled_build():
     want = tvm_adapter.load_executable(tvm_adapter.build_executable(fused, AVX512, schedules=False)[0])(x)
     got = tvm_adapter.load_executable(tvm_adapter.build_executable(fused, AVX512, schedules=True)[0])(x)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def _probs_values_net(tokens: int, dim: int = 64, heads: int = 3):
+    """probs (1, heads, tokens, tokens) @ v (1, heads, tokens, dim): attention's second matmul."""
+    bb = relax.BlockBuilder()
+    p = relax.Var("p", relax.TensorType((1, heads, tokens, tokens), "float32"))
+    v = relax.Var("v", relax.TensorType((1, heads, tokens, dim), "float32"))
+    with bb.function("main", [p, v]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.matmul(p, v)))
+        bb.emit_func_output(out)
+    fused, _ = tvm_adapter.run_graph_passes(bb.get(), AVX512, layout=None)
+    return fused
+
+
+@pytest.mark.parametrize("net", ["scores", "values"])
+def test_padded_operands_are_copied_without_a_select_per_element(net):
+    """The padded copies: zeros, then the operand copied in whole vectors without a bounds
+    check. As one flat loop with a select per element, probs @ v's copy of the probabilities
+    took 0.11 of its 0.26 ms (AMD EPYC Zen 4)."""
+    target = rule_target(AVX512)
+    fused = _probs_values_net(197) if net == "values" else _scores_net(197)
+    with target.target:
+        sch, kind = rule_schedule(_matmul_func(fused), target)
+    script = sch.mod["main"].script()
+    assert kind == "dense" and "_pad = T.sblock_alloc_buffer" in script
+    assert "if_then_else" not in script
+    assert "_pad_const" in script  # the zeros, a stage of their own
+
+
+@needs_host_cpu("skylake-avx512")
+def test_padded_probs_values_match_numpy():
+    rng = np.random.default_rng(0)
+    p, v = rng.standard_normal((1, 3, 197, 197)).astype("float32"), rng.standard_normal((1, 3, 197, 64)).astype("float32")
+    executable, stats = tvm_adapter.build_executable(_probs_values_net(197), AVX512, schedules=True)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(p), tvm.runtime.tensor(v)).numpy()
+    np.testing.assert_allclose(got, p @ v, rtol=1e-4, atol=1e-3)
+    assert stats["dense"] == 1 and stats["unscheduled"] == 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from edgecls.compile.tvm.schedules import tir as th
 from edgecls.compile.tvm.schedules.reduction import MAX_ACCUMULATORS, analyse, register_tile, schedule_reduction
-from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
+from edgecls.compile.tvm.schedules.rule import PARALLEL_MIN_WORK, NotRecognised, Rule, RuleTarget
 
 MIN_LANES = 4  # the narrowest vector the reduction rule is left to
 MIN_VECTORS = 4  # a vector axis shorter than this many vectors is not padded
@@ -74,4 +74,28 @@ class PaddedReductionRule(Rule):
         if all(p == 1 for p in padding):
             raise NotRecognised("no axis needs padding")
         sch.pad_einsum(block, padding)  # raises for a block that is not an einsum (a conv's halo)
-        return schedule_reduction(sch, sch.get_sblock(reductions[0]), target.lanes)
+        return schedule_reduction(sch, sch.get_sblock(reductions[0]), target.lanes, stage=schedule_padded_copy)
+
+
+def schedule_padded_copy(sch, block, lanes: int) -> None:
+    """A zero-padded copy of an operand (pad_einsum's): zeros over the whole buffer, then the
+    operand copied in without a bounds check (decompose_padding), each as [parallel rows, whole
+    vectors of the last axis, the rest]. As one flat parallel loop, the copy of attention's
+    probabilities (3 x 197 x 197, rows padded to 198) ran a scalar select and two index divisions
+    per element: 0.11 of probs @ v's 0.26 ms (AMD EPYC Zen 4, 1 thread)."""
+    name, loops = th.name(sch, block), sch.get_loops(block)
+    blocks = []
+    if len(loops) > 1 and sch.can_decompose_padding(block, loops[0]):
+        blocks.append(sch.decompose_padding(block, loops[0]))
+    blocks.append(sch.get_sblock(name))
+    for b in blocks:
+        *outer, last = sch.get_loops(b)
+        n, work = th.extent(sch, last), th.work(sch, b)  # (loop_partition replaces the block)
+        whole = n - n % lanes
+        if n % lanes and whole:  # the whole vectors, then the rest as a scalar loop
+            last = sch.loop_partition(last, [whole, None])[0]
+        if whole:
+            sch.vectorize(sch.split(last, [None, lanes])[1])
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        if work >= PARALLEL_MIN_WORK and th.extent(sch, fused) > 1:
+            sch.parallel(fused)

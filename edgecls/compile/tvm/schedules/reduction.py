@@ -220,7 +220,7 @@ def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv
 def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=None,
                        inline_pad_cin: int = INLINE_PAD_MAX_CIN, max_vectors: int = MAX_ACCUMULATORS,
                        pad_stage: bool = False, epilogue_lanes: int | None = None, on_update=None,
-                       own_slice_bytes: int = OWN_WEIGHT_SLICE_BYTES) -> str:
+                       own_slice_bytes: int = OWN_WEIGHT_SLICE_BYTES, stage=None) -> str:
     """The reduction rule (module doc) on `block`, the function's single reduction block.
     prefer_rows: register-tile ties go to more rows of one vector, for kernels whose per-vector
     weight preparation costs more than a load (the int8 widening kernels transpose or interleave
@@ -232,7 +232,9 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=N
     channels, instead of the update's (neon_dot.py). on_update: called with (sch, the update
     block) once its loops are tiled, before the producers are scheduled. own_slice_bytes: a
     conv2d/dense whose weight is at most this many bytes splits its threads' work by pixel rows
-    (OWN_WEIGHT_SLICE_BYTES). Returns the stats key."""
+    (OWN_WEIGHT_SLICE_BYTES). stage: how a producer kept as its own stage is scheduled, (sch,
+    block, lanes) -> None, instead of schedule_padding_rows (pad_stage) or
+    schedule_injective_block. Returns the stats key."""
     main = th.name(sch, block)
     red = analyse(sch, block)
     kind = red.kind(main)
@@ -251,8 +253,9 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=N
         _vectorize_tail(sch, init, skip=1, lanes=vl)
     if on_update is not None:
         on_update(sch, block)
+    stage = stage or (schedule_padding_rows if pad_stage else schedule_injective_block)
     for name in producers:
-        (schedule_padding_rows if pad_stage else schedule_injective_block)(sch, sch.get_sblock(name), lanes)
+        stage(sch, sch.get_sblock(name), lanes)
     if kind in ("conv2d", "dense"):  # the tile's weights contiguous (prepack)
         pack_last_axis(sch, block, red.operand, vl * nv)
     return kind
