@@ -61,20 +61,32 @@ class PaddedReductionRule(Rule):
         reductions = th.reduction_blocks(sch)
         if len(reductions) != 1 or target.lanes < MIN_LANES:
             raise NotRecognised("not one reduction block, or no SIMD")
-        block = sch.get_sblock(reductions[0])
-        red = analyse(sch, block)
-        padding = [1] * len(red.iters)
-        vext = int(red.iters[red.vec].dom.extent)
-        if th.pow2_lanes(vext, target.lanes) < MIN_LANES and vext >= MIN_VECTORS * target.lanes:
-            padding[red.vec] = target.lanes
-            vext = _padded(vext, target.lanes)
-        if red.reg is not None:
-            padding[red.reg] = _row_multiple(vext, th.pow2_lanes(vext, target.lanes),
-                                             int(red.iters[red.reg].dom.extent))
-        if all(p == 1 for p in padding):
+        if not pad_odd_axes(sch, sch.get_sblock(reductions[0]), target.lanes):
             raise NotRecognised("no axis needs padding")
-        sch.pad_einsum(block, padding)  # raises for a block that is not an einsum (a conv's halo)
         return schedule_reduction(sch, sch.get_sblock(reductions[0]), target.lanes, stage=schedule_padded_copy)
+
+
+def pad_odd_axes(sch, block, lanes: int, reduction_multiple: int = 1) -> bool:
+    """pad_einsum the block's vector and register axes where they need it (module doc), and its
+    reduction axes to a multiple of reduction_multiple (the NEON by-lane FMA takes 4 input
+    channels a step: probs @ v's 197 tokens ran without it). Returns whether it padded; raises
+    for a block that is not an einsum (a conv's halo)."""
+    red = analyse(sch, block)
+    padding = [1] * len(red.iters)
+    vext = int(red.iters[red.vec].dom.extent)
+    if th.pow2_lanes(vext, lanes) < MIN_LANES and vext >= MIN_VECTORS * lanes:
+        padding[red.vec] = lanes
+        vext = _padded(vext, lanes)
+    if red.reg is not None:
+        padding[red.reg] = _row_multiple(vext, th.pow2_lanes(vext, lanes), int(red.iters[red.reg].dom.extent))
+    for i, iv in enumerate(red.iters):
+        ext = int(iv.dom.extent)
+        if i not in red.spatial and ext % reduction_multiple and ext >= MIN_VECTORS * reduction_multiple:
+            padding[i] = reduction_multiple
+    if all(p == 1 for p in padding):
+        return False
+    sch.pad_einsum(block, padding)
+    return True
 
 
 def schedule_padded_copy(sch, block, lanes: int) -> None:
