@@ -21,7 +21,8 @@ and padding adds at most 1/ROW_WASTE of the rows.
 from __future__ import annotations
 
 from edgecls.compile.tvm.schedules import tir as th
-from edgecls.compile.tvm.schedules.reduction import MAX_ACCUMULATORS, analyse, register_tile, schedule_reduction
+from edgecls.compile.tvm.schedules.reduction import (MAX_ACCUMULATORS, analyse, own_slice_bytes, register_tile,
+                                                     schedule_reduction)
 from edgecls.compile.tvm.schedules.rule import PARALLEL_MIN_WORK, NotRecognised, Rule, RuleTarget
 
 MIN_LANES = 4  # the narrowest vector the reduction rule is left to
@@ -63,7 +64,8 @@ class PaddedReductionRule(Rule):
             raise NotRecognised("not one reduction block, or no SIMD")
         if not pad_odd_axes(sch, sch.get_sblock(reductions[0]), target.lanes):
             raise NotRecognised("no axis needs padding")
-        return schedule_reduction(sch, sch.get_sblock(reductions[0]), target.lanes, stage=schedule_padded_copy)
+        return schedule_reduction(sch, sch.get_sblock(reductions[0]), target.lanes, stage=schedule_padded_copy,
+                                  own_slice_bytes=own_slice_bytes(target))
 
 
 def pad_odd_axes(sch, block, lanes: int, reduction_multiple: int = 1) -> bool:

@@ -301,6 +301,11 @@ class ReductionRule(Rule):
         reductions = th.reduction_blocks(sch)
         if len(reductions) != 1:
             raise NotRecognised(f"{len(reductions)} reduction blocks, not one")
-        # lanes 8/16: x86 (every NEON target is aarch64, 4 lanes: isa.features.widening_isa)
-        own = X86_OWN_WEIGHT_SLICE_BYTES if target.lanes >= 8 else OWN_WEIGHT_SLICE_BYTES
-        return schedule_reduction(sch, sch.get_sblock(reductions[0]), target.lanes, own_slice_bytes=own)
+        return schedule_reduction(sch, sch.get_sblock(reductions[0]), target.lanes,
+                                  own_slice_bytes=own_slice_bytes(target))
+
+
+def own_slice_bytes(target: RuleTarget) -> int:
+    """The weight size up to which a conv2d/dense splits its threads' work by rows on `target`.
+    lanes 8/16: x86 (every NEON target is aarch64, 4 lanes: isa.features.widening_isa)."""
+    return X86_OWN_WEIGHT_SLICE_BYTES if target.lanes >= 8 else OWN_WEIGHT_SLICE_BYTES
