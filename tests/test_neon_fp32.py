@@ -83,3 +83,38 @@ def test_kernels_load_activations_as_vectors_and_fma_by_lane(net, tmp_path):
     assert {int(lane) for lane in LANE_FMLA.findall(body)} == {0, 1, 2, 3}
     assert re.search(r"\bld[rp]\s+q\d+", body)
     assert not re.search(r"\bld[rp]\s+s\d+", body)
+
+
+def _attention_matmul(which: str, tokens: int = 197, dim: int = 64, heads: int = 3):
+    """q @ k^T ("scores": tokens innermost) or probs @ v ("values": a reduction over tokens)."""
+    from tvm import relax
+    bb = relax.BlockBuilder()
+    rows = (tokens, dim) if which == "scores" else (tokens, tokens)
+    cols = (dim, tokens) if which == "scores" else (tokens, dim)
+    a = relax.Var("a", relax.TensorType((1, heads, *rows), "float32"))
+    b = relax.Var("b", relax.TensorType((1, heads, *cols), "float32"))
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.matmul(a, b)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("which", ["scores", "values"])
+def test_attention_matmuls_over_197_tokens_are_padded_on_aarch64(which):
+    """The tokens padded to whole vectors and a 6-row tile, the reduction to whole steps of 4:
+    unpadded, q @ k^T ran scalar and probs @ v without the by-lane FMA (ViT-tiny on rk3399)."""
+    applied = NeonFp32Rule().apply(_kernel(_attention_matmul(which), RK3399), rule_target(RK3399))
+    assert applied is not None and applied.kind == "dense"
+    script = applied.sch.mod["main"].script()
+    assert "T.int64(198), T.int64(" in script  # the token rows
+    assert "T.int64(200)" in script  # the scores' tokens (vectors) or the values' reduction
+    assert "if_then_else" not in script
+
+
+@needs_aarch64
+@pytest.mark.parametrize("which", ["scores", "values"])
+def test_attention_matmuls_fma_by_lane(which, tmp_path):
+    funcs = _disassembly(_attention_matmul(which), tmp_path)
+    body = next(code for name, code in funcs.items() if name.endswith("_compute_") and "matmul" in name)
+    assert {int(lane) for lane in LANE_FMLA.findall(body)} == {0, 1, 2, 3}

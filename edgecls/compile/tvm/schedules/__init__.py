@@ -11,6 +11,7 @@ left as it was and counted "unscheduled".
     widening_int8.py    int8 x int8 -> int32 conv2d/dense with a widening tensor intrinsic
     neon_fp32.py        float32 conv2d/dense on aarch64 with the by-lane FMA intrinsic
     neon_bytes.py       8-bit kernels (max pool, pad, residual add, quantize) on aarch64, 16 lanes
+    batch_matmul.py     float32 matmul of two activations on x86 (attention): wider register tiles
     padded_reduction.py one reduction block whose vector axis is odd (attention q @ k^T over 197
                         tokens): padded to whole vectors, then the reduction rule
     reduction.py        one reduction block: conv2d, depthwise, dense, pooling (register tiles)
@@ -33,6 +34,7 @@ from __future__ import annotations
 import logging
 
 from edgecls.compile.tvm.core import SCHEDULED_ATTR, load_tvm
+from edgecls.compile.tvm.schedules.batch_matmul import BatchMatmulRule
 from edgecls.compile.tvm.schedules.injective import InjectiveRule
 from edgecls.compile.tvm.schedules.isa import simd_lanes
 from edgecls.compile.tvm.schedules.multi_reduction import ParallelReductionsRule
@@ -60,6 +62,7 @@ RULES: tuple[Rule, ...] = (
     WideningInt8Rule(),  # an int8 x int8 -> int32 reduction, on a target with a widening intrinsic
     NeonFp32Rule(),  # a float32 reduction on aarch64: conv2d/dense with by-lane FMA
     NeonByteRule(),  # 8-bit output (max pool, pad, add, quantize) on aarch64: 16 lanes
+    BatchMatmulRule(),  # a float32 matmul of two activations on x86 (attention): wider tiles
     PaddedReductionRule(),  # one einsum reduction whose vector axis is odd: padded, then as below
     ReductionRule(),  # exactly one reduction block whose output channel has a contiguous operand
     RowReductionRule(),  # softmax, LayerNorm: row-wise reductions along the innermost axis

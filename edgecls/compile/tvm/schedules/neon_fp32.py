@@ -30,6 +30,7 @@ from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.schedules import tir as th
 from edgecls.compile.tvm.schedules.isa import widening_isa
 from edgecls.compile.tvm.schedules.isa.lane_fma import K, LANES, lane_fma_intrin
+from edgecls.compile.tvm.schedules.padded_reduction import pad_odd_axes, schedule_padded_copy
 from edgecls.compile.tvm.schedules.reduction import register_tile, schedule_reduction
 from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
 
@@ -95,12 +96,27 @@ def lane_fma_tile(kind: str, vext: int, vl: int, rext: int) -> tuple[int, int]:
     return best[2], best[3]
 
 
+def _pad_tokens(sch, block, lanes: int) -> tuple[dict, object]:
+    """A vision transformer's 197 tokens: pad them as the padded-reduction rule does on x86 (the
+    score matmul's tokens to whole vectors, prime token rows to a row tile), and the reduction
+    to whole steps of the intrinsic. Unpadded, ViT-tiny's q @ k^T ran scalar, probs @ v without
+    the intrinsic and the token matmuls one row at a time (rk3399: 1.27x the best peer's
+    instructions). Returns (schedule_reduction's stage argument for the padded copies, the block)."""
+    name = th.name(sch, block)
+    try:
+        padded = pad_odd_axes(sch, block, lanes, reduction_multiple=K[0])
+    except Exception:  # noqa: BLE001  (not an einsum: a conv's halo; the schedule is unchanged)
+        padded = False
+    return {"stage": schedule_padded_copy} if padded else {}, sch.get_sblock(name)
+
+
 def schedule_lane_fma(sch, block, lanes: int) -> str:
     """The reduction rule with the by-lane FMA intrinsic as the innermost step of conv2d/dense
     kernels; other float32 kernels get the plain rule. Returns the stats key."""
     _float32_reduction(sch.get(block))
     name = th.name(sch, block)
-    kind = schedule_reduction(sch, block, lanes, tile=lane_fma_tile, inline_pad_cin=0)
+    stage, block = _pad_tokens(sch, block, lanes)
+    kind = schedule_reduction(sch, block, lanes, tile=lane_fma_tile, inline_pad_cin=0, **stage)
     if kind not in ("conv2d", "dense"):
         return kind
     update = sch.get_sblock(name + "_update")

@@ -225,7 +225,7 @@ def _tile_loops(sch, block, red: ReductionBlock, kind: str, vl: int, rb: int, nv
 def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=None,
                        inline_pad_cin: int = INLINE_PAD_MAX_CIN, max_vectors: int = MAX_ACCUMULATORS,
                        pad_stage: bool = False, epilogue_lanes: int | None = None, on_update=None,
-                       own_slice_bytes: int = OWN_WEIGHT_SLICE_BYTES,
+                       own_slice_bytes: int = OWN_WEIGHT_SLICE_BYTES, stage=None,
                        max_accumulators: int = MAX_ACCUMULATORS) -> str:
     """The reduction rule (module doc) on `block`, the function's single reduction block.
     prefer_rows: register-tile ties go to more rows of one vector, for kernels whose per-vector
@@ -238,7 +238,9 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=N
     channels, instead of the update's (neon_dot.py). on_update: called with (sch, the update
     block) once its loops are tiled, before the producers are scheduled. own_slice_bytes: a
     conv2d/dense whose weight is at most this many bytes splits its threads' work by pixel rows
-    (OWN_WEIGHT_SLICE_BYTES). max_accumulators: register_tile's budget for a conv2d/dense that
+    (OWN_WEIGHT_SLICE_BYTES). stage: how a producer kept as its own stage is scheduled, (sch,
+    block, lanes) -> None, instead of schedule_padding_rows (pad_stage) or
+    schedule_injective_block. max_accumulators: register_tile's budget for a conv2d/dense that
     reads a separate padding stage (the rest keep MAX_ACCUMULATORS). Returns the stats key."""
     main = th.name(sch, block)
     red = analyse(sch, block)
@@ -262,8 +264,9 @@ def schedule_reduction(sch, block, lanes: int, prefer_rows: bool = False, tile=N
         _vectorize_tail(sch, init, skip=1, lanes=vl)
     if on_update is not None:
         on_update(sch, block)
+    stage = stage or (schedule_padding_rows if pad_stage else schedule_injective_block)
     for name in producers:
-        (schedule_padding_rows if pad_stage else schedule_injective_block)(sch, sch.get_sblock(name), lanes)
+        stage(sch, sch.get_sblock(name), lanes)
     if kind in ("conv2d", "dense"):  # the tile's weights contiguous (prepack)
         pack_last_axis(sch, block, red.operand, vl * nv)
     return kind
@@ -309,8 +312,12 @@ class ReductionRule(Rule):
         reductions = th.reduction_blocks(sch)
         if len(reductions) != 1:
             raise NotRecognised(f"{len(reductions)} reduction blocks, not one")
-        # lanes 8/16: x86 (every NEON target is aarch64, 4 lanes: isa.features.widening_isa)
-        own = X86_OWN_WEIGHT_SLICE_BYTES if target.lanes >= 8 else OWN_WEIGHT_SLICE_BYTES
         budget = AVX512_MAX_ACCUMULATORS if target.lanes == 16 else MAX_ACCUMULATORS
-        return schedule_reduction(sch, sch.get_sblock(reductions[0]), target.lanes, own_slice_bytes=own,
-                                  max_accumulators=budget)
+        return schedule_reduction(sch, sch.get_sblock(reductions[0]), target.lanes,
+                                  own_slice_bytes=own_slice_bytes(target), max_accumulators=budget)
+
+
+def own_slice_bytes(target: RuleTarget) -> int:
+    """The weight size up to which a conv2d/dense splits its threads' work by rows on `target`.
+    lanes 8/16: x86 (every NEON target is aarch64, 4 lanes: isa.features.widening_isa)."""
+    return X86_OWN_WEIGHT_SLICE_BYTES if target.lanes >= 8 else OWN_WEIGHT_SLICE_BYTES
