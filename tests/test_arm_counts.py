@@ -205,6 +205,33 @@ def _requantize_module(vector_lanes: int | None, lo: float = 0.0):
     return sch.mod
 
 
+def _read_back_module():
+    """ResNet-18's residual epilogue: the conv's requantize read back as float and dequantized,
+    float(uint8(clamp(round(acc * M) + 3, 0, 200))) - 3, plus the skip, requantized again."""
+    tvm = ta.load_tvm()
+    from tvm import te, tirx
+    f32 = lambda v: tirx.FloatImm("float32", v)  # noqa: E731
+    acc = te.placeholder((64,), "int32", name="acc")
+    skip = te.placeholder((64,), "float32", name="skip")
+    q = lambda i: tirx.Cast("uint8", tirx.Min(tirx.Max(  # noqa: E731
+        tirx.round(acc[i].astype("float32") * f32(0.37)) + f32(3.0), f32(0.0)), f32(200.0)))
+    out = te.compute((64,), lambda i: tirx.Cast("uint8", tirx.Min(tirx.Max(tirx.round(
+        ((tirx.Cast("float32", q(i)) - f32(3.0)) * f32(0.5) + skip[i]) / f32(0.7)), f32(0.0)), f32(255.0))),
+        name="out")
+    return tvm.IRModule({"main": te.create_prim_func([acc, skip, out])})
+
+
+def test_read_back_requantize_becomes_int32_on_aarch64():
+    """A requantized value read back as float (a residual add's dequantize): clamped in int32
+    to [0 - 3, 200 - 3] and converted, no float round or clamp left; the outer requantize takes
+    the integer form too (it was left as float with the read-back before)."""
+    a72 = ta.resolve_target(get_target("rk3399").tvm)
+    mod, changed = ta.neon_requantize(_read_back_module(), a72)
+    text = mod.script()
+    assert changed == 1 and "round" not in text and ", -3), 197)" in text, text  # int32 bounds print bare
+    assert text.count("llvm.aarch64.neon.fcvtns") == 2, text
+
+
 def test_requantize_epilogue_becomes_integer_on_aarch64_only():
     """aarch64: round + float clamp become fcvtns, an int16 saturation and an int16 clamp (with
     the zero point added after it); loops vectorized 8 wide get LLVM's generic rounding
