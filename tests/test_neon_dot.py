@@ -13,7 +13,7 @@ import torch
 from conftest import export_onnx, needs_aarch64
 from edgecls.compile import tvm as ta
 from edgecls.compile.tvm.schedules.neon_dot import REGISTER_BUDGET, dot_tile
-from edgecls.compile.tvm.schedules.prepack import _repacker, c4_array
+from edgecls.compile.tvm.schedules.prepack import _repacker, c4_array, taps_inside_array
 from edgecls.optimize.quantize import ptq_onnx
 from edgecls.pipeline import CompileRequest, compile_artifact
 from edgecls.targets import get_target
@@ -46,6 +46,54 @@ def test_c4_array_puts_4_output_x_4_input_channels_in_16_bytes():
     assert np.array_equal(_repacker([64, 32], [1, 16, 32, 4])(dense), c4_array(dense, 32))
     assert _repacker([3, 3, 8, 32], [2, 3, 3, 8, 16]) is not None  # pack_last_axis's, not c4
     assert _repacker([3, 3, 6, 32], [2, 3, 3, 1, 16, 4]) is None  # I not in fours
+
+
+def test_taps_inside_array_puts_a_steps_kernel_width_taps_together():
+    """pack_taps_inside's constant: (KH, KW, I, O) -> (O / B, KH, I / k, KW, k / 4, B, 4), the
+    taps of one step of k input channels contiguous; repack_constants finds it from the shapes."""
+    w = np.random.default_rng(0).integers(-127, 128, (3, 3, 32, 16)).astype(np.int8)
+    packed = taps_inside_array(w, 8, 16)
+    assert packed.shape == (2, 3, 2, 3, 4, 8, 4)
+    for ob, kh, s, kw, g, o, j in [(0, 0, 0, 0, 0, 0, 0), (1, 2, 1, 1, 3, 5, 3), (1, 0, 1, 2, 0, 7, 2)]:
+        assert packed[ob, kh, s, kw, g, o, j] == w[kh, kw, 16 * s + 4 * g + j, 8 * ob + o]
+    assert np.array_equal(_repacker([3, 3, 32, 16], [2, 3, 2, 3, 4, 8, 4])(w), packed)
+    assert _repacker([3, 3, 32, 16], [2, 3, 3, 3, 4, 8, 4]) is None  # 48 input channels: not these
+
+
+class _ResidualBlock(torch.nn.Module):
+    """ResNet's basic block over 32 channels (3x3 stride-1 convs: the taps inside the c4 steps,
+    the residual add fused into the second conv's epilogue), then a 3x3 stride-2 conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU())
+        self.conv1 = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU())
+        self.conv2 = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.down = torch.nn.Conv2d(32, 32, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.down(torch.relu(self.conv2(self.conv1(y)) + y))
+
+
+@needs_aarch64
+def test_residual_block_equals_onnx_runtime_exactly_under_cortex_a76(tmp_path):
+    """The taps-inside 3x3 kernels and the residual epilogue in int32 (neon_requantize's
+    read-back) on jetson-orin-nano, run under qemu -cpu cortex-a76: exactly ONNX Runtime's QDQ
+    output on a random image."""
+    from edgecls.artifact.execute import run_runner
+    from edgecls.artifact.reference import onnx_session
+    torch.manual_seed(0)
+    fp32 = export_onnx(_ResidualBlock().eval(), (1, 3, 16, 16), tmp_path / "res.onnx")
+    calib = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype("float32")
+    qdq = tmp_path / "res_int8.onnx"
+    ptq_onnx(fp32, qdq, calib, "minmax")
+    art = compile_artifact(CompileRequest(model=qdq, target="jetson-orin-nano", out_dir=tmp_path / "art", tflite="no"))
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run_runner(art, tmp_path / "x.npy", emulate=True, output_path=tmp_path / "y.npy")
+    want = onnx_session(qdq, optimize=False).run(None, {onnx_input(qdq): x})[0]
+    assert np.array_equal(np.load(tmp_path / "y.npy"), want)
 
 
 @pytest.mark.parametrize("vext,rext", [(64, 56), (144, 56), (576, 14), (96, 112), (512, 7), (1000, 1)])
