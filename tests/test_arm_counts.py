@@ -85,6 +85,17 @@ def test_mobilenet_v2_rk3399_fp32_and_int8_counts_below_bounds(int8_mobilenet_v2
     assert int8.per_inference < fp32.per_inference, (int8.per_inference, fp32.per_inference)
 
 
+def resnet18_int8_qdq(tmp_path):
+    """ResNet-18 (seeded weights) as a QDQ int8 file from ptq_onnx with 16 calibration images:
+    instruction counts depend on neither."""
+    from edgecls.models import ResNet18
+    torch.manual_seed(0)
+    fp32 = export_onnx(ResNet18(num_classes=1000).eval(), (1, 3, 224, 224), tmp_path / "resnet18.onnx")
+    calib = np.random.default_rng(0).standard_normal((16, 3, 224, 224)).astype("float32")
+    ptq_onnx(fp32, tmp_path / "resnet18_int8.onnx", calib, "minmax")
+    return tmp_path / "resnet18_int8.onnx"
+
+
 @needs_aarch64
 @pytest.mark.slow
 def test_resnet18_rk3399_int8_count_below_bound(tmp_path):
@@ -93,12 +104,7 @@ def test_resnet18_rk3399_int8_count_below_bound(tmp_path):
     cortex-a53, counted on the A72: below the bound (issue 15's goal: <= 462 M, 0.8x ONNX
     Runtime); the 8-bit max pool (16 lanes, its padding a row-copy stage) well under its 6.87 M at
     the fp32 width and its 1.54 M with a flat pad loop."""
-    from edgecls.models import ResNet18
-    torch.manual_seed(0)
-    fp32 = export_onnx(ResNet18(num_classes=1000).eval(), (1, 3, 224, 224), tmp_path / "resnet18.onnx")
-    calib = np.random.default_rng(0).standard_normal((16, 3, 224, 224)).astype("float32")
-    ptq_onnx(fp32, tmp_path / "resnet18_int8.onnx", calib, "minmax")
-    art = compile_artifact(CompileRequest(model=tmp_path / "resnet18_int8.onnx", target="rk3399",
+    art = compile_artifact(CompileRequest(model=resnet18_int8_qdq(tmp_path), target="rk3399",
                                           out_dir=tmp_path / "art", tflite="no"))
     count = count_artifact(art, top=100)  # every kernel: the pool is far from the top now
     assert count.cpu == "cortex-a72"

@@ -17,7 +17,7 @@ from edgecls.compile.tvm.schedules.prepack import _repacker, c4_array, taps_insi
 from edgecls.optimize.quantize import ptq_onnx
 from edgecls.pipeline import CompileRequest, compile_artifact
 from edgecls.targets import get_target
-from test_arm_counts import _int8_kernel_ops, int8_mobilenet_v2  # noqa: F401  (the fixture)
+from test_arm_counts import _int8_kernel_ops, int8_mobilenet_v2, resnet18_int8_qdq  # noqa: F401  (the fixture)
 
 OBJDUMP = "aarch64-linux-gnu-objdump"
 # MobileNetV2 int8 on jetson-orin-nano, qemu 7.2 -cpu cortex-a76, per inference: 75.15 M with
@@ -337,12 +337,7 @@ def test_resnet18_int8_dotprod_count_below_bound(tmp_path):
     """ResNet-18 int8 QDQ (ptq_onnx, 16 calibration images: counts do not depend on them) for
     jetson-orin-nano, counted under qemu -cpu cortex-a76: below the bound under issue 15's goal."""
     from edgecls.bench.instructions import count_artifact
-    from edgecls.models import ResNet18
-    torch.manual_seed(0)
-    fp32 = export_onnx(ResNet18(num_classes=1000).eval(), (1, 3, 224, 224), tmp_path / "resnet18.onnx")
-    calib = np.random.default_rng(0).standard_normal((16, 3, 224, 224)).astype("float32")
-    ptq_onnx(fp32, tmp_path / "resnet18_int8.onnx", calib, "minmax")
-    art = compile_artifact(CompileRequest(model=tmp_path / "resnet18_int8.onnx", target="jetson-orin-nano",
+    art = compile_artifact(CompileRequest(model=resnet18_int8_qdq(tmp_path), target="jetson-orin-nano",
                                           out_dir=tmp_path / "art", tflite="no"))
     count = count_artifact(art)
     assert count.cpu == "cortex-a76"
