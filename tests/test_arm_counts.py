@@ -85,6 +85,17 @@ def test_mobilenet_v2_rk3399_fp32_and_int8_counts_below_bounds(int8_mobilenet_v2
     assert int8.per_inference < fp32.per_inference, (int8.per_inference, fp32.per_inference)
 
 
+def resnet18_int8_qdq(tmp_path):
+    """ResNet-18 (seeded weights) as a QDQ int8 file from ptq_onnx with 16 calibration images:
+    instruction counts depend on neither."""
+    from edgecls.models import ResNet18
+    torch.manual_seed(0)
+    fp32 = export_onnx(ResNet18(num_classes=1000).eval(), (1, 3, 224, 224), tmp_path / "resnet18.onnx")
+    calib = np.random.default_rng(0).standard_normal((16, 3, 224, 224)).astype("float32")
+    ptq_onnx(fp32, tmp_path / "resnet18_int8.onnx", calib, "minmax")
+    return tmp_path / "resnet18_int8.onnx"
+
+
 @needs_aarch64
 @pytest.mark.slow
 def test_resnet18_rk3399_int8_count_below_bound(tmp_path):
@@ -93,12 +104,7 @@ def test_resnet18_rk3399_int8_count_below_bound(tmp_path):
     cortex-a53, counted on the A72: below the bound (issue 15's goal: <= 462 M, 0.8x ONNX
     Runtime); the 8-bit max pool (16 lanes, its padding a row-copy stage) well under its 6.87 M at
     the fp32 width and its 1.54 M with a flat pad loop."""
-    from edgecls.models import ResNet18
-    torch.manual_seed(0)
-    fp32 = export_onnx(ResNet18(num_classes=1000).eval(), (1, 3, 224, 224), tmp_path / "resnet18.onnx")
-    calib = np.random.default_rng(0).standard_normal((16, 3, 224, 224)).astype("float32")
-    ptq_onnx(fp32, tmp_path / "resnet18_int8.onnx", calib, "minmax")
-    art = compile_artifact(CompileRequest(model=tmp_path / "resnet18_int8.onnx", target="rk3399",
+    art = compile_artifact(CompileRequest(model=resnet18_int8_qdq(tmp_path), target="rk3399",
                                           out_dir=tmp_path / "art", tflite="no"))
     count = count_artifact(art, top=100)  # every kernel: the pool is far from the top now
     assert count.cpu == "cortex-a72"
@@ -203,6 +209,33 @@ def _requantize_module(vector_lanes: int | None, lo: float = 0.0):
         _, inner = sch.split(sch.get_loops(sch.get_sblock("out"))[0], [None, vector_lanes])
         sch.vectorize(inner)
     return sch.mod
+
+
+def _read_back_module():
+    """ResNet-18's residual epilogue: the conv's requantize read back as float and dequantized,
+    float(uint8(clamp(round(acc * M) + 3, 0, 200))) - 3, plus the skip, requantized again."""
+    tvm = ta.load_tvm()
+    from tvm import te, tirx
+    f32 = lambda v: tirx.FloatImm("float32", v)  # noqa: E731
+    acc = te.placeholder((64,), "int32", name="acc")
+    skip = te.placeholder((64,), "float32", name="skip")
+    q = lambda i: tirx.Cast("uint8", tirx.Min(tirx.Max(  # noqa: E731
+        tirx.round(acc[i].astype("float32") * f32(0.37)) + f32(3.0), f32(0.0)), f32(200.0)))
+    out = te.compute((64,), lambda i: tirx.Cast("uint8", tirx.Min(tirx.Max(tirx.round(
+        ((tirx.Cast("float32", q(i)) - f32(3.0)) * f32(0.5) + skip[i]) / f32(0.7)), f32(0.0)), f32(255.0))),
+        name="out")
+    return tvm.IRModule({"main": te.create_prim_func([acc, skip, out])})
+
+
+def test_read_back_requantize_becomes_int32_on_aarch64():
+    """A requantized value read back as float (a residual add's dequantize): clamped in int32
+    to [0 - 3, 200 - 3] and converted, no float round or clamp left; the outer requantize takes
+    the integer form too (it was left as float with the read-back before)."""
+    a72 = ta.resolve_target(get_target("rk3399").tvm)
+    mod, changed = ta.neon_requantize(_read_back_module(), a72)
+    text = mod.script()
+    assert changed == 1 and "round" not in text and ", -3), 197)" in text, text  # int32 bounds print bare
+    assert text.count("llvm.aarch64.neon.fcvtns") == 2, text
 
 
 def test_requantize_epilogue_becomes_integer_on_aarch64_only():

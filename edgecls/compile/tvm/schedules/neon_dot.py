@@ -17,6 +17,10 @@ builds, 224x224): MobileNetV2 int8 67.0 -> 59.05 M, ResNet-18 int8 (with isa/neo
 accumulating in place) 299.9 -> 189.6 M, 168.4 M with the register budget; the 3x3 64 -> 64 conv's
 inner loop then takes 1.22 instructions per sdot (XNNPACK's c4-neondot.c.in 4x16 loop: 4
 activation and 8 weight loads per 32 sdot, about 1.45 with its loop counter and branch).
+With the kernel-width taps inside each step (stride-1 KxK convs, _taps_share_pixels), a 7 x 2
+tile of a 3x3 conv loads 9 pixels per step, not 21: ResNet-18 int8 148.19 -> 143.51 M
+(3x3 convs at 7x7 8.87 -> 8.36 M, at 56x56 9.02 -> 8.78 M), 143.32 M with the 64-channel convs'
+4 steps unrolled whole around the taps (56x56 8.73 M); outputs unchanged.
 
 Which kernels: regular conv2d (1x1 and KxK) and dense with int8 activations and weights whose
 input channels are a multiple of 4 and output channels fill the vectors, on a dotprod target.
@@ -25,11 +29,12 @@ Everything else (the int16 depthwise convs, ARMv8.0, x86) is left to the next ru
 
 from __future__ import annotations
 
+from edgecls.compile.tvm.core import load_tvm
 from edgecls.compile.tvm.schedules import tir as th
 from edgecls.compile.tvm.schedules.isa import has_dotprod
 from edgecls.compile.tvm.schedules.isa.neon_dot import K, LANES, dot_c4_intrin
 from edgecls.compile.tvm.schedules.neon_fp32 import channel_loop
-from edgecls.compile.tvm.schedules.prepack import pack_c4
+from edgecls.compile.tvm.schedules.prepack import pack_c4, pack_taps_inside
 from edgecls.compile.tvm.schedules.reduction import register_tile, schedule_reduction
 from edgecls.compile.tvm.schedules.rule import NotRecognised, Rule, RuleTarget
 
@@ -85,19 +90,32 @@ def vector_weight(sch, block):
     return weights[0]
 
 
-def tensorize_c4(sch, update, ndim: int, at: int, k: int, intrin: str, whole: int, per_iteration: int) -> None:
+def tensorize_c4(sch, update, ndim: int, at: int, k: int, intrin: str, whole: int, per_iteration: int,
+                 taps_inside: bool = False) -> None:
     """The c4 rules' (this one's and x86_vnni's) last steps on the reduction rule's update block:
     the weight (ndim dims before the rule) packed c4, the input channel loop at `at` split into
-    steps of k innermost, the steps unrolled (_unroll_steps) and each tensorized as `intrin`."""
+    steps of k innermost, the steps unrolled (_unroll_steps) and each tensorized as `intrin`.
+    taps_inside (this rule's): where _taps_share_pixels allows, the kernel-width taps unrolled
+    inside the step loop instead, and the weight laid out to match (prepack.pack_taps_inside)."""
     weight = vector_weight(sch, update)
+    loops = sch.get_loops(update)
+    taps = taps_inside and _taps_share_pixels(sch, update, weight, loops, at, k, ndim)
     # The tile's channels: pack_last_axis's block, or all O when it left the weight as it was.
     if not pack_c4(sch, update, weight, int(weight.shape[-1]), blocked=len(weight.shape) > ndim):
         raise NotRecognised("the weight is not a constant that packs by fours")
     # [.., ci, rows (unrolled), vectors (unrolled), lanes] -> [.., ci/k, rows, vectors, lanes, k]
-    loops = sch.get_loops(update)
     k_o, k_i = sch.split(loops[at], [None, k])
     sch.reorder(k_o, *loops[at + 1:], k_i)
-    _unroll_steps(sch, loops, at, k_o, whole, per_iteration)
+    if taps:
+        stmt = sch.get(update)
+        packed = next(th.buffer(r) for r in stmt.reads if len(th.buffer(r).shape) == ndim + 2)
+        pack_taps_inside(sch, update, packed, k)
+        sch.reorder(k_o, loops[at - 1])
+        sch.unroll(loops[at - 1])
+        if th.extent(sch, k_o) <= whole:
+            sch.unroll(k_o)
+    else:
+        _unroll_steps(sch, loops, at, k_o, whole, per_iteration)
     sch.tensorize(sch.get_loops(update)[-2], intrin)
 
 
@@ -117,6 +135,26 @@ def _unroll_steps(sch, loops, at: int, k_o, whole: int, per_iteration: int) -> N
         sch.unroll(loops[at - 1])
 
 
+def _taps_share_pixels(sch, update, weight, loops, at: int, k: int, ndim: int) -> bool:
+    """Whether the kernel-width taps go inside the c4 step loop (tensorize_c4, taps_inside): a
+    KxK conv (an HWIO weight) of stride 1 along the register axis, 2..MAX_UNROLLED_TAPS taps
+    wide, with more than one step. Unrolled there, rows of the tile that read the same pixel at
+    different taps share its load: a 7-row tile of a 3x3 conv loads 9 pixels per step, not 21.
+    Stride 2 (15 pixels for 7 rows) spilled: ResNet-18's 3x3 stride-2 convs +0.03..0.14 M each."""
+    if ndim != 4 or at == 0 or not 1 < th.extent(sch, loops[at - 1]) <= MAX_UNROLLED_TAPS \
+            or th.extent(sch, loops[at]) < 2 * k:
+        return False
+    tvm = load_tvm()
+    stmt = sch.get(update)
+    out = th.buffer(stmt.writes[0])
+    col = stmt.writes[0].region[-2].min
+    data = [r for r in stmt.reads if not th.buffer(r).same_as(out) and not th.buffer(r).same_as(weight)]
+    if len(data) != 1 or len(data[0].region) != 4 or not isinstance(col, tvm.tirx.Var):
+        return False
+    coef = tvm.sym.detect_linear_equation(data[0].region[-2].min, [col])
+    return len(coef) == 2 and isinstance(coef[0], tvm.tirx.IntImm) and int(coef[0]) == 1
+
+
 def schedule_dot(sch, block) -> str:
     """The reduction rule with dot_tile's tile, the weight packed c4 and the c4 sdot intrinsic as
     the innermost step. Returns the stats key."""
@@ -132,7 +170,8 @@ def schedule_dot(sch, block) -> str:
     k = next((k for k in K if th.extent(sch, loops[at]) % k == 0), None)
     if k is None or th.extent(sch, loops[-1]) != LANES:
         raise NotRecognised("input channels not in fours, or a vector narrower than the intrinsic")
-    tensorize_c4(sch, update, ndim, at, k, dot_c4_intrin(k), MAX_UNROLLED_STEPS, STEPS_PER_ITERATION)
+    tensorize_c4(sch, update, ndim, at, k, dot_c4_intrin(k), MAX_UNROLLED_STEPS, STEPS_PER_ITERATION,
+                 taps_inside=True)
     return kind
 
 

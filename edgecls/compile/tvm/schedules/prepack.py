@@ -65,6 +65,29 @@ def pack_c4(sch, block, buffer, block_size: int, blocked: bool) -> bool:
     return True
 
 
+def pack_taps_inside(sch, block, buffer, k: int) -> None:
+    """pack_c4's (O // B, KH, KW, I // 4, B, 4) conv weight as (O // B, KH, I // k, KW, k // 4,
+    B, 4): the kernel-width taps inside each step of k input channels, as neon_dot's loop nest
+    reads them when it unrolls the taps inside the step loop; a step's weights for all taps are
+    then one contiguous run (ldp pairs at small offsets: with KW outside, taps I * B bytes apart
+    were past ldp's reach from 128 input channels on, one ldr q each)."""
+    g = k // C4
+    sch.transform_layout(block, buffer, lambda o, kh, kw, i, b, c: (o, kh, i // g, kw, i % g, b, c))
+
+
+def taps_inside_array(a: np.ndarray, block_size: int, k: int) -> np.ndarray:
+    """(KH, KW, I, O) -> (O // B, KH, I // k, KW, k // 4, B, 4), the layout pack_taps_inside gives."""
+    c4 = c4_array(a, block_size)
+    o, kh, kw, i4, b, c = c4.shape
+    moved = c4.reshape(o, kh, kw, i4 * C4 // k, k // C4, b, c)
+    return np.ascontiguousarray(np.swapaxes(moved, 2, 3))
+
+
+def taps_inside_shape(shape: list[int], block_size: int, k: int) -> list[int]:
+    kh, kw, i, o = shape
+    return [o // block_size, kh, i // k, kw, k // C4, block_size, C4]
+
+
 def c4_array(a: np.ndarray, block_size: int) -> np.ndarray:
     """(.., I, O) -> (O // B, .., I // 4, B, 4), the layout pack_c4 gives the buffer."""
     packed = pack_array(a, block_size)
@@ -103,6 +126,10 @@ def _repacker(have: list[int], want: list[int]):
     b = want[-2] if len(have) >= 2 and len(want) == len(have) + 2 else 0
     if b > 1 and have[-1] % b == 0 and have[-2] % C4 == 0 and want == c4_shape(have, b):
         return lambda a: c4_array(a, b)
+    if len(have) == 4 and len(want) == 7:
+        b, k = want[-2], want[-3] * C4
+        if b > 1 and have[-1] % b == 0 and have[-2] % k == 0 and want == taps_inside_shape(have, b, k):
+            return lambda a: taps_inside_array(a, b, k)
     return None
 
 
